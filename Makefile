@@ -11,7 +11,7 @@ demo-quick: setup
 	.venv/bin/distilvpr demo --quick
 
 test: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider
+	.venv/bin/python -m pytest -q
 
 benchmarks: setup
 	.venv/bin/python benchmarks/world_speed.py
