@@ -1,0 +1,158 @@
+"""Place-recognition models: the camera+LiDAR teacher and the single-modality students (reference §1–2).
+
+* ``TeacherModel``: LiDAR encoder (128-d) and image encoder (256-d), late fusion by concatenation
+  ``fused = [cloud, image]`` (384-d, no normalisation), as DistilVPR's "minklocmmcat".
+* ``CameraStudent``: image encoder → 384-d (DistilVPR's 2D student).
+* ``LidarStudent``: LiDAR encoder → 384-d (the 3D student).
+
+Every ``forward`` returns a dict of **raw** descriptors with the key ``"fused"`` (plus ``"cloud"`` and
+``"image"`` for the teacher), as the training losses expect. ``embed`` returns L2-normalised float32 numpy
+for retrieval. ``input_spec`` says what to feed: ``image`` is ``B x 3 x H x W`` in [0, 1]
+(``preprocess.image_to_tensor``), ``cloud`` is a BEV tensor (``preprocess.cloud_to_bev``) or raw clouds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import BevConfig, ModelConfig, ModelKind
+from .image import make_image_encoder
+from .lidar import CloudInput, LidarEncoder
+
+DESCRIPTOR_KEY = "fused"
+NORM_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model consumes, for data loaders, the ROS layer and the ONNX exporter.
+
+    ``inputs`` are the ``forward`` keyword names in order (also the ONNX input names).
+    """
+
+    inputs: tuple[str, ...]
+    descriptor_dim: int
+    image_size: tuple[int, int] | None = None  # (W, H)
+    bev: BevConfig | None = None
+
+    @property
+    def bev_shape(self) -> tuple[int, int, int] | None:
+        """``(channels, rows, cols)`` of the BEV fed as ``cloud``, or None for camera-only models."""
+        return None if self.bev is None else self.bev.shape
+
+    def example_inputs(self, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Random inputs of the right shapes (for export, tests and timing)."""
+        generator = torch.Generator().manual_seed(seed)
+        examples: dict[str, torch.Tensor] = {}
+        if self.image_size is not None:
+            width, height = self.image_size
+            examples["image"] = torch.rand(batch, 3, height, width, generator=generator)
+        if self.bev_shape is not None:
+            examples["cloud"] = torch.rand(batch, *self.bev_shape, generator=generator)
+        return {name: examples[name] for name in self.inputs}
+
+
+def l2_normalize(descriptors: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation to float32 (zero rows stay zero)."""
+    descriptors = np.asarray(descriptors, dtype=np.float32)
+    norms = np.linalg.norm(descriptors, axis=-1, keepdims=True)
+    return descriptors / np.maximum(norms, np.float32(NORM_EPS))
+
+
+class VprModel(nn.Module):
+    """Common interface: ``forward(**inputs) -> {"fused": B x D, ...}``, ``descriptor``, ``embed``."""
+
+    kind: ModelKind
+    input_spec: InputSpec
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def descriptor(self, **inputs) -> torch.Tensor:
+        """Raw (unnormalised) ``B x D`` descriptor, with gradients when enabled."""
+        return self(**inputs)[DESCRIPTOR_KEY]
+
+    @torch.no_grad()
+    def embed(self, **inputs) -> np.ndarray:
+        """L2-normalised float32 ``B x D`` numpy descriptors, computed in eval mode (mode restored after).
+
+        Inputs are batched tensors or numpy arrays named as in ``input_spec.inputs``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+            descriptors = self.descriptor(**tensors)
+        finally:
+            self.train(was_training)
+        return l2_normalize(descriptors.cpu().numpy())
+
+
+class TeacherModel(VprModel):
+    """Camera + LiDAR teacher: ``fused = concat(cloud_dim LiDAR, image_dim image)``."""
+
+    kind: ModelKind = "teacher"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.image_encoder = make_image_encoder(
+            cfg.image_backbone, cfg.image_dim, cfg.pretrained, cfg.image_size, cfg.freeze_stages
+        )
+        self.lidar_encoder = LidarEncoder(cfg.cloud_dim, cfg.bev, cfg.lidar_channels)
+        self.input_spec = InputSpec(("image", "cloud"), cfg.fused_dim, cfg.image_size, cfg.bev)
+
+    def forward(
+        self, image: torch.Tensor, cloud: CloudInput, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        cloud_desc = self.lidar_encoder(cloud, mask)
+        image_desc = self.image_encoder(image)
+        return {"fused": torch.cat([cloud_desc, image_desc], dim=1), "cloud": cloud_desc, "image": image_desc}
+
+
+class CameraStudent(VprModel):
+    """Camera-only student: image encoder → ``student_out_dim`` (384 by default)."""
+
+    kind: ModelKind = "camera_student"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.image_encoder = make_image_encoder(
+            cfg.image_backbone, cfg.student_out_dim, cfg.pretrained, cfg.image_size, cfg.freeze_stages
+        )
+        self.input_spec = InputSpec(("image",), cfg.student_out_dim, image_size=cfg.image_size)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"fused": self.image_encoder(image)}
+
+
+class LidarStudent(VprModel):
+    """LiDAR-only student: BEV encoder → ``student_out_dim`` (384 by default)."""
+
+    kind: ModelKind = "lidar_student"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.lidar_encoder = LidarEncoder(cfg.student_out_dim, cfg.bev, cfg.lidar_channels)
+        self.input_spec = InputSpec(("cloud",), cfg.student_out_dim, bev=cfg.bev)
+
+    def forward(self, cloud: CloudInput, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return {"fused": self.lidar_encoder(cloud, mask)}
+
+
+MODEL_CLASSES: dict[str, type[VprModel]] = {
+    "teacher": TeacherModel,
+    "camera_student": CameraStudent,
+    "lidar_student": LidarStudent,
+}
+
+
+def build_model(kind: ModelKind, cfg: ModelConfig | None = None) -> VprModel:
+    """Build the teacher or a student from one ``ModelConfig`` (defaults when None)."""
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[kind](cfg or ModelConfig())
