@@ -60,3 +60,18 @@ def test_overwrite_and_corruption(tmp_path):
     (ck / "checkpoint.json").write_text("{broken")
     with pytest.raises(CheckpointError, match="corrupt JSON"):
         load_checkpoint(ck)
+
+
+def test_model_checkpoint_round_trip(tmp_path):
+    from distilvpr_ros.models.config import ModelConfig
+    from distilvpr_ros.models.vpr import build_model
+    from distilvpr_ros.training.checkpoint import load_model, save_model_checkpoint
+
+    cfg = ModelConfig(image_backbone="resnet18", pretrained=False, image_size=(64, 48))
+    model = build_model("camera_student", cfg).eval()
+    ck = save_model_checkpoint(tmp_path / "student", model, epoch=2)
+    loaded = load_model(ck, expect_kind="camera_student")
+    x = torch.rand(2, 3, 48, 64)
+    torch.testing.assert_close(loaded(x)["fused"], model(x)["fused"])
+    with pytest.raises(CheckpointError, match="holds a camera_student model, expected teacher"):
+        load_model(ck, expect_kind="teacher")

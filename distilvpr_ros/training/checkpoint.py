@@ -133,3 +133,30 @@ def load_checkpoint(path: str | Path, *, with_train_state: bool = False) -> tupl
     state = load_file(str(path / MODEL_FILE))
     train_state = _unflatten(meta["train_state"], load_file(str(path / STATE_FILE))) if with_train_state else {}
     return meta, state, train_state
+
+
+def save_model_checkpoint(path: str | Path, model, **kw) -> Path:
+    """Checkpoint a :mod:`distilvpr_ros.models` network; its kind and ModelConfig go into the JSON."""
+    config = dict(kw.pop("config", {}))
+    config["model"] = model.cfg.model_dump(mode="json")
+    return save_checkpoint(path, model, kind=model.kind, config=config, **kw)
+
+
+def load_model(path: str | Path, expect_kind: str | None = None):
+    """Rebuild a network from a checkpoint folder (in eval mode); refuses a mismatched kind."""
+    from ..models.config import ModelConfig
+    from ..models.vpr import build_model
+
+    meta, state, _ = load_checkpoint(path)
+    if expect_kind is not None and meta["kind"] != expect_kind:
+        raise CheckpointError(f"{path}: holds a {meta['kind']} model, expected {expect_kind}")
+    if "model" not in meta["config"]:
+        raise CheckpointError(f"{path}: no model config recorded (not a distilvpr model checkpoint)")
+    cfg = ModelConfig(**{**meta["config"]["model"], "pretrained": False})
+    model = build_model(meta["kind"], cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit a {meta['kind']} built from its config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.cfg = ModelConfig(**meta["config"]["model"])
+    return model.eval()
