@@ -168,7 +168,7 @@ def test_teacher_gradients_reach_both_branches():
 
 
 def test_point_lands_in_the_right_cell():
-    cfg = BevConfig(extent_m=40.0, cells=64)  # 1.25 m cells
+    cfg = BevConfig(extent_m=40.0, cells=64, intensity_max=255.0)  # 1.25 m cells, 8-bit intensity
     cloud = np.array([[10.3, -5.2, 0.5, 100.0, 3.0, 0.01]], dtype=np.float32)
     row, col = int((10.3 + 40.0) // 1.25), int((-5.2 + 40.0) // 1.25)
     bev = cloud_to_bev(cloud, cfg)

@@ -34,7 +34,9 @@ class BevConfig(Section):
     z_min_m: float = Field(-2.5, description="height mapped to 0 in the max-height channel (m, sensor frame)")
     z_max_m: float = Field(3.5, description="height mapped to 1 in the max-height channel (m, sensor frame)")
     min_range_m: float = Field(1.0, ge=0, description="points closer than this (ego hits, zeroed points) are dropped")
-    intensity_max: float = Field(255.0, gt=0, description="intensity mapped to 1 (clipped above)")
+    intensity_max: float = Field(
+        1.0, gt=0, description="intensity mapped to 1 (clipped above): 1 for the synthetic world, 255 for 8-bit sensors"
+    )
     density_saturation: float = Field(
         32.0, gt=0, description="point count mapped to 1 in the log-density channel (clipped above)"
     )

@@ -1,0 +1,279 @@
+"""Configuration of the synthetic world: one pydantic schema, three presets, YAML overrides.
+
+Every knob has a default and a one-line description (``WorldConfig.model_json_schema()`` lists
+them). ``load_world_config("default", Path("my.yaml"), seed=3)`` starts from a preset, deep-merges
+the YAML file over it (lists such as ``runs`` are replaced, not merged) and validates the result;
+unknown keys are refused so typos do not pass silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import DataError
+
+TimeOfDay = Literal["day", "dusk", "night"]
+Weather = Literal["clear", "fog", "rain"]
+Season = Literal["summer", "autumn", "winter"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Condition(_Strict):
+    """Appearance condition of one run: lighting, weather and season."""
+
+    time_of_day: TimeOfDay = Field("day", description="day: high sun; dusk: low warm sun; night: headlights, lamps, lit windows")
+    weather: Weather = Field("clear", description="fog: depth haze + shorter LiDAR range; rain: image streaks + LiDAR dropouts")
+    season: Season = Field("summer", description="foliage: green (summer), yellow-orange (autumn), no crowns at all (winter)")
+
+    @property
+    def name(self) -> str:
+        """Short name: the non-default parts joined by '-' ('day' when everything is default)."""
+        parts = [
+            p
+            for p, default in ((self.time_of_day, "day"), (self.weather, "clear"), (self.season, "summer"))
+            if p != default
+        ]
+        return "-".join(parts) or "day"
+
+
+class RunConfig(_Strict):
+    """One traversal of the town's route."""
+
+    name: str | None = Field(None, description="run id (folder name); default run<index>_<condition>")
+    condition: Condition = Field(default_factory=Condition, description="appearance condition of this run")
+    direction: Literal[1, -1] = Field(1, description="+1 drives the route loop forwards, -1 backwards")
+    lane: int = Field(0, ge=0, description="lane counted from the centre line (0 = inner), right-hand traffic")
+    speed_mps: float = Field(9.0, gt=0, description="mean driving speed (m/s); varies smoothly along the run")
+    laps: float = Field(1.0, gt=0, description="route length driven, in loops (>1 revisits the start: loop closures)")
+    start_offset_m: float | None = Field(None, description="arc length along the loop where the run starts; None: random")
+    day: int = Field(0, ge=0, description="days after WorldConfig.start_date on which the run is recorded")
+
+
+class TownConfig(_Strict):
+    """Procedural town: an irregular street grid with buildings, trees, poles and parked cars."""
+
+    blocks_x: int = Field(5, ge=1, description="city blocks between the streets along x (east)")
+    blocks_y: int = Field(3, ge=1, description="city blocks between the streets along y (north)")
+    block_size_m: float = Field(48.0, gt=10, description="mean side length of a city block (m)")
+    block_jitter_m: float = Field(10.0, ge=0, description="uniform +- variation of each block side (irregular grid)")
+    border_m: float = Field(28.0, ge=0, description="depth of the built-up ring outside the outermost streets (m)")
+    lane_width_m: float = Field(3.2, gt=2, description="width of one driving lane (m)")
+    lanes_per_direction: int = Field(2, ge=1, description="driving lanes on each side of the centre line")
+    parking_width_m: float = Field(2.2, ge=0, description="parking strip between the outer lane and the curb (m)")
+    sidewalk_width_m: float = Field(3.5, gt=0, description="sidewalk width inside each block's edge (m)")
+    curb_height_m: float = Field(0.15, ge=0, description="blocks (sidewalks) are raised by this much above the road")
+    building_width_m: tuple[float, float] = Field((9.0, 24.0), description="frontage range of one building (m)")
+    building_height_m: tuple[float, float] = Field((6.0, 32.0), description="height range of buildings (m)")
+    building_setback_m: tuple[float, float] = Field((0.0, 3.0), description="distance from the sidewalk to the facade (m)")
+    alley_probability: float = Field(0.25, ge=0, le=1, description="chance of an alley gap between neighbouring buildings")
+    facade_kinds: list[Literal["windows", "glass", "bands", "brick", "plain"]] = Field(
+        ["windows", "glass", "bands", "brick", "plain"], description="facade pattern kinds buildings draw from"
+    )
+    park_fraction: float = Field(0.12, ge=0, le=1, description="fraction of blocks that are parks (grass + trees)")
+    lot_fraction: float = Field(0.08, ge=0, le=1, description="fraction of blocks that are parking lots")
+    tree_spacing_m: float = Field(11.0, gt=1, description="spacing of tree slots along sidewalks (m)")
+    tree_probability: float = Field(0.55, ge=0, le=1, description="chance that a sidewalk tree slot holds a tree")
+    park_trees_per_100m2: float = Field(0.5, ge=0, description="tree density inside parks")
+    pole_spacing_m: float = Field(32.0, gt=1, description="spacing of street lamps along each street side (m)")
+    sign_probability: float = Field(0.15, ge=0, le=1, description="chance that a sidewalk slot between lamps holds a sign")
+    parked_vehicle_probability: float = Field(0.45, ge=0, le=1, description="chance that a parking slot is occupied")
+    parked_vehicle_turnover: float = Field(0.3, ge=0, le=1, description="fraction of parking slots re-drawn for each run")
+
+
+class CameraConfig(_Strict):
+    """Forward-looking RGB pinhole camera on the vehicle (optical frame: z forward, x right, y down)."""
+
+    width: int = Field(320, ge=8, description="image width (px)")
+    height: int = Field(240, ge=8, description="image height (px)")
+    hfov_deg: float = Field(90.0, gt=10, lt=170, description="horizontal field of view (deg); square pixels")
+    mount_xyz: tuple[float, float, float] = Field((1.5, 0.0, 1.6), description="position in the base frame (m)")
+    pitch_deg: float = Field(3.0, description="downward pitch (deg)")
+
+
+class LidarConfig(_Strict):
+    """Spinning multi-beam LiDAR on the roof (frame: x forward, y left, z up)."""
+
+    beams: int = Field(32, ge=1, description="number of beams (rings, 0 = lowest)")
+    columns: int = Field(1024, ge=8, description="firings per revolution")
+    vfov_deg: tuple[float, float] = Field((-25.0, 15.0), description="elevation of the lowest and highest beam (deg)")
+    max_range_m: float = Field(100.0, gt=1, description="maximum range in clear weather (m)")
+    min_range_m: float = Field(0.8, ge=0, description="returns closer than this are dropped (m)")
+    range_noise_m: float = Field(0.02, ge=0, description="standard deviation of the range noise in clear weather (m)")
+    mount_xyz: tuple[float, float, float] = Field((0.3, 0.0, 1.9), description="position in the base frame (m)")
+    sweep_period_s: float = Field(0.1, gt=0, description="duration of one revolution; per-point time is in [0, this)")
+    stamp_offset_s: float = Field(0.013, ge=0, description="bag stamp of the cloud minus the camera stamp (s)")
+
+
+class TrafficConfig(_Strict):
+    """Dynamic occluders: different in every run."""
+
+    vehicles_per_km: float = Field(25.0, ge=0, description="moving vehicles per km of route")
+    pedestrians_per_km: float = Field(40.0, ge=0, description="pedestrians per km of route (on the sidewalks)")
+    lead_vehicle_fraction: float = Field(0.3, ge=0, le=1, description="share of the run with a car ahead in the ego lane")
+    visible_range_m: float = Field(90.0, gt=0, description="dynamic objects farther than this from the ego are skipped")
+
+
+class RenderConfig(_Strict):
+    """Rendering options that trade realism for speed."""
+
+    shadows: bool = Field(True, description="cast sun shadows (one extra ray per pixel, day and dusk only)")
+    threads: int = Field(0, ge=0, description="open3d ray-casting threads (0: all cores)")
+    workers: int = Field(2, ge=1, description="frames rendered concurrently (threads) while generating")
+
+
+class RegionConfig(_Strict):
+    """Geographically disjoint splits: bands along x (east), separated by gaps."""
+
+    fractions: dict[str, float] = Field(
+        {"train": 0.6, "val": 0.2, "test": 0.2}, description="split name -> share of the town's width, west to east"
+    )
+    gap_m: float = Field(24.0, ge=0, description="width of the unlabelled band between neighbouring splits (m)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RegionConfig":
+        if not self.fractions or any(v <= 0 for v in self.fractions.values()):
+            raise ValueError("region fractions must be positive")
+        if "gap" in self.fractions:
+            raise ValueError("'gap' is reserved for frames between regions")
+        return self
+
+
+class GeoConfig(_Strict):
+    """Where the local map frame sits on the globe (for UTM columns and GPS messages)."""
+
+    utm_zone_number: int = Field(32, ge=1, le=60, description="UTM zone number of the map origin")
+    utm_zone_letter: str = Field("U", description="UTM latitude band letter")
+    easting0: float = Field(365000.0, description="UTM easting of the local origin (m)")
+    northing0: float = Field(5621000.0, description="UTM northing of the local origin (m)")
+    altitude0: float = Field(60.0, description="altitude of the ground plane (m)")
+    start_date: str = Field("2024-06-03", description="date of run day 0 (UTC, YYYY-MM-DD)")
+
+
+class WorldConfig(_Strict):
+    """Everything that determines a generated world; same config + seed -> same bytes."""
+
+    seed: int = Field(7, description="master seed: town, trajectories, traffic and sensor noise derive from it")
+    town: TownConfig = Field(default_factory=TownConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    lidar: LidarConfig = Field(default_factory=LidarConfig)
+    traffic: TrafficConfig = Field(default_factory=TrafficConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
+    regions: RegionConfig = Field(default_factory=RegionConfig)
+    geo: GeoConfig = Field(default_factory=GeoConfig)
+    frame_spacing_m: float = Field(5.0, gt=0, description="distance between consecutive frames (m)")
+    frame_spacing_jitter: float = Field(0.1, ge=0, lt=1, description="relative +- jitter of the frame spacing")
+    speed_variation: float = Field(0.3, ge=0, lt=1, description="relative +- smooth variation of the speed along a run")
+    heading_jitter_deg: float = Field(2.5, ge=0, description="standard deviation of the smooth heading jitter (deg)")
+    lateral_jitter_m: float = Field(0.35, ge=0, description="standard deviation of the smooth offset within the lane (m)")
+    corner_radius_m: float = Field(10.0, ge=0, description="radius of the rounded corners of the route's centre line (m)")
+    runs: list[RunConfig] = Field(default_factory=lambda: [RunConfig()], min_length=1, description="traversals to render")
+
+    @model_validator(mode="after")
+    def _check(self) -> "WorldConfig":
+        for i, r in enumerate(self.runs):
+            if r.lane >= self.town.lanes_per_direction:
+                raise ValueError(f"runs[{i}].lane={r.lane} but the town has {self.town.lanes_per_direction} lanes per direction")
+        ids = self.run_ids()
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"run names must be unique, got {ids}")
+        return self
+
+    def run_ids(self) -> list[str]:
+        """Folder names of the runs, in order."""
+        return [r.name or f"run{i:02d}_{r.condition.name}" for i, r in enumerate(self.runs)]
+
+
+def _run(tod="day", weather="clear", season="summer", **kw) -> RunConfig:
+    return RunConfig(condition=Condition(time_of_day=tod, weather=weather, season=season), **kw)
+
+
+PRESETS: dict[str, WorldConfig] = {
+    # Tests: a two-block town, three short runs (~25 frames each) of small images; seconds to make.
+    "tiny": WorldConfig(
+        town=TownConfig(blocks_x=2, blocks_y=1, block_size_m=30.0, block_jitter_m=4.0, border_m=18.0, park_fraction=0.0,
+                        lot_fraction=0.0),
+        camera=CameraConfig(width=160, height=120),
+        lidar=LidarConfig(beams=16, columns=512),
+        traffic=TrafficConfig(vehicles_per_km=40.0, pedestrians_per_km=60.0, lead_vehicle_fraction=0.5),
+        regions=RegionConfig(fractions={"train": 0.5, "val": 0.25, "test": 0.25}, gap_m=8.0),
+        frame_spacing_m=12.0,
+        runs=[
+            _run("day", direction=1, lane=0, start_offset_m=0.0, day=0),
+            _run("night", direction=1, lane=0, start_offset_m=0.0, day=2),
+            _run("day", "rain", "winter", direction=-1, lane=1, start_offset_m=40.0, day=200),
+        ],
+    ),
+    # The demo: a 5x3-block town, eight ~350-frame loops in both directions, lanes and all conditions.
+    "default": WorldConfig(
+        runs=[
+            _run("day", direction=1, lane=0, day=0),
+            _run("day", direction=-1, lane=1, day=1, speed_mps=10.0),
+            _run("dusk", direction=1, lane=1, day=3, laps=1.15),
+            _run("night", direction=-1, lane=0, day=6, speed_mps=8.0),
+            _run("day", "fog", direction=1, lane=0, day=9),
+            _run("day", "rain", direction=-1, lane=1, day=13, speed_mps=7.5),
+            _run("day", season="autumn", direction=1, lane=1, day=120),
+            _run("day", season="winter", direction=-1, lane=0, day=215, laps=1.15),
+        ],
+    ),
+    # Bigger town, VGA images, a 64-beam LiDAR, more runs (tens of GB; takes long).
+    "large": WorldConfig(
+        town=TownConfig(blocks_x=8, blocks_y=5),
+        camera=CameraConfig(width=640, height=480),
+        lidar=LidarConfig(beams=64, columns=1024),
+        frame_spacing_m=3.0,
+        runs=[
+            _run("day", direction=1, lane=0, day=0),
+            _run("day", direction=-1, lane=1, day=1),
+            _run("day", direction=1, lane=1, day=2, laps=1.2),
+            _run("dusk", direction=1, lane=0, day=3),
+            _run("dusk", "rain", direction=-1, lane=0, day=5),
+            _run("night", direction=-1, lane=1, day=6),
+            _run("night", "rain", direction=1, lane=1, day=8),
+            _run("day", "fog", direction=1, lane=0, day=9),
+            _run("day", season="autumn", direction=-1, lane=0, day=120),
+            _run("day", "fog", "winter", direction=1, lane=1, day=215),
+            _run("night", season="winter", direction=-1, lane=1, day=220),
+        ],
+    ),
+}
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_world_config(preset: str = "default", config_file: Path | None = None, seed: int | None = None) -> WorldConfig:
+    """The preset's config, overridden by the YAML file's values, then by ``seed`` when given.
+
+    Raises ``ValueError`` for an unknown preset and :class:`DataError` naming the file when the
+    YAML file is missing, unreadable or not a valid override.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown world preset {preset!r}; choose one of {sorted(PRESETS)}")
+    data = PRESETS[preset].model_dump(mode="json")
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            override = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise DataError(path, f"cannot read the world config: {e}") from e
+        if not isinstance(override, dict):
+            raise DataError(path, "a world config file must hold a mapping of WorldConfig fields")
+        data = _deep_merge(data, override)
+    if seed is not None:
+        data["seed"] = int(seed)
+    try:
+        return WorldConfig.model_validate(data)
+    except ValidationError as e:
+        raise DataError(config_file, f"invalid world config: {e}") from e
