@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from ...config import Section
 from ..errors import DataError
 
 TimeOfDay = Literal["day", "dusk", "night"]
@@ -21,11 +22,7 @@ Weather = Literal["clear", "fog", "rain"]
 Season = Literal["summer", "autumn", "winter"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Condition(_Strict):
+class Condition(Section):
     """Appearance condition of one run: lighting, weather and season."""
 
     time_of_day: TimeOfDay = Field("day", description="day: high sun; dusk: low warm sun; night: headlights, lamps, lit windows")
@@ -43,7 +40,7 @@ class Condition(_Strict):
         return "-".join(parts) or "day"
 
 
-class RunConfig(_Strict):
+class RunConfig(Section):
     """One traversal of the town's route."""
 
     name: str | None = Field(None, description="run id (folder name); default run<index>_<condition>")
@@ -56,7 +53,7 @@ class RunConfig(_Strict):
     day: int = Field(0, ge=0, description="days after WorldConfig.start_date on which the run is recorded")
 
 
-class TownConfig(_Strict):
+class TownConfig(Section):
     """Procedural town: an irregular street grid with buildings, trees, poles and parked cars."""
 
     blocks_x: int = Field(5, ge=1, description="city blocks between the streets along x (east)")
@@ -87,7 +84,7 @@ class TownConfig(_Strict):
     parked_vehicle_turnover: float = Field(0.3, ge=0, le=1, description="fraction of parking slots re-drawn for each run")
 
 
-class CameraConfig(_Strict):
+class CameraConfig(Section):
     """Forward-looking RGB pinhole camera on the vehicle (optical frame: z forward, x right, y down)."""
 
     width: int = Field(320, ge=8, description="image width (px)")
@@ -97,7 +94,7 @@ class CameraConfig(_Strict):
     pitch_deg: float = Field(3.0, description="downward pitch (deg)")
 
 
-class LidarConfig(_Strict):
+class LidarConfig(Section):
     """Spinning multi-beam LiDAR on the roof (frame: x forward, y left, z up)."""
 
     beams: int = Field(32, ge=1, description="number of beams (rings, 0 = lowest)")
@@ -111,7 +108,7 @@ class LidarConfig(_Strict):
     stamp_offset_s: float = Field(0.013, ge=0, description="bag stamp of the cloud minus the camera stamp (s)")
 
 
-class TrafficConfig(_Strict):
+class TrafficConfig(Section):
     """Dynamic occluders: different in every run."""
 
     vehicles_per_km: float = Field(25.0, ge=0, description="moving vehicles per km of route")
@@ -120,7 +117,7 @@ class TrafficConfig(_Strict):
     visible_range_m: float = Field(90.0, gt=0, description="dynamic objects farther than this from the ego are skipped")
 
 
-class RenderConfig(_Strict):
+class RenderConfig(Section):
     """Rendering options that trade realism for speed."""
 
     shadows: bool = Field(True, description="cast sun shadows (one extra ray per pixel, day and dusk only)")
@@ -128,7 +125,7 @@ class RenderConfig(_Strict):
     workers: int = Field(2, ge=1, description="frames rendered concurrently (threads) while generating")
 
 
-class RegionConfig(_Strict):
+class RegionConfig(Section):
     """Geographically disjoint splits: bands along x (east), separated by gaps."""
 
     fractions: dict[str, float] = Field(
@@ -145,7 +142,7 @@ class RegionConfig(_Strict):
         return self
 
 
-class GeoConfig(_Strict):
+class GeoConfig(Section):
     """Where the local map frame sits on the globe (for UTM columns and GPS messages)."""
 
     utm_zone_number: int = Field(32, ge=1, le=60, description="UTM zone number of the map origin")
@@ -156,7 +153,7 @@ class GeoConfig(_Strict):
     start_date: str = Field("2024-06-03", description="date of run day 0 (UTC, YYYY-MM-DD)")
 
 
-class WorldConfig(_Strict):
+class WorldConfig(Section):
     """Everything that determines a generated world; same config + seed -> same bytes."""
 
     seed: int = Field(7, description="master seed: town, trajectories, traffic and sensor noise derive from it")
