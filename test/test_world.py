@@ -212,3 +212,40 @@ def test_config_overrides(tmp_path):
     with pytest.raises(DataError, match="w.yaml"):
         load_world_config("tiny", f, None)
     assert json.loads(json.dumps(PRESETS["default"].model_dump(mode="json")))["seed"] == PRESETS["default"].seed
+
+
+def test_bag_round_trip_matches_the_dataset_folder(world, runs):
+    """The run's bag, read back through rosbags, carries the same frames, poses and stamps."""
+    import utm
+    from rosbags.highlevel import AnyReader
+
+    from distilvpr_ros.data.rosbag_io import BagSequence, ros2_typestore
+
+    out, _ = world
+    run = next(iter(runs.values()))
+    bag_dir = out / "bags" / run.run
+    with AnyReader([bag_dir], default_typestore=ros2_typestore()) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        types = {c.topic: c.msgtype for c in reader.connections}
+        cloud_conn = [c for c in reader.connections if c.topic == "/lidar/points"]
+        _, _, raw = next(reader.messages(connections=cloud_conn))
+        fields = [(f.name, f.offset, f.datatype) for f in reader.deserialize(raw, cloud_conn[0].msgtype).fields]
+    n = len(run)
+    assert counts == {"/camera/image_raw": n, "/camera/camera_info": n, "/lidar/points": n, "/gps/fix": n,
+                      "/odom": counts["/odom"]} and counts["/odom"] >= 2 * n - 1
+    assert types["/camera/image_raw"] == "sensor_msgs/msg/Image" and types["/odom"] == "nav_msgs/msg/Odometry"
+    assert fields == [("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("intensity", 12, 7), ("ring", 16, 4), ("time", 18, 7)]
+
+    with BagSequence(bag_dir, pair_tolerance=0.05, require_cloud=True) as bag:
+        assert len(bag) == n and bag.pose_source == "odom"
+        np.testing.assert_allclose(bag.timestamps, run.timestamps, atol=1e-6)
+        np.testing.assert_allclose(bag.poses[:, :3, 3], run.poses[:, :3, 3], atol=1e-3)
+        for i in (0, n // 2, n - 1):
+            np.testing.assert_array_equal(bag[i].image, run.image(i))
+            np.testing.assert_allclose(bag[i].cloud, run.cloud(i), atol=1e-6)
+    with AnyReader([bag_dir], default_typestore=ros2_typestore()) as reader:
+        gps = [c for c in reader.connections if c.topic == "/gps/fix"]
+        fix = reader.deserialize(next(reader.messages(connections=gps))[2], gps[0].msgtype)
+    e, n_, _, _ = utm.from_latlon(fix.latitude, fix.longitude)
+    m0 = run.meta(0)
+    assert abs(e - m0["easting"]) < 0.05 and abs(n_ - m0["northing"]) < 0.05
