@@ -50,6 +50,25 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import run_evaluate
+
+    metrics = run_evaluate(Path(args.checkpoint), Path(args.world), region=args.region,
+                           out_dir=None if args.out is None else Path(args.out), batch_size=args.batch_size,
+                           head=args.head, results_root=Path(args.results))
+    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("recall@")}, indent=2))
+    return 0
+
+
+def _cmd_corridor(args: argparse.Namespace) -> int:
+    from .evaluation.corridor import CORRIDOR_ROOT, run_corridor
+
+    metrics = run_corridor(args.model, root=Path(args.root) if args.root else CORRIDOR_ROOT,
+                           out_dir=None if args.out is None else Path(args.out), results_root=Path(args.results))
+    print(json.dumps({k: metrics[k] for k in ("recall@1", "recall@5", "pr_auc", "rank")}, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -81,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="summarise a dataset folder or a ROS 2 bag")
     i.add_argument("path")
     i.set_defaults(func=_cmd_inspect)
+
+    e = sub.add_parser("evaluate", help="cross-run Recall@N of a checkpoint on a region of a synthetic world")
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder (teacher or student)")
+    e.add_argument("--world", required=True, help="folder written by `distilvpr generate`")
+    e.add_argument("--region", default="test", help="train | val | test (default: test)")
+    e.add_argument("--head", default="fused", help="descriptor head: fused | image | cloud (teacher only)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--out", default=None, help="output folder (default: results/evaluate/<timestamp>)")
+    e.add_argument("--results", default="results", help="results root (default: results)")
+    e.set_defaults(func=_cmd_evaluate)
+
+    c = sub.add_parser("corridor", help="zero-shot check on the real Corridor images beside 10 published methods")
+    c.add_argument("--model", default="lite0-imagenet",
+                   help="checkpoint folder of a camera model, or lite0-imagenet (ImageNet Lite0 + GeM, untrained)")
+    c.add_argument("--root", default=None, help="VPR-Bench folder (default: ../shared/data/corridor)")
+    c.add_argument("--out", default=None, help="output folder (default: results/corridor/<timestamp>)")
+    c.add_argument("--results", default="results", help="results root (default: results)")
+    c.set_defaults(func=_cmd_corridor)
 
     d = sub.add_parser("demo", help="run the main job on the embedded synthetic world")
     d.add_argument("--quick", action="store_true", help="small world, finishes in a few minutes")

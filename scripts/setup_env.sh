@@ -30,9 +30,9 @@ stamp="$VENV/.distilvpr-requirements.sha256"
 want=$(cat requirements.txt requirements-nodeps.txt setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] installing Python dependencies into $VENV (first time: a few minutes)"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -r requirements.txt
-    "$VENV/bin/pip" install -q --no-deps -r requirements-nodeps.txt
-    "$VENV/bin/pip" install -q --no-deps -e .
+    "$VENV/bin/pip" install -qq --upgrade pip
+    "$VENV/bin/pip" install -qq -r requirements.txt
+    "$VENV/bin/pip" install -qq --no-deps -r requirements-nodeps.txt
+    "$VENV/bin/pip" install -qq --no-deps -e .
     echo "$want" > "$stamp"
 fi

@@ -113,14 +113,25 @@ def similarity_matrix_metrics(similarity: np.ndarray, true_matches: Sequence[Ite
                               ns: Sequence[int] = (1, 5)) -> dict[str, float]:
     """VPR-Bench style summary of a query × reference similarity matrix: R@N, PR-AUC, max F1."""
     similarity = np.asarray(similarity, dtype=float)
-    truth = [set(int(j) for j in m) for m in true_matches]
-    rec = recall_at_n(similarity, [sorted(t) for t in truth], ns)
-    best = top_k(similarity, 1)[:, 0]
-    pr = precision_recall(
-        similarity[np.arange(len(best)), best],
-        np.array([b in t for b, t in zip(best, truth)]),
-        np.array([len(t) > 0 for t in truth]),
-    )
+    truth = [sorted(set(int(j) for j in m)) for m in true_matches]
+    rec = recall_at_n(similarity, truth, ns)
+    pr = top1_precision_recall(similarity, truth)
     out = {k: v for k, v in rec.items() if k.startswith("recall@") and not k.endswith("%")}
     out.update(pr_auc=pr["auc"], max_f1=pr["max_f1"], **{"recall@100p": pr["recall@100p"]})
     return out
+
+
+def top1_precision_recall(similarity: np.ndarray,
+                          true_matches: Sequence[Iterable[int]]) -> dict[str, np.ndarray | float]:
+    """:func:`precision_recall` of the top-1 proposals of a query × reference similarity matrix.
+
+    Each query proposes its most similar reference, scored by that similarity.
+    """
+    similarity = np.asarray(similarity, dtype=float)
+    truth = [set(int(j) for j in m) for m in true_matches]
+    best = top_k(similarity, 1)[:, 0]
+    return precision_recall(
+        similarity[np.arange(len(best)), best],
+        np.array([b in t for b, t in zip(best, truth)], dtype=bool),
+        np.array([len(t) > 0 for t in truth], dtype=bool),
+    )
