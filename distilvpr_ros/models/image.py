@@ -19,6 +19,9 @@ mean/std). Output: raw (not L2-normalised) ``B x out_dim``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -92,8 +95,11 @@ class Lite0Trunk(nn.Module):
         self.act = nn.ReLU6()
 
     def stages(self) -> list[list[nn.Module]]:
-        """Stem, then the five kept block groups, in forward order (the unit of ``freeze_stages``)."""
-        groups: list[list[nn.Module]] = [[self._conv_stem, self._bn0]]
+        """Stem, then the five kept block groups, in forward order (the unit of ``freeze_stages``).
+
+        Applying every module of every group in order is ``forward``.
+        """
+        groups: list[list[nn.Module]] = [[self._conv_stem, self._bn0, self.act]]
         start = 0
         for count in LITE0_STAGE_BLOCKS:
             groups.append(list(self._blocks[start : start + count]))
@@ -161,6 +167,7 @@ class ResNet18Trunk(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def stages(self) -> list[list[nn.Module]]:
+        """Stem, layer1..layer3 in forward order (the unit of ``freeze_stages``)."""
         return [[self.stem], [self.layer1], [self.layer2], [self.layer3]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +179,11 @@ class ImageEncoder(nn.Module):
 
     ``freeze_stages`` stops gradients in the first stages of the trunk (the stem counts as one) and keeps
     their BatchNorm statistics fixed, also in ``train()`` mode, so CPU fine-tuning only pays for the rest.
+
+    The frozen part is a fixed function of the image, so a trainer can compute it once per image and cache
+    it: ``forward(x) == forward_trainable(frozen_features(x))``. Inside ``with encoder.frozen_input():``
+    ``forward`` takes such cached features instead of images (so a whole model, e.g. the teacher's
+    fusion, runs unchanged on cached features).
     """
 
     def __init__(self, trunk: Lite0Trunk | ResNet18Trunk, out_dim: int, freeze_stages: int = 0):
@@ -185,6 +197,8 @@ class ImageEncoder(nn.Module):
         self.pool = GeM()
         self.out_dim = out_dim
         self.freeze_stages = freeze_stages
+        self._stages = stages
+        self._takes_frozen_features = False
         self._frozen = [module for stage in stages[:freeze_stages] for module in stage]
         for module in self._frozen:
             module.requires_grad_(False)
@@ -199,9 +213,38 @@ class ImageEncoder(nn.Module):
         self._keep_frozen_in_eval()
         return self
 
+    @property
+    def frozen_modules(self) -> list[nn.Module]:
+        """The trunk modules of the frozen stages, in forward order."""
+        return list(self._frozen)
+
+    def frozen_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen part: normalisation and the first ``freeze_stages`` trunk stages."""
+        return _run_stages(self._stages[: self.freeze_stages], self.normalize(image))
+
+    def forward_trainable(self, features: torch.Tensor) -> torch.Tensor:
+        """The trainable part on ``frozen_features`` output: remaining trunk stages → 1x1 conv → GeM."""
+        return self.pool(self.proj(_run_stages(self._stages[self.freeze_stages :], features)))
+
+    @contextmanager
+    def frozen_input(self) -> Iterator[None]:
+        """Within this block ``forward`` takes ``frozen_features`` output instead of images."""
+        previous, self._takes_frozen_features = self._takes_frozen_features, True
+        try:
+            yield
+        finally:
+            self._takes_frozen_features = previous
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        features = self.trunk(self.normalize(image))
-        return self.pool(self.proj(features))
+        features = image if self._takes_frozen_features else self.frozen_features(image)
+        return self.forward_trainable(features)
+
+
+def _run_stages(stages: list[list[nn.Module]], x: torch.Tensor) -> torch.Tensor:
+    for stage in stages:
+        for module in stage:
+            x = module(x)
+    return x
 
 
 def make_image_encoder(

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..evaluation.metrics import l2_normalize
 from .config import BevConfig, ModelConfig, ModelKind
 from .image import make_image_encoder
 from .lidar import CloudInput, LidarEncoder
 
 DESCRIPTOR_KEY = "fused"
-NORM_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,6 @@ class InputSpec:
         if self.bev_shape is not None:
             examples["cloud"] = torch.rand(batch, *self.bev_shape, generator=generator)
         return {name: examples[name] for name in self.inputs}
-
-
-def l2_normalize(descriptors: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation to float32 (zero rows stay zero)."""
-    descriptors = np.asarray(descriptors, dtype=np.float32)
-    norms = np.linalg.norm(descriptors, axis=-1, keepdims=True)
-    return descriptors / np.maximum(norms, np.float32(NORM_EPS))
 
 
 class VprModel(nn.Module):

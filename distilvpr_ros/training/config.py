@@ -1,0 +1,199 @@
+"""Every hyper-parameter of teacher training and distillation, in one typed config (``TrainConfig``).
+
+Defaults are the DistilVPR recipe (``reference/distilvpr.md`` §3.5, §4): Adam (image lr 1e-4, cloud lr
+1e-3 for the teacher, 1e-4 for the student, weight decay 1e-4), 60 epochs, MultiStepLR at epoch 40 with
+γ 0.1, batch 128 of (anchor, positive) pairs, seed 7, evaluation batch 160, the Oxford augmentations,
+λ_S 10 and cross-agent weights 0.1/0.1/0.1. A YAML file mirrors the nesting; ``TrainConfig.from_yaml``
+applies overrides given as nested dicts or dotted keys (``{"optim.epochs": 2}``). Every run dumps the
+config it used into its run folder (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config import GroundTruthConfig, Section, load_yaml
+from ..losses import DISTILL_METHODS
+from ..losses.task import STUDENT_HEAD_WEIGHTS, TEACHER_HEAD_WEIGHTS, TRIPLET_MARGIN
+from ..models.config import ModelConfig
+
+DataSource = Literal["synthetic", "boreas", "kitti"]
+StudentKind = Literal["camera_student", "lidar_student"]
+
+
+class DataConfig(Section):
+    """Which frames train and which validate.
+
+    ``source: synthetic`` reads a generated world (``root``) and splits it by region; ``boreas`` and
+    ``kitti`` read the named sequences under ``root`` (``train_sequences`` / ``val_sequences``). The
+    run and condition filters let experiments hold out runs or conditions (synthetic worlds record a
+    per-frame ``condition``; filtering by it needs that metadata).
+    """
+
+    source: DataSource = Field("synthetic", description="dataset reader")
+    root: Path | None = Field(None, description="world folder (synthetic) or dataset root")
+    train_region: str = Field("train", description="synthetic: region whose frames train")
+    val_region: str = Field("val", description="synthetic: region whose frames validate (model selection)")
+    train_sequences: list[str] = Field(default_factory=list, description="boreas/kitti: training sequences")
+    val_sequences: list[str] = Field(default_factory=list, description="boreas/kitti: validation sequences")
+    train_runs: list[str] | None = Field(None, description="train only on these runs (None: all)")
+    train_conditions: list[str] | None = Field(None, description="train only on these conditions (None: all)")
+    val_runs: list[str] | None = Field(None, description="validate only on these runs (None: all)")
+    val_conditions: list[str] | None = Field(None, description="validate only on these conditions (None: all)")
+
+
+class OptimConfig(Section):
+    """Adam + MultiStepLR, batch composition (reference §4)."""
+
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(128, ge=2, description="pairs sampler batch (B/2 anchors with one positive each)")
+    image_lr: float = Field(1e-4, gt=0, description="teacher image-branch learning rate")
+    cloud_lr: float = Field(1e-3, gt=0, description="teacher LiDAR-branch learning rate")
+    student_lr: float = Field(1e-4, gt=0, description="learning rate of every student parameter")
+    weight_decay: float = Field(1e-4, ge=0)
+    milestones: list[int] = Field(default_factory=lambda: [40], description="MultiStepLR epochs")
+    gamma: float = Field(0.1, gt=0, description="MultiStepLR factor")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("batch_size must be even (anchor, positive pairs)")
+        return value
+
+
+class LossConfig(Section):
+    """Task loss: batch-hard triplet (margin 0.2) weighted per head (reference §3.1)."""
+
+    margin: float = Field(TRIPLET_MARGIN, gt=0)
+    teacher_heads: dict[str, float] = Field(default_factory=lambda: dict(TEACHER_HEAD_WEIGHTS))
+    student_heads: dict[str, float] = Field(default_factory=lambda: dict(STUDENT_HEAD_WEIGHTS))
+
+
+class AugmentConfig(Section):
+    """Training augmentations (reference §4); see ``training.augment`` for the exact maths.
+
+    Point offsets are in Oxford units (clouds normalised to about [-1, 1]); ``unit_m`` converts them to
+    our metric clouds: jitter σ = ``jitter_sigma * unit_m`` metres, translation σ likewise. The default
+    40 m is the BEV half extent, i.e. the span that [-1, 1] covers here.
+    """
+
+    image: bool = Field(True, description="colour jitter + random erasing on training images")
+    points: bool = Field(True, description="point augmentation before the BEV")
+    brightness: float = Field(0.2, ge=0)
+    contrast: float = Field(0.2, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.1, ge=0, le=0.5)
+    erase_p: float = Field(0.5, ge=0, le=1)
+    erase_scale: tuple[float, float] = (0.1, 0.4)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
+    rotate_deg: float = Field(5.0, ge=0, description="rotation about z, uniform ±this")
+    flip_p: tuple[float, float] = Field((0.25, 0.25), description="probability of flipping x, of flipping y")
+    unit_m: float = Field(40.0, gt=0, description="metres per Oxford unit (scales jitter and translation)")
+    jitter_sigma: float = Field(0.001, ge=0, description="per-point jitter σ (Oxford units)")
+    jitter_clip: float = Field(0.002, ge=0, description="jitter clipped at ± this (Oxford units)")
+    remove_max: float = Field(0.1, ge=0, lt=1, description="drop a fraction U(0, this) of the points")
+    translate_sigma: float = Field(0.01, ge=0, description="whole-cloud translation σ per axis (Oxford units)")
+    block_p: float = Field(0.4, ge=0, le=1, description="probability of removing a random block")
+    block_scale: tuple[float, float] = Field((0.02, 0.33), description="block area / cloud bounding-box area")
+    block_ratio: tuple[float, float] = Field((0.3, 3.3), description="block aspect ratio")
+
+
+class FeatureCacheConfig(Section):
+    """Cache the frozen image trunk's output (needs ``model.freeze_stages > 0``).
+
+    The frozen stages run once per image (eval mode) instead of every step; training runs only the
+    trainable tail. ``augmented_copies`` = K > 0 caches K photometrically augmented versions per image
+    (colour jitter + erasing) and each epoch draws one; K = 0 caches the clean image only, so image
+    augmentation is then off (point augmentation is unaffected).
+    """
+
+    enabled: bool = True
+    augmented_copies: int = Field(0, ge=0)
+    dir: Path | None = Field(
+        None, description="keep frozen features and teacher embeddings here across runs (None: recompute)"
+    )
+
+
+class DistillConfig(Section):
+    """Student training: which teacher, which student, which distillation loss (reference §3.5–3.6)."""
+
+    teacher: Path | None = Field(None, description="teacher checkpoint folder (e.g. <teacher run>/best)")
+    student: StudentKind = "camera_student"
+    method: str = Field("sc", description=f"one of {', '.join(DISTILL_METHODS)}; none = task loss only")
+    weight: float = Field(1.0, ge=0, description="factor on the distillation loss (distil_logit_weight)")
+    self_weight: float = Field(10.0, ge=0, description="λ_S of DistilVPR s/sc (Oxford 10, Boreas 1)")
+    cross_weights: tuple[float, float, float] = Field((0.1, 0.1, 0.1), description="st2ss eucl/sph/hyp")
+    manifolds: list[str] = Field(default_factory=lambda: ["euclidean", "spherical", "hyperbolic"])
+    curvature: float = Field(0.1, gt=0, description="Poincaré ball curvature c")
+    spherical: Literal["angle", "cosine"] = Field("angle", description="self-agent spherical relation")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra arguments of the loss class")
+    teacher_cache: Literal["clean", "augmented"] = Field(
+        "clean", description="teacher embeddings from clean inputs, or from one augmented draw (official code)"
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value.lower() not in DISTILL_METHODS:
+            raise ValueError(f"unknown distillation method {value!r}; valid: {', '.join(DISTILL_METHODS)}")
+        return value.lower()
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of ``make_distill_loss(self.method, ...)``."""
+        if self.method in ("s", "c", "sc"):
+            own = dict(self_weight=self.self_weight, cross_weights=self.cross_weights, manifolds=self.manifolds,
+                       curvature=self.curvature, spherical=self.spherical)
+            return {**own, **self.kwargs}
+        return dict(self.kwargs)
+
+
+class TrainConfig(Section):
+    """One training run (teacher or distillation)."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    ground_truth: GroundTruthConfig = Field(default_factory=GroundTruthConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    feature_cache: FeatureCacheConfig = Field(default_factory=FeatureCacheConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    seed: int = Field(7, description="torch/numpy/sampler seed")
+    threads: int = Field(2, ge=1, description="torch.set_num_threads")
+    eval_batch_size: int = Field(160, ge=1, description="batch for validation and cache passes")
+    out_dir: Path | None = Field(None, description="run folder; default results/<train_teacher|distill>/<stamp>")
+    results_root: Path = Field(Path("results"), description="root of timestamped run folders")
+    resume: bool = Field(False, description="continue from out_dir/last (out_dir required)")
+    progress: bool = Field(True, description="tqdm progress bars")
+
+    @model_validator(mode="after")
+    def _resume_needs_dir(self) -> "TrainConfig":
+        if self.resume and self.out_dir is None:
+            raise ValueError("resume needs out_dir (the run folder holding last/)")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "TrainConfig":
+        """Defaults ← YAML file (optional) ← overrides (nested dicts, or dotted keys like ``optim.epochs``)."""
+        values = load_yaml(path) if path is not None else {}
+        for key, value in (overrides or {}).items():
+            _merge(values, _nest(key, value))
+        return cls.model_validate(values)
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    for part in reversed(key.split(".")[1:]):
+        value = {part: value}
+    return {key.split(".")[0]: value}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,424 @@
+"""Teacher training and DistilVPR distillation (``reference/distilvpr.md`` §1, §3.5, §4).
+
+``train_teacher(cfg)``: the camera+LiDAR teacher with 0.5·triplet(fused) + 0.5·triplet(cloud), Adam with
+image lr 1e-4 and LiDAR lr 1e-3. ``train_student(cfg)`` (alias ``distill``): the teacher is loaded
+frozen, embeds every training frame **once** (clean by default, one augmented draw as the official code
+with ``distill.teacher_cache: augmented``), then a camera (or LiDAR) student trains with
+0.5·triplet(s) + weight·distill(s, cached t) under the same geographic masks. Both share ``fit``:
+
+* batches from ``PairBatchSampler`` (B/2 anchors with one positive each), masks from
+  ``TrainingGroundTruth.batch_masks``; batches without any triplet are skipped before the forward;
+* with ``feature_cache.enabled`` and frozen image stages, the frozen trunk runs once per image and the
+  steps run only the trainable tail (``ImageEncoder.frozen_input``); with ``feature_cache.dir`` those
+  features and the teacher embeddings are kept on disk for later runs (other seeds and methods);
+* after every epoch: cross-run AR@1 on the **validation** region (never the test split) → ``best/``
+  (highest ``val/recall@1``) and ``last/`` checkpoints; ``last/`` also holds the optimizer, scheduler
+  and RNG state, and ``cfg.resume`` continues from it to the same weights an uninterrupted run reaches;
+* ``history.json`` (per-epoch loss terms, validation metrics, seconds and seconds per step),
+  ``training.png`` and ``config.yaml`` in the run folder; tqdm bars with the running loss;
+* under ``torchrun`` the same functions train with DDP (``training.distributed``).
+
+Randomness: the model is initialised from ``cfg.seed``; the sampler draws from (seed, epoch), and each
+element's augmentation from (seed, epoch, element), so nothing depends on RNG state carried across
+epochs and a resumed run replays the remaining epochs exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import dump_config
+from ..data.samplers import PairBatchSampler
+from ..evaluation.evaluate import evaluate_sequences
+from ..losses import MultiHeadTripletLoss, make_distill_loss
+from ..models import build_model, l2_normalize
+from ..models.image import ImageEncoder
+from ..models.vpr import VprModel
+from ..utils.results import make_run_dir, write_json
+from .checkpoint import load_checkpoint, load_model, save_model_checkpoint
+from .augment import ImageAugment, PointAugment
+from .config import TrainConfig
+from .data import (FrameStore, VprDataset, build_feature_cache, disk_cached, frames_fingerprint, frozen_features_key,
+                   open_split, reachable_radius, weights_fingerprint)
+from .distributed import DistEnv, gather_batch, init_distributed, shard, shutdown_distributed, wrap_model
+
+log = logging.getLogger(__name__)
+
+SELECTION_METRIC = "val/recall@1"
+BEST, LAST = "best", "last"
+HISTORY_FILE, PLOT_FILE, CONFIG_FILE = "history.json", "training.png", "config.yaml"
+#: Generator "epoch" key of the augmented teacher-cache draw (apart from every training epoch).
+TEACHER_CACHE_EPOCH = 1 << 30
+
+#: ``loss_fn(outputs, batch_indices, pos_mask, neg_mask) -> (loss, terms)`` on the global batch.
+LossFn = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+# --- public entry points -------------------------------------------------------------------------------
+
+
+def train_teacher(cfg: TrainConfig, train_sequences=None, val_sequences=None) -> Path:
+    """Train the camera+LiDAR teacher; returns the run folder (``best/``, ``last/``, history, plot).
+
+    ``train_sequences`` / ``val_sequences`` (lists of ``Sequence``) replace the ones ``cfg.data`` names.
+    """
+    with _session(cfg) as env:
+        model = build_model("teacher", cfg.model)
+        data = TrainingData(cfg, model, train_sequences, val_sequences)
+        task = MultiHeadTripletLoss(cfg.loss.teacher_heads, margin=cfg.loss.margin)
+
+        def loss_fn(outputs, indices, pos, neg):
+            return task(outputs, pos, neg)
+
+        groups = [
+            {"params": _trainable(model.image_encoder), "lr": cfg.optim.image_lr},
+            {"params": _trainable(model.lidar_encoder), "lr": cfg.optim.cloud_lr},
+        ]
+        return fit(cfg, env, "train_teacher", model, groups, loss_fn, data)
+
+
+def train_student(cfg: TrainConfig, train_sequences=None, val_sequences=None) -> Path:
+    """Distil the teacher at ``cfg.distill.teacher`` into ``cfg.distill.student``; returns the run folder."""
+    if cfg.distill.teacher is None:
+        raise ValueError("distill.teacher is not set (a teacher checkpoint folder, e.g. <run>/best)")
+    with _session(cfg) as env:
+        teacher = load_model(cfg.distill.teacher, expect_kind="teacher").requires_grad_(False)
+        model = build_model(cfg.distill.student, cfg.model)
+        method = cfg.distill.method
+        if method != "none" and teacher.input_spec.descriptor_dim != model.input_spec.descriptor_dim:
+            raise ValueError(f"teacher descriptors are {teacher.input_spec.descriptor_dim}-d, the student's "
+                             f"{model.input_spec.descriptor_dim}-d: relational losses need equal sizes")
+        data = TrainingData(cfg, model, train_sequences, val_sequences)
+        teacher_descriptors = None
+        if method != "none":
+            teacher_descriptors = compute_teacher_cache(teacher, cfg, data.train_sequences, env)
+        task = MultiHeadTripletLoss(cfg.loss.student_heads, margin=cfg.loss.margin)
+        distill_loss = make_distill_loss(method, **cfg.distill.loss_kwargs())
+
+        def loss_fn(outputs, indices, pos, neg):
+            loss, terms = task(outputs, pos, neg)
+            if teacher_descriptors is not None:
+                kd, kd_terms = distill_loss(outputs["fused"], teacher_descriptors[indices], pos, neg)
+                loss = loss + cfg.distill.weight * kd
+                terms.update(kd_terms)
+            return loss, terms
+
+        groups = [{"params": _trainable(model), "lr": cfg.optim.student_lr}]
+        return fit(cfg, env, "distill", model, groups, loss_fn, data)
+
+
+distill = train_student
+
+
+# --- setup --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _session(cfg: TrainConfig) -> Iterator[DistEnv]:
+    """Threads, seeds and (under torchrun) the process group, torn down afterwards."""
+    torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    env = init_distributed()
+    try:
+        yield env
+    finally:
+        shutdown_distributed(env)
+
+
+def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _uses_feature_cache(cfg: TrainConfig, model: VprModel) -> bool:
+    encoder = getattr(model, "image_encoder", None)
+    return cfg.feature_cache.enabled and isinstance(encoder, ImageEncoder) and encoder.freeze_stages > 0
+
+
+def _frozen_features(cfg: TrainConfig, encoder: ImageEncoder, store: FrameStore, copies: int = 0,
+                     augment: ImageAugment | None = None) -> torch.Tensor:
+    """``build_feature_cache`` of a store, kept in ``feature_cache.dir`` across runs when that is set."""
+    key = frozen_features_key(encoder, store.sequences, store.image_size, copies, cfg.seed,
+                              cfg.augment.model_dump(mode="json"))
+    return disk_cached(cfg.feature_cache.dir, key, lambda: build_feature_cache(
+        encoder, store, copies, augment, cfg.seed, batch_size=cfg.eval_batch_size, progress=cfg.progress))
+
+
+@contextmanager
+def _taking_features(model: VprModel, cached: bool) -> Iterator[None]:
+    """Within this block ``model`` takes cached frozen features as ``image`` when ``cached``."""
+    if cached:
+        with model.image_encoder.frozen_input():
+            yield
+    else:
+        yield
+
+
+class TrainingData:
+    """The training and validation frames and the datasets that feed ``model`` from them.
+
+    Training inputs are augmented as ``cfg.augment`` says; with the feature cache the image input is the
+    cached frozen-trunk output (clean, or one of K augmented copies). Validation inputs are clean.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: VprModel, train_sequences=None, val_sequences=None):
+        self.train_sequences = train_sequences if train_sequences is not None else open_split(cfg.data, "train")
+        self.val_sequences = val_sequences if val_sequences is not None else open_split(cfg.data, "val")
+        spec = model.input_spec
+        image_size = spec.image_size if "image" in spec.inputs else None
+        bev = spec.bev if "cloud" in spec.inputs else None
+        point_augment = PointAugment(cfg.augment) if cfg.augment.points and bev is not None else None
+        image_augment = ImageAugment(cfg.augment) if cfg.augment.image else None
+        keep_clouds = reachable_radius(bev, point_augment) if point_augment is not None else None
+        self.train_store = FrameStore(self.train_sequences, image_size, bev, keep_clouds)
+        self.val_store = FrameStore(self.val_sequences, image_size, bev)
+        self.ground_truth = self.train_store.ground_truth(cfg.ground_truth)
+        self.cached = image_size is not None and _uses_feature_cache(cfg, model)
+        train_features = val_features = None
+        if self.cached:
+            copies = cfg.feature_cache.augmented_copies if image_augment is not None else 0
+            if image_augment is not None and not copies:
+                log.info("image augmentation is off: the feature cache holds clean images "
+                         "(feature_cache.augmented_copies > 0 caches augmented ones)")
+            train_features = _frozen_features(cfg, model.image_encoder, self.train_store, copies, image_augment)
+            val_features = _frozen_features(cfg, model.image_encoder, self.val_store)
+            image_augment = None  # applied (or not) inside the cache
+        self.train = VprDataset(self.train_store, spec.inputs, cfg.seed, image_augment, point_augment, train_features)
+        self.val = VprDataset(self.val_store, spec.inputs, cfg.seed, image_features=val_features)
+
+    def model_inputs(self, model: VprModel):
+        """Context within which ``model`` takes what the datasets yield (cached features for images)."""
+        return _taking_features(model, self.cached)
+
+
+def compute_teacher_cache(teacher: VprModel, cfg: TrainConfig, sequences, env: DistEnv) -> torch.Tensor:
+    """Raw teacher descriptors (``N x D``) of every training frame, computed once before training.
+
+    ``distill.teacher_cache``: "clean" embeds unaugmented inputs; "augmented" embeds one augmented draw
+    per frame, as the official code does (its caching loader reads the training dataset). Kept in
+    ``feature_cache.dir`` across runs when that is set.
+    """
+    augmented = cfg.distill.teacher_cache == "augmented"
+    key = {"kind": "teacher_embeddings", "weights": weights_fingerprint([teacher]),
+           "frames": frames_fingerprint(sequences), "mode": cfg.distill.teacher_cache,
+           "seed": cfg.seed if augmented else None,
+           "augment": cfg.augment.model_dump(mode="json") if augmented else None}
+    return disk_cached(cfg.feature_cache.dir, key, lambda: _embed_teacher(teacher, cfg, sequences, env, augmented))
+
+
+@torch.no_grad()
+def _embed_teacher(teacher: VprModel, cfg: TrainConfig, sequences, env: DistEnv, augmented: bool) -> torch.Tensor:
+    spec = teacher.input_spec
+    point_augment = PointAugment(cfg.augment) if augmented and cfg.augment.points else None
+    image_augment = ImageAugment(cfg.augment) if augmented and cfg.augment.image else None
+    keep_clouds = reachable_radius(spec.bev, point_augment) if point_augment is not None else None
+    store = FrameStore(sequences, spec.image_size, spec.bev, keep_clouds)
+    cached = image_augment is None and _uses_feature_cache(cfg, teacher)
+    features = _frozen_features(cfg, teacher.image_encoder, store) if cached else None
+    dataset = VprDataset(store, spec.inputs, cfg.seed, image_augment, point_augment, features)
+    dataset.set_epoch(TEACHER_CACHE_EPOCH)
+    teacher.eval()
+    batches = range(0, len(dataset), cfg.eval_batch_size)
+    out = []
+    with _taking_features(teacher, cached):
+        for start in tqdm(batches, desc="teacher cache", disable=not (cfg.progress and env.is_main), leave=False):
+            batch = dataset.batch(range(start, min(start + cfg.eval_batch_size, len(dataset))))
+            out.append(teacher(**{name: batch[name] for name in spec.inputs})["fused"])
+    return torch.cat(out)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(model: VprModel, data: TrainingData, cfg: TrainConfig) -> dict[str, float]:
+    """Cross-run retrieval on the validation frames: AR@N over ordered run pairs, ``val/``-prefixed."""
+    dataset = data.val
+    was_training = model.training
+    model.eval()
+    descriptors = []
+    with data.model_inputs(model):
+        for start in range(0, len(dataset), cfg.eval_batch_size):
+            batch = dataset.batch(range(start, min(start + cfg.eval_batch_size, len(dataset))))
+            descriptors.append(model(**{name: batch[name] for name in model.input_spec.inputs})["fused"])
+    model.train(was_training)
+    descriptors = l2_normalize(torch.cat(descriptors).numpy())
+    offsets = np.cumsum([0] + [len(seq) for seq in data.val_sequences])
+    per_run = [descriptors[offsets[r] : offsets[r + 1]] for r in range(len(data.val_sequences))]
+    metrics = evaluate_sequences(per_run, data.val_sequences, cfg.ground_truth)
+    if not metrics["num_pairs"]:
+        raise ValueError("validation needs at least two runs (cross-run evaluation)")
+    return {f"val/{key}": value for key, value in metrics.items() if key.startswith("recall@") or key == "num_pairs"}
+
+
+# --- the loop -----------------------------------------------------------------------------------------
+
+
+def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups: list[dict], loss_fn: LossFn,
+        data: TrainingData) -> Path:
+    """Train ``model`` for ``cfg.optim.epochs`` epochs; returns the run folder.
+
+    Each step: the sampler batch (global), this rank's slice of it through the model, the slices
+    gathered back into the global batch, ``loss_fn`` on it, backward, Adam step.
+    """
+    run_dir = _run_dir(cfg, name, env)
+    sampler = PairBatchSampler(data.ground_truth, cfg.optim.batch_size, seed=cfg.seed)
+    if len(sampler) == 0:
+        raise ValueError(f"too few training pairs for one batch of {cfg.optim.batch_size}")
+    optimizer = torch.optim.Adam(param_groups, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.optim.milestones, gamma=cfg.optim.gamma)
+    history: list[dict] = []
+    best = -np.inf
+    if cfg.resume:
+        history, best = _restore(run_dir / LAST, model, optimizer, scheduler)
+    train_model = wrap_model(model, env)
+
+    for epoch in range(len(history), cfg.optim.epochs):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        data.train.set_epoch(epoch)
+        train_model.train()
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        terms_sum: dict[str, float] = defaultdict(float)
+        step_losses: list[float] = []
+        skipped, step_seconds = 0, 0.0
+        bar = tqdm(list(sampler), desc=f"{name} epoch {epoch + 1}/{cfg.optim.epochs}",
+                   disable=not (cfg.progress and env.is_main), leave=False)
+        for batch in bar:
+            step_start = time.perf_counter()
+            pos, neg = (torch.from_numpy(m) for m in data.ground_truth.batch_masks(batch))
+            if not (pos.any(dim=1) & neg.any(dim=1)).any():
+                skipped += 1
+                continue
+            inputs = data.train.batch(shard(batch, env))
+            with data.model_inputs(model):
+                outputs = train_model(**{key: inputs[key] for key in model.input_spec.inputs})
+            loss, terms = loss_fn(gather_batch(outputs, env), torch.as_tensor(batch), pos, neg)
+            optimizer.zero_grad(set_to_none=True)
+            (loss * env.loss_scale).backward()
+            optimizer.step()
+            step_seconds += time.perf_counter() - step_start
+            terms["loss"] = float(loss.detach())
+            step_losses.append(terms["loss"])
+            for key, value in terms.items():
+                terms_sum[key] += value
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", s_per_step=f"{step_seconds / len(step_losses):.2f}")
+        scheduler.step()
+
+        steps = max(len(step_losses), 1)
+        record = {"epoch": epoch + 1, "steps": len(step_losses), "skipped_batches": skipped, "lr": lrs}
+        record.update({f"train/{key}": value / steps for key, value in terms_sum.items()})
+        record["seconds_per_step"] = step_seconds / steps
+        record["step_losses"] = step_losses
+        if env.is_main:
+            record.update(validate(model, data, cfg))
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+            if record[SELECTION_METRIC] > best:
+                best = record[SELECTION_METRIC]
+                _save(run_dir / BEST, model, cfg, epoch + 1, record)
+            _save(run_dir / LAST, model, cfg, epoch + 1, record, optimizer, scheduler, history, best)
+            write_json(run_dir / HISTORY_FILE, history)
+            plot_history(history, run_dir / PLOT_FILE)
+            if cfg.progress:
+                tqdm.write(f"{name} epoch {epoch + 1}: loss {record.get('train/loss', float('nan')):.4f}  "
+                           f"{SELECTION_METRIC} {record[SELECTION_METRIC]:.3f}  {record['seconds']:.1f} s")
+        else:
+            history.append(record)
+        env.barrier()
+    return run_dir
+
+
+def _run_dir(cfg: TrainConfig, name: str, env: DistEnv) -> Path:
+    """The run folder: ``cfg.out_dir`` or a fresh ``results/<name>/<stamp>`` (made by rank 0, shared)."""
+    if cfg.out_dir is not None:
+        run_dir = Path(cfg.out_dir)
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    elif env.distributed:
+        raise ValueError("distributed training needs out_dir (all ranks must agree on the run folder)")
+    else:
+        run_dir = make_run_dir(cfg.results_root, name)
+    if env.is_main:
+        dump_config(cfg, run_dir / CONFIG_FILE)
+    return run_dir
+
+
+def _save(path: Path, model: VprModel, cfg: TrainConfig, epoch: int, record: dict, optimizer=None, scheduler=None,
+          history=None, best=None) -> None:
+    metrics = {"selection_metric": SELECTION_METRIC, **{k: v for k, v in record.items() if k.startswith("val/")}}
+    train_state = None
+    if optimizer is not None:
+        train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "torch_rng": torch.get_rng_state(), "best": best, "history": json.dumps(history)}
+    save_model_checkpoint(path, model, config=cfg.model_dump(mode="json"), epoch=epoch, metrics=metrics,
+                          train_state=train_state)
+
+
+def _restore(path: Path, model, optimizer, scheduler) -> tuple[list[dict], float]:
+    """Load ``last/`` into the model, optimizer and scheduler; returns (history, best selection value)."""
+    _, state, train_state = load_checkpoint(path, with_train_state=True)
+    model.load_state_dict(state)
+    optimizer.load_state_dict(train_state["optimizer"])
+    scheduler.load_state_dict(train_state["scheduler"])
+    torch.set_rng_state(train_state["torch_rng"])
+    return json.loads(train_state["history"]), float(train_state["best"])
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Training loss and validation AR@1 per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(epochs, [r.get("train/loss", np.nan) for r in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax_val.plot(epochs, [r[SELECTION_METRIC] for r in history], marker="o", color="tab:green")
+    ax_val.set(xlabel="epoch", ylabel="AR@1", title="validation AR@1 (cross-run)", ylim=(0, 1))
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- command line (also the torchrun entry point) -----------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m distilvpr_ros.training.trainer {teacher,distill} CONFIG.yaml [key=value ...]``."""
+    parser = argparse.ArgumentParser(description="train the DistilVPR teacher or distil a student")
+    parser.add_argument("mode", choices=["teacher", "distill"])
+    parser.add_argument("config", type=Path, nargs="?", help="YAML TrainConfig (defaults when omitted)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.epochs=2 (values are YAML)")
+    args = parser.parse_args(argv)
+    import yaml
+
+    overrides = {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    cfg = TrainConfig.from_yaml(args.config, overrides)
+    run_dir = (train_teacher if args.mode == "teacher" else train_student)(cfg)
+    print(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""Training: augmentations, the frozen-feature cache, teacher training, distillation, selection, resume."""
+
+import numpy as np
+import pytest
+import torch
+
+from distilvpr_ros.data.world.config import load_world_config
+from distilvpr_ros.data.world.generate import generate_world
+from distilvpr_ros.models import build_model
+from distilvpr_ros.training import trainer
+from distilvpr_ros.training.augment import ImageAugment, PointAugment, hsv_to_rgb, rgb_to_hsv
+from distilvpr_ros.training.checkpoint import load_checkpoint, load_model, read_checkpoint_meta
+from distilvpr_ros.training.config import AugmentConfig, TrainConfig
+from distilvpr_ros.training.data import FrameStore, build_feature_cache, open_split
+
+SMALL = {
+    "model.image_size": [96, 72],
+    "model.pretrained": True,
+    "model.freeze_stages": 5,
+    "model.bev.cells": 32,
+    "model.lidar_channels": [8, 16],
+    "optim.batch_size": 8,
+    "optim.epochs": 2,
+    "threads": 2,
+    "eval_batch_size": 32,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    generate_world(out, load_world_config("tiny", None, None), write_bags=False, progress=False)
+    return out
+
+
+def small_config(world, out_dir, **overrides) -> TrainConfig:
+    return TrainConfig.from_yaml(None, {**SMALL, "data.root": str(world), "out_dir": str(out_dir), **overrides})
+
+
+@pytest.fixture(scope="module")
+def teacher_run(world, tmp_path_factory):
+    return trainer.train_teacher(small_config(world, tmp_path_factory.mktemp("teacher")))
+
+
+# --- augmentation ---------------------------------------------------------------------------------------
+
+
+def test_image_augment_is_deterministic_and_in_range():
+    image = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(0))
+    augment = ImageAugment(AugmentConfig(erase_p=1.0))
+    a = augment(image, np.random.default_rng(3))
+    b = augment(image, np.random.default_rng(3))
+    c = augment(image, np.random.default_rng(4))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape == image.shape and a.min() >= 0 and a.max() <= 1
+    erased = (a == 0).all(dim=0).float().mean()  # p = 1: a box of 10-40 % of the image is zeroed
+    assert 0.05 <= erased <= 0.45
+
+
+def test_hsv_round_trip_and_zero_jitter_is_identity():
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(image)), image, atol=1e-5)
+    still = AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, erase_p=0)
+    assert torch.allclose(ImageAugment(still)(image, np.random.default_rng(0)), image, atol=1e-6)
+
+
+def test_point_augment_is_deterministic_and_bounded():
+    rng = np.random.default_rng(0)
+    cloud = np.concatenate([rng.uniform(-30, 30, (5000, 3)), rng.uniform(0, 1, (5000, 3))], axis=1).astype(np.float32)
+    augment = PointAugment(AugmentConfig())
+    a = augment(cloud, np.random.default_rng(7))
+    assert np.array_equal(a, augment(cloud, np.random.default_rng(7)))
+    assert not np.array_equal(a, augment(cloud, np.random.default_rng(8)))
+    assert a.dtype == np.float32 and a.shape[1] == 6 and 0.5 * len(cloud) < len(a) <= len(cloud)
+
+    jitter_only = PointAugment(AugmentConfig(rotate_deg=0, flip_p=(0, 0), remove_max=0, translate_sigma=0, block_p=0))
+    moved = jitter_only(cloud, np.random.default_rng(1))
+    shift = np.abs(moved[:, :3] - cloud[:, :3])
+    assert shift.max() <= 0.002 * 40.0 + 1e-4  # clip 0.002 Oxford units at 40 m per unit
+    assert 0.02 < shift.std() < 0.06  # σ = 0.001 * 40 m, clipped at 2σ
+    assert np.array_equal(moved[:, 3:], cloud[:, 3:])
+
+
+# --- feature cache --------------------------------------------------------------------------------------
+
+
+def test_feature_cache_equals_uncached_forward(world):
+    cfg = small_config(world, "unused")
+    model = build_model("camera_student", cfg.model)
+    store = FrameStore(open_split(cfg.data, "train"), cfg.model.image_size, None)
+    images = torch.stack([store.image(k) for k in range(6)])
+    features = build_feature_cache(model.image_encoder, store, batch_size=4)[:6, 0]
+    for mode in (True, False):
+        model.train(mode)
+        with torch.no_grad():
+            direct = model(image=images)["fused"]
+            with model.image_encoder.frozen_input():
+                cached = model(image=features)["fused"]
+        torch.testing.assert_close(cached, direct, rtol=1e-5, atol=1e-5)
+
+
+# --- teacher training, selection, resume -------------------------------------------------------------
+
+
+def test_teacher_training_lowers_loss_and_selects_on_validation(teacher_run):
+    history = trainer.json.loads((teacher_run / trainer.HISTORY_FILE).read_text())
+    assert len(history) == 2
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert all(record["steps"] > 0 and "seconds_per_step" in record for record in history)
+    best = read_checkpoint_meta(teacher_run / "best")
+    assert best["metrics"]["selection_metric"] == "val/recall@1"
+    assert best["metrics"]["val/recall@1"] == max(record["val/recall@1"] for record in history)
+    assert not any(key.startswith("test") for key in best["metrics"])
+    assert (teacher_run / trainer.PLOT_FILE).is_file() and (teacher_run / trainer.CONFIG_FILE).is_file()
+    assert load_model(teacher_run / "best", expect_kind="teacher").kind == "teacher"
+
+
+def test_validation_frames_come_from_the_validation_region(world):
+    cfg = small_config(world, "unused")
+    data = trainer.TrainingData(cfg, build_model("camera_student", cfg.model))
+    regions = {seq.meta(i)["region"] for seq in data.val_sequences for i in range(len(seq))}
+    assert regions == {"val"}
+
+
+def test_condition_filter_holds_out_a_condition(world):
+    cfg = small_config(world, "unused", **{"data.train_conditions": ["day", "rain-winter"]})
+    conditions = {seq.meta(i)["condition"] for seq in open_split(cfg.data, "train") for i in range(len(seq))}
+    assert conditions == {"day", "rain-winter"}
+
+
+def test_resume_equals_uninterrupted(world, tmp_path):
+    full = trainer.train_teacher(small_config(world, tmp_path / "full"))
+    trainer.train_teacher(small_config(world, tmp_path / "split", **{"optim.epochs": 1}))
+    resumed = trainer.train_teacher(small_config(world, tmp_path / "split", resume=True))
+    _, full_state, full_train = load_checkpoint(full / "last", with_train_state=True)
+    _, resumed_state, resumed_train = load_checkpoint(resumed / "last", with_train_state=True)
+    for key, value in full_state.items():
+        torch.testing.assert_close(resumed_state[key], value, rtol=0, atol=1e-6, msg=key)
+    assert resumed_train["scheduler"]["last_epoch"] == full_train["scheduler"]["last_epoch"] == 2
+    full_history = trainer.json.loads((full / trainer.HISTORY_FILE).read_text())
+    resumed_history = trainer.json.loads((resumed / trainer.HISTORY_FILE).read_text())
+    np.testing.assert_allclose(resumed_history[-1]["step_losses"], full_history[-1]["step_losses"], rtol=1e-5)
+
+
+# --- distillation ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("student, method", [("camera_student", "sc"), ("camera_student", "none"),
+                                             ("lidar_student", "c")])
+def test_distillation_writes_loadable_checkpoints(world, teacher_run, tmp_path, student, method):
+    cfg = small_config(world, tmp_path, **{"distill.teacher": str(teacher_run / "best"), "distill.method": method,
+                                           "distill.student": student, "optim.epochs": 1})
+    run = trainer.train_student(cfg)
+    model = load_model(run / "best", expect_kind=student)
+    assert model.input_spec.descriptor_dim == cfg.model.student_out_dim
+    history = trainer.json.loads((run / trainer.HISTORY_FILE).read_text())
+    assert ("train/distill" in history[0]) == (method in ("sc", "c"))
+
+
+def test_teacher_cache_is_computed_once(world, teacher_run, tmp_path, monkeypatch):
+    calls = []
+    original = trainer.compute_teacher_cache
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_teacher_cache", counting)
+    cfg = small_config(world, tmp_path, **{"distill.teacher": str(teacher_run / "best"), "distill.method": "rkd",
+                                           "distill.teacher_cache": "augmented", "optim.epochs": 2})
+    trainer.train_student(cfg)
+    assert len(calls) == 1
+
+
+def test_disk_cache_is_reused_and_changes_nothing(world, teacher_run, tmp_path, monkeypatch):
+    calls = {"features": 0, "teacher": 0}
+    build, embed = trainer.build_feature_cache, trainer._embed_teacher
+
+    def counting_build(*args, **kwargs):
+        calls["features"] += 1
+        return build(*args, **kwargs)
+
+    def counting_embed(*args, **kwargs):
+        calls["teacher"] += 1
+        return embed(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "build_feature_cache", counting_build)
+    monkeypatch.setattr(trainer, "_embed_teacher", counting_embed)
+    common = {"distill.teacher": str(teacher_run / "best"), "distill.method": "s", "optim.epochs": 1}
+    plain = trainer.train_student(small_config(world, tmp_path / "plain", **common))
+    assert calls == {"features": 3, "teacher": 1}  # student train + val features, teacher train features
+    cache = {"feature_cache.dir": str(tmp_path / "cache"), **common}
+    first = trainer.train_student(small_config(world, tmp_path / "first", **cache))
+    second = trainer.train_student(small_config(world, tmp_path / "second", seed=8, **cache))
+    # The first cached run computes the student's features and the teacher embeddings (the teacher's frozen
+    # stages are the student's ImageNet ones, so it finds their features); the second computes nothing.
+    assert calls == {"features": 5, "teacher": 2}
+    losses = [trainer.json.loads((run / trainer.HISTORY_FILE).read_text())[0]["step_losses"] for run in (plain, first)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+    assert (second / "best").is_dir()
+
+
+def test_config_overrides_and_validation(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("optim:\n  epochs: 3\ndistill:\n  method: SC\n")
+    cfg = TrainConfig.from_yaml(path, {"optim.batch_size": 16, "augment": {"hue": 0.05}})
+    assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.augment.hue, cfg.distill.method) == (3, 16, 0.05, "sc")
+    assert (cfg.optim.image_lr, cfg.optim.cloud_lr, cfg.optim.milestones, cfg.seed) == (1e-4, 1e-3, [40], 7)
+    with pytest.raises(ValueError):
+        TrainConfig.from_yaml(None, {"distill.method": "nope"})
+    with pytest.raises(ValueError):
+        TrainConfig.from_yaml(None, {"optim.batch_size": 7})
+    with pytest.raises(ValueError):
+        TrainConfig.from_yaml(None, {"resume": True})
