@@ -50,6 +50,39 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace, extra: dict):
+    """TrainConfig from --config YAML, then the command's own flags, then ``key=value`` overrides."""
+    import yaml
+
+    from .training.config import TrainConfig
+
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value (e.g. optim.epochs=5)")
+        overrides[key] = yaml.safe_load(value)
+    return TrainConfig.from_yaml(args.config, overrides)
+
+
+def _cmd_train_teacher(args: argparse.Namespace) -> int:
+    from .training.trainer import train_teacher
+
+    cfg = _train_config(args, {"data.root": args.world, "out_dir": args.out, "resume": args.resume or None})
+    print(train_teacher(cfg))
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .training.trainer import train_student
+
+    cfg = _train_config(args, {"data.root": args.world, "out_dir": args.out, "resume": args.resume or None,
+                               "distill.teacher": args.teacher, "distill.method": args.method,
+                               "distill.student": args.student})
+    print(train_student(cfg))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import run_evaluate
 
@@ -100,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="summarise a dataset folder or a ROS 2 bag")
     i.add_argument("path")
     i.set_defaults(func=_cmd_inspect)
+
+    for name, func, help_ in (
+        ("train-teacher", _cmd_train_teacher, "train the camera+LiDAR teacher (DistilVPR)"),
+        ("distill", _cmd_distill, "distil a teacher into a camera-only (or LiDAR-only) student"),
+    ):
+        t = sub.add_parser(name, help=help_, description=help_ + ". Every TrainConfig key can be set with "
+                           "key=value (dotted, YAML values), e.g. optim.epochs=10 model.image_size=[160,120].")
+        t.add_argument("--config", type=Path, default=None, help="YAML TrainConfig (paper defaults when omitted)")
+        t.add_argument("--world", default=None, help="synthetic world folder (sets data.root)")
+        t.add_argument("--out", default=None, help="run folder (default: results/<command>/<timestamp>)")
+        t.add_argument("--resume", action="store_true", help="continue from <out>/last")
+        if name == "distill":
+            t.add_argument("--teacher", default=None, help="teacher checkpoint folder (e.g. <teacher run>/best)")
+            t.add_argument("--method", default=None,
+                           help="none | s | c | sc | kd | afd | epc | rkd | csd | lsd | mkd | pkt | sp (default sc)")
+            t.add_argument("--student", default=None, help="camera_student (default) | lidar_student")
+        t.add_argument("overrides", nargs="*", help="key=value overrides of the TrainConfig")
+        t.set_defaults(func=func)
 
     e = sub.add_parser("evaluate", help="cross-run Recall@N of a checkpoint on a region of a synthetic world")
     e.add_argument("--checkpoint", required=True, help="checkpoint folder (teacher or student)")

@@ -12,7 +12,8 @@ import yaml
 from distilvpr_ros.data.world.config import load_world_config
 from distilvpr_ros.data.world.generate import generate_world
 from distilvpr_ros.training.checkpoint import load_checkpoint
-from distilvpr_ros.training.trainer import HISTORY_FILE, main
+from distilvpr_ros.cli import main
+from distilvpr_ros.training.trainer import HISTORY_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +41,9 @@ def config_file(tmp_path_factory):
 
 def test_two_ranks_match_one_process(config_file, tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
-    assert main(["teacher", str(config_file), f"out_dir={single}"]) == 0
+    assert main(["train-teacher", "--config", str(config_file), "--out", str(single)]) == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "distilvpr_ros.training.trainer", "teacher", str(config_file), f"out_dir={multi}"]
+               "-m", "distilvpr_ros.cli", "train-teacher", "--config", str(config_file), "--out", str(multi)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 

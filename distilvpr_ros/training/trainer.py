@@ -16,7 +16,8 @@ with ``distill.teacher_cache: augmented``), then a camera (or LiDAR) student tra
   and RNG state, and ``cfg.resume`` continues from it to the same weights an uninterrupted run reaches;
 * ``history.json`` (per-epoch loss terms, validation metrics, seconds and seconds per step),
   ``training.png`` and ``config.yaml`` in the run folder; tqdm bars with the running loss;
-* under ``torchrun`` the same functions train with DDP (``training.distributed``).
+* under ``torchrun`` the same functions train with DDP (``training.distributed``), e.g.
+  ``torchrun --nproc_per_node 2 -m distilvpr_ros.cli train-teacher --config cfg.yaml --out runs/t``.
 
 Randomness: the model is initialised from ``cfg.seed``; the sampler draws from (seed, epoch), and each
 element's augmentation from (seed, epoch, element), so nothing depends on RNG state carried across
@@ -25,7 +26,6 @@ epochs and a resumed run replays the remaining epochs exactly.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -396,29 +396,3 @@ def plot_history(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-# --- command line (also the torchrun entry point) -----------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m distilvpr_ros.training.trainer {teacher,distill} CONFIG.yaml [key=value ...]``."""
-    parser = argparse.ArgumentParser(description="train the DistilVPR teacher or distil a student")
-    parser.add_argument("mode", choices=["teacher", "distill"])
-    parser.add_argument("config", type=Path, nargs="?", help="YAML TrainConfig (defaults when omitted)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.epochs=2 (values are YAML)")
-    args = parser.parse_args(argv)
-    import yaml
-
-    overrides = {}
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    cfg = TrainConfig.from_yaml(args.config, overrides)
-    run_dir = (train_teacher if args.mode == "teacher" else train_student)(cfg)
-    print(run_dir)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
