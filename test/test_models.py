@@ -57,7 +57,12 @@ def test_every_model_outputs_its_declared_descriptor(kind, backbone):
     assert out["fused"].shape == (2, model.input_spec.descriptor_dim) == (2, 384)
     if kind == "teacher":
         assert out["cloud"].shape == (2, 128) and out["image"].shape == (2, 256)
-        assert torch.equal(out["fused"], torch.cat([out["cloud"], out["image"]], dim=1))
+        unit = [torch.nn.functional.normalize(out[k], dim=1) for k in ("cloud", "image")]
+        torch.testing.assert_close(out["fused"], torch.cat(unit, dim=1))  # default: normalized_concat
+        plain = build_model(kind, small_config(image_backbone=backbone, fusion="concat"))
+        plain.load_state_dict(model.state_dict())
+        raw = plain(**inputs)
+        assert torch.equal(raw["fused"], torch.cat([raw["cloud"], raw["image"]], dim=1))  # the paper's fusion
     assert set(model.input_spec.inputs) == set(inputs)
 
 

@@ -79,6 +79,11 @@ class ModelConfig(Section):
     student_dim: int | None = Field(
         None, ge=1, description="student descriptor size; default cloud_dim + image_dim (the teacher's)"
     )
+    fusion: Literal["concat", "normalized_concat"] = Field(
+        "normalized_concat",
+        description="teacher fusion. concat: the paper's plain concatenation; normalized_concat: each branch "
+        "L2-normalised first, so neither dominates the fused descriptor by its scale",
+    )
 
     @property
     def fused_dim(self) -> int:

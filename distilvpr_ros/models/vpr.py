@@ -87,7 +87,13 @@ class VprModel(nn.Module):
 
 
 class TeacherModel(VprModel):
-    """Camera + LiDAR teacher: ``fused = concat(cloud_dim LiDAR, image_dim image)``."""
+    """Camera + LiDAR teacher: ``fused = concat(cloud_dim LiDAR, image_dim image)``.
+
+    With ``cfg.fusion == "normalized_concat"`` (the default) each branch is L2-normalised before the
+    concatenation. The paper concatenates raw GeM outputs; here that let the image branch dominate:
+    after one epoch its descriptors had norm ~55 against ~3 for the LiDAR branch, and retrieval with
+    the fused descriptor gave exactly the image branch's recall, i.e. the teacher ignored its LiDAR.
+    """
 
     kind: ModelKind = "teacher"
 
@@ -104,7 +110,10 @@ class TeacherModel(VprModel):
     ) -> dict[str, torch.Tensor]:
         cloud_desc = self.lidar_encoder(cloud, mask)
         image_desc = self.image_encoder(image)
-        return {"fused": torch.cat([cloud_desc, image_desc], dim=1), "cloud": cloud_desc, "image": image_desc}
+        parts = [cloud_desc, image_desc]
+        if self.cfg.fusion == "normalized_concat":
+            parts = [nn.functional.normalize(p, dim=1, eps=1e-12) for p in parts]
+        return {"fused": torch.cat(parts, dim=1), "cloud": cloud_desc, "image": image_desc}
 
 
 class CameraStudent(VprModel):
