@@ -11,6 +11,7 @@ from distilvpr_ros.data.geometry import make_pose
 from distilvpr_ros.mapping import database
 from distilvpr_ros.mapping.database import (EmbeddingSpace, IndexConfig, MapCompatibilityError, MapError,
                                             PlaceDatabase)
+from distilvpr_ros.utils.fileio import sha256_file
 
 TEACHER_SHA = "a" * 64
 STUDENT_SHA = "b" * 64
@@ -266,7 +267,7 @@ def test_unreadable_descriptor_file_with_matching_checksum_is_named(saved):
     f = path / "descriptors_teacher.npy"
     f.write_bytes(b"\x93NUMPY garbage")
     schema = json.loads((path / "schema.json").read_text())
-    schema["spaces"]["teacher"]["descriptors"]["sha256"] = database._sha256_file(f)
+    schema["spaces"]["teacher"]["descriptors"]["sha256"] = sha256_file(f)
     (path / "schema.json").write_text(json.dumps(schema))
     with pytest.raises(MapError, match="descriptors_teacher.npy: unreadable descriptor file"):
         PlaceDatabase.load(path)

@@ -60,7 +60,6 @@ File format (a folder, written atomically; no pickle anywhere)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -81,6 +80,7 @@ from scipy.spatial.transform import Rotation
 from ..config import Section
 from ..data.errors import DataError
 from ..data.geometry import make_pose
+from ..utils.fileio import sha256_file
 
 FORMAT_NAME = "distilvpr_ros.place_database"
 FORMAT_VERSION = 1
@@ -540,7 +540,7 @@ class PlaceDatabase:
                 _flush(f)
             entry = sp.to_json()
             entry["count"] = len(self)
-            entry["descriptors"] = {"file": desc_file, "sha256": _sha256_file(folder / desc_file)}
+            entry["descriptors"] = {"file": desc_file, "sha256": sha256_file(folder / desc_file)}
             idx = self._index[name]
             idx.sync(self.descriptors(name))
             entry["index"].update(built=idx.built, trained_on=idx.trained_on, file=None, sha256=None)
@@ -548,14 +548,14 @@ class PlaceDatabase:
                 index_file = f"index_{name}.faiss"
                 faiss.write_index(idx.index, str(folder / index_file))
                 _fsync_file(folder / index_file)
-                entry["index"].update(file=index_file, sha256=_sha256_file(folder / index_file))
+                entry["index"].update(file=index_file, sha256=sha256_file(folder / index_file))
             spaces[name] = entry
         meta = {"id": self.ids.tolist(), "stamp": self.stamps.tolist(), "pose": self.poses.tolist(),
                 "frame_id": self._frame_ids, "run": self._runs}
         _write_json(folder / META_FILE, meta)
         schema = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                   "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "count": len(self),
-                  "meta": {"file": META_FILE, "sha256": _sha256_file(folder / META_FILE)}, "spaces": spaces}
+                  "meta": {"file": META_FILE, "sha256": sha256_file(folder / META_FILE)}, "spaces": spaces}
         _write_json(folder / SCHEMA_FILE, schema, indent=2)
         _fsync_dir(folder)
 
@@ -599,14 +599,6 @@ class PlaceDatabase:
 
 
 # ---------------------------------------------------------------------- file helpers
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _flush(f) -> None:
     f.flush()
     os.fsync(f.fileno())
@@ -641,7 +633,7 @@ def _member(folder: Path, name) -> Path:
 def _verify(path: Path, sha256: str) -> None:
     if not path.is_file():
         raise MapError(path, "file is missing")
-    actual = _sha256_file(path)
+    actual = sha256_file(path)
     if actual != sha256:
         raise MapError(path, f"checksum mismatch (corrupt, truncated or modified): sha256 {actual[:12]}… "
                              f"but schema.json records {str(sha256)[:12]}…")

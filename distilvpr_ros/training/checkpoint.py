@@ -14,7 +14,6 @@ do not match with a clear message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..utils.fileio import sha256_file
+
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -32,14 +33,6 @@ META_FILE = "checkpoint.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or incompatible; the message says which file and why."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
