@@ -27,6 +27,8 @@ setup(
     entry_points={
         "console_scripts": [
             "distilvpr = distilvpr_ros.cli:main",
+            "mapping_node = distilvpr_ros.ros.mapping_node:main",
+            "localization_node = distilvpr_ros.ros.localization_node:main",
         ],
     },
 )

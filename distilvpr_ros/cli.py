@@ -102,6 +102,24 @@ def _cmd_corridor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_map(args: argparse.Namespace) -> int:
+    from .runtime import build_map_from_sequence, load_node_config, open_bag_sequence
+
+    overrides = {"map.resume": False} if args.fresh else {}
+    cfg = load_node_config(args.config, "distilvpr_mapping", **overrides)
+    summary = build_map_from_sequence(open_bag_sequence(Path(args.bag), cfg, args.run), Path(args.teacher),
+                                      Path(args.student), Path(args.out), cfg, progress=True)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .runtime import export_model
+
+    print(export_model(Path(args.checkpoint), Path(args.out)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -169,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="output folder (default: results/corridor/<timestamp>)")
     c.add_argument("--results", default="results", help="results root (default: results)")
     c.set_defaults(func=_cmd_corridor)
+
+    b = sub.add_parser("build-map", help="build a place map from a bag offline, as the mapping node does live")
+    b.add_argument("--bag", required=True, help="rosbag2 folder or .mcap/.db3 file")
+    b.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    b.add_argument("--student", required=True, help="camera student checkpoint folder")
+    b.add_argument("--out", required=True, help="map folder (extended if it exists, unless --fresh)")
+    b.add_argument("--config", default=None, help="node YAML (e.g. config/mapping.yaml): topics, keyframes, index")
+    b.add_argument("--run", default=None, help="run name stored with the keyframes (default: the bag's name)")
+    b.add_argument("--fresh", action="store_true", help="replace an existing map instead of extending it")
+    b.set_defaults(func=_cmd_build_map)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX for the localization node's ONNX Runtime backend")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True, help="output .onnx file")
+    x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="run the main job on the embedded synthetic world")
     d.add_argument("--quick", action="store_true", help="small world, finishes in a few minutes")

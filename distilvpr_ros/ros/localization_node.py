@@ -1,0 +1,218 @@
+"""``distilvpr_localization``: camera-only place recognition against a map, with the distilled student.
+
+Inputs (sensor QoS: best-effort by default)
+    ``topics.camera`` (sensor_msgs/Image) and ``topics.camera_compressed`` (sensor_msgs/CompressedImage;
+    ignored while raw images arrive). Latest-frame policy: one slot, processed as soon as the executor is
+    free; a frame replaced before it was processed counts as a drop. Duplicate and out-of-order stamps
+    are dropped with a throttled WARN.
+
+Outputs (reliable, depth 10; every header stamp is the query image's stamp, frame ``frames.map``)
+    * ``place_match`` (geometry_msgs/PoseWithCovarianceStamped): accepted best match, pose of the
+      matched keyframe, covariance from the matcher; remappable to ``/initialpose``.
+    * ``place_candidates`` (geometry_msgs/PoseArray): the top-k keyframes in rank order, every frame.
+    * ``place_candidates/scores`` (std_msgs/Float64MultiArray):
+      ``[t_query, id_1, score_1, t_1, id_2, score_2, t_2, ...]`` (``layout.data_offset = 1``).
+    * ``loop_closure`` (std_msgs/Float64MultiArray ``[t_query, t_match]`` s, the LIO-SAM contract).
+    * ``markers`` (visualization_msgs/MarkerArray): edges from the best match to the other candidates,
+      candidate spheres, and all keyframes (``keyframes`` namespace, every 10 s).
+    * ``/diagnostics``: rate, latency p50/p99, drops, map size, backend, last error.
+
+Services
+    ``~/reload`` (std_srvs/Trigger): load the model and map again (e.g. after a new map was saved).
+
+A missing checkpoint, a corrupt map or a map built with another student leaves the node alive and idle,
+with an ERROR diagnostic saying why.
+"""
+
+from __future__ import annotations
+
+import time
+
+from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from ..data import msg_codec
+from ..mapping.database import MapError
+from ..runtime import Embedder, LatencyWindow, Localizer, ModelLoadError, NodeConfig, configure_threads
+from .nodes_common import (ERROR, OK, OUTPUT_QOS, WARN, Diagnostics, ProblemLog, candidates_msgs, keyframe_markers,
+                           loop_closure_msg, match_markers, msg_stamp, place_match_msg, run_node, sensor_qos)
+from .params import declare_node_config, watch_node_config
+from .sync import StampGuard
+
+NODE_NAME = "distilvpr_localization"
+RAW_PREFERRED_S = 1.0
+KEYFRAME_MARKERS_PERIOD_S = 10.0
+
+
+class LocalizationNode(Node):
+    """The localisation node (module docstring). ``kwargs`` go to :class:`rclpy.node.Node`."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.cfg: NodeConfig = declare_node_config(self)
+        watch_node_config(self, self._on_config)
+        cfg = self.cfg
+        configure_threads(cfg.models.num_threads)
+        self.problems = ProblemLog(self.get_logger())
+        self.diag = Diagnostics(self, "localization")
+        self.guard = StampGuard(cfg.sync.reset_jump_s)
+        self.window = LatencyWindow(cfg.diagnostics.window)
+        self.counts = {"frames": 0, "processed": 0, "dropped": 0, "accepted": 0, "loop_closures": 0}
+        self.localizer: Localizer | None = None
+        self.fatal = ""
+        self.last_reason = ""
+        self._pending = None
+        self._last_raw = -1e9
+        self._problems_seen = 0
+
+        qos = sensor_qos(cfg.qos)
+        self.create_subscription(Image, cfg.topics.camera, lambda m: self._on_camera(m, raw=True), qos)
+        if cfg.topics.camera_compressed:
+            self.create_subscription(CompressedImage, cfg.topics.camera_compressed,
+                                     lambda m: self._on_camera(m, raw=False), qos)
+        self.match_pub = self.create_publisher(PoseWithCovarianceStamped, "place_match", OUTPUT_QOS)
+        self.cand_pub = self.create_publisher(PoseArray, "place_candidates", OUTPUT_QOS)
+        self.score_pub = self.create_publisher(Float64MultiArray, "place_candidates/scores", OUTPUT_QOS)
+        self.loop_pub = self.create_publisher(Float64MultiArray, "loop_closure", OUTPUT_QOS)
+        self.marker_pub = self.create_publisher(MarkerArray, "markers", OUTPUT_QOS)
+        self.create_service(Trigger, "~/reload", self._on_reload)
+        self._work = self.create_guard_condition(self._process)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(cfg.diagnostics.period_s, self._publish_diagnostics, clock=steady)
+        self.create_timer(KEYFRAME_MARKERS_PERIOD_S, self._publish_keyframes, clock=steady)
+        self.load()
+
+    # ------------------------------------------------------------------ setup
+    def load(self) -> bool:
+        """(Re)load the student and the map; on failure log, keep the node idle and say why in diagnostics."""
+        cfg = self.cfg
+        try:
+            student = Embedder.student_from_config(cfg.models)
+            self.localizer = Localizer.load(student, cfg.map.path, cfg.matcher, cfg.map.run or None)
+        except (ModelLoadError, MapError) as e:
+            self.localizer, self.fatal = None, str(e)
+            self.get_logger().error(f"localisation idle: {e}")
+            self._publish_diagnostics()
+            return False
+        self.fatal = ""
+        self.get_logger().info(f"localising against {cfg.map.path} ({len(self.localizer.db)} keyframes) with "
+                               f"{student.identity[0]} on {student.backend}; camera {cfg.topics.camera}")
+        self._publish_keyframes()
+        return True
+
+    def _on_reload(self, request, response):
+        response.success = self.load()
+        response.message = "reloaded" if response.success else self.fatal
+        return response
+
+    def _on_config(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        if self.localizer is not None:
+            self.localizer.matcher.cfg = cfg.matcher
+            self.localizer.matcher.reset()
+
+    # ------------------------------------------------------------------ input
+    def _on_camera(self, msg, raw: bool) -> None:
+        now = time.monotonic()
+        if raw:
+            self._last_raw = now
+        elif now - self._last_raw < RAW_PREFERRED_S:
+            return
+        self.counts["frames"] += 1
+        stamp = msg_stamp(msg)
+        verdict = self.guard.check(stamp)
+        if verdict in ("duplicate", "out_of_order"):
+            what = verdict.replace("_", "-")
+            self.problems.report(f"camera_{verdict}", f"camera frame at t={stamp:.6f} dropped: {what} stamp "
+                                                      f"(previous {self.guard.last:.6f})")
+            return
+        if verdict == "jump" and self.localizer is not None:
+            self.get_logger().warning(f"camera stamps jumped back to t={stamp:.3f} (bag restarted?): matcher reset")
+            self.localizer.matcher.reset()
+        if self._pending is not None:
+            self.counts["dropped"] += 1
+        self._pending = msg
+        self._work.trigger()
+
+    # ------------------------------------------------------------------ processing
+    def _process(self) -> None:
+        try:
+            self._process_pending()
+        except Exception as e:  # a bug or an unforeseen input must not kill the node
+            self.problems.report("internal_error", f"localisation failed: {type(e).__name__}: {e}", ERROR)
+
+    def _process_pending(self) -> None:
+        msg, self._pending = self._pending, None
+        if msg is None or self.localizer is None:
+            return
+        stamp = msg_stamp(msg)
+        try:
+            image = msg_codec.image_to_rgb(msg) if isinstance(msg, Image) else msg_codec.compressed_to_rgb(msg)
+            out = self.localizer.localize(stamp, image)
+        except ValueError as e:
+            self.problems.report("bad_image", f"camera frame at t={stamp:.6f} unusable: {e}")
+            return
+        self.counts["processed"] += 1
+        self.window.add(out.seconds)
+        self.publish(out.match)
+
+    def publish(self, match) -> None:
+        """Publish the outputs of one match result."""
+        frame = self.cfg.frames.map
+        self.last_reason = match.reason
+        poses, scores = candidates_msgs(match, frame)
+        self.cand_pub.publish(poses)
+        self.score_pub.publish(scores)
+        if match.best is not None:
+            edges = [(match.best.pose[:3], c.pose[:3]) for c in match.candidates[1:]]
+            self.marker_pub.publish(match_markers(match.stamp, frame, edges, match.candidates))
+        if match.accepted:
+            self.counts["accepted"] += 1
+            self.match_pub.publish(place_match_msg(match, frame))
+        if match.loop_closure is not None:
+            self.counts["loop_closures"] += 1
+            self.loop_pub.publish(loop_closure_msg(*match.loop_closure))
+
+    def _publish_keyframes(self) -> None:
+        if self.localizer is not None and len(self.localizer.db):
+            self.marker_pub.publish(keyframe_markers(self.localizer.db.poses[:, :3], self.cfg.frames.map))
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostics_values(self) -> dict:
+        loc = self.localizer
+        return {
+            "rate_hz": self.window.rate_hz(), "latency_ms_p50": self.window.percentile_ms(50),
+            "latency_ms_p99": self.window.percentile_ms(99), "frames": self.counts["frames"],
+            "processed": self.counts["processed"], "drops": self.counts["dropped"],
+            "drops_duplicate": self.guard.duplicates, "drops_out_of_order": self.guard.out_of_order,
+            "input_errors": self.problems.counts.get("bad_image", 0), "accepted": self.counts["accepted"],
+            "loop_closures": self.counts["loop_closures"], "map_size": len(loc.db) if loc else 0,
+            "map_path": self.cfg.map.path, "backend": self.cfg.models.backend,
+            "model": loc.student.identity[0] if loc else "", "last_match": self.last_reason or "accepted",
+            "last_error": self.fatal or self.problems.last,
+        }
+
+    def _publish_diagnostics(self) -> None:
+        values = self.diagnostics_values()
+        if self.fatal:
+            level, message = ERROR, f"idle: {self.fatal}"
+        elif self.problems.total > self._problems_seen:
+            level, message = max(WARN, self.problems.last_level), self.problems.last
+        else:
+            level, message = OK, f"localising against {values['map_size']} keyframes"
+        self._problems_seen = self.problems.total
+        self.diag.publish(level, message, values)
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run distilvpr_ros localization_node``."""
+    return run_node(LocalizationNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
