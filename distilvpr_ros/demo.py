@@ -28,6 +28,18 @@ PENDING_STAGES = [
 ]
 
 
+# Render settings that change how fast a world is made, not what is in it.
+_EXECUTION_KNOBS = ("threads", "workers", "processes")
+
+
+def _content_config(config: dict) -> dict:
+    """A world config without the execution knobs, in JSON form (what decides the generated files)."""
+    config = json.loads(json.dumps(config, default=str))
+    for knob in _EXECUTION_KNOBS:
+        config.get("render", {}).pop(knob, None)
+    return config
+
+
 def ensure_world(data_root: Path, preset: str, progress: bool = True) -> Path:
     """Generate the preset's world under ``data_root`` unless an identical one is already there."""
     from .data.world.config import load_world_config
@@ -38,7 +50,7 @@ def ensure_world(data_root: Path, preset: str, progress: bool = True) -> Path:
     meta = out / "world.json"
     if meta.is_file():
         try:
-            if json.loads(meta.read_text()).get("config") == cfg.model_dump(mode="json"):
+            if _content_config(json.loads(meta.read_text()).get("config", {})) == _content_config(cfg.model_dump()):
                 print(f"[demo] reusing {out} (same config)")
                 return out
         except json.JSONDecodeError:

@@ -23,15 +23,12 @@ layers add the file or topic).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from .errors import DataError
 from .geometry import make_pose, pose_to_xyz_quat
 from .sample import CLOUD_FIELDS
 

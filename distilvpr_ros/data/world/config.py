@@ -25,9 +25,15 @@ Season = Literal["summer", "autumn", "winter"]
 class Condition(Section):
     """Appearance condition of one run: lighting, weather and season."""
 
-    time_of_day: TimeOfDay = Field("day", description="day: high sun; dusk: low warm sun; night: headlights, lamps, lit windows")
-    weather: Weather = Field("clear", description="fog: depth haze + shorter LiDAR range; rain: image streaks + LiDAR dropouts")
-    season: Season = Field("summer", description="foliage: green (summer), yellow-orange (autumn), no crowns at all (winter)")
+    time_of_day: TimeOfDay = Field(
+        "day", description="day: high sun; dusk: low warm sun; night: headlights, lamps, lit windows"
+    )
+    weather: Weather = Field(
+        "clear", description="fog: depth haze + shorter LiDAR range; rain: image streaks + LiDAR dropouts"
+    )
+    season: Season = Field(
+        "summer", description="foliage: green (summer), yellow-orange (autumn), no crowns at all (winter)"
+    )
 
     @property
     def name(self) -> str:
@@ -49,7 +55,9 @@ class RunConfig(Section):
     lane: int = Field(0, ge=0, description="lane counted from the centre line (0 = inner), right-hand traffic")
     speed_mps: float = Field(9.0, gt=0, description="mean driving speed (m/s); varies smoothly along the run")
     laps: float = Field(1.0, gt=0, description="route length driven, in loops (>1 revisits the start: loop closures)")
-    start_offset_m: float | None = Field(None, description="arc length along the loop where the run starts; None: random")
+    start_offset_m: float | None = Field(
+        None, description="arc length along the loop where the run starts; None: random"
+    )
     day: int = Field(0, ge=0, description="days after WorldConfig.start_date on which the run is recorded")
 
 
@@ -68,8 +76,12 @@ class TownConfig(Section):
     curb_height_m: float = Field(0.15, ge=0, description="blocks (sidewalks) are raised by this much above the road")
     building_width_m: tuple[float, float] = Field((9.0, 24.0), description="frontage range of one building (m)")
     building_height_m: tuple[float, float] = Field((6.0, 32.0), description="height range of buildings (m)")
-    building_setback_m: tuple[float, float] = Field((0.0, 3.0), description="distance from the sidewalk to the facade (m)")
-    alley_probability: float = Field(0.25, ge=0, le=1, description="chance of an alley gap between neighbouring buildings")
+    building_setback_m: tuple[float, float] = Field(
+        (0.0, 3.0), description="distance from the sidewalk to the facade (m)"
+    )
+    alley_probability: float = Field(
+        0.25, ge=0, le=1, description="chance of an alley gap between neighbouring buildings"
+    )
     facade_kinds: list[Literal["windows", "glass", "bands", "brick", "plain"]] = Field(
         ["windows", "glass", "bands", "brick", "plain"], description="facade pattern kinds buildings draw from"
     )
@@ -79,9 +91,13 @@ class TownConfig(Section):
     tree_probability: float = Field(0.55, ge=0, le=1, description="chance that a sidewalk tree slot holds a tree")
     park_trees_per_100m2: float = Field(0.5, ge=0, description="tree density inside parks")
     pole_spacing_m: float = Field(32.0, gt=1, description="spacing of street lamps along each street side (m)")
-    sign_probability: float = Field(0.15, ge=0, le=1, description="chance that a sidewalk slot between lamps holds a sign")
+    sign_probability: float = Field(
+        0.15, ge=0, le=1, description="chance that a sidewalk slot between lamps holds a sign"
+    )
     parked_vehicle_probability: float = Field(0.45, ge=0, le=1, description="chance that a parking slot is occupied")
-    parked_vehicle_turnover: float = Field(0.3, ge=0, le=1, description="fraction of parking slots re-drawn for each run")
+    parked_vehicle_turnover: float = Field(
+        0.3, ge=0, le=1, description="fraction of parking slots re-drawn for each run"
+    )
 
 
 class CameraConfig(Section):
@@ -113,7 +129,9 @@ class TrafficConfig(Section):
 
     vehicles_per_km: float = Field(25.0, ge=0, description="moving vehicles per km of route")
     pedestrians_per_km: float = Field(40.0, ge=0, description="pedestrians per km of route (on the sidewalks)")
-    lead_vehicle_fraction: float = Field(0.3, ge=0, le=1, description="share of the run with a car ahead in the ego lane")
+    lead_vehicle_fraction: float = Field(
+        0.3, ge=0, le=1, description="share of the run with a car ahead in the ego lane"
+    )
     visible_range_m: float = Field(90.0, gt=0, description="dynamic objects farther than this from the ego are skipped")
 
 
@@ -123,6 +141,7 @@ class RenderConfig(Section):
     shadows: bool = Field(True, description="cast sun shadows (one extra ray per pixel, day and dusk only)")
     threads: int = Field(0, ge=0, description="open3d ray-casting threads (0: all cores)")
     workers: int = Field(2, ge=1, description="frames rendered concurrently (threads) while generating")
+    processes: int = Field(2, ge=1, description="runs generated in parallel processes (1: all in this process)")
 
 
 class RegionConfig(Section):
@@ -168,15 +187,22 @@ class WorldConfig(Section):
     frame_spacing_jitter: float = Field(0.1, ge=0, lt=1, description="relative +- jitter of the frame spacing")
     speed_variation: float = Field(0.3, ge=0, lt=1, description="relative +- smooth variation of the speed along a run")
     heading_jitter_deg: float = Field(2.5, ge=0, description="standard deviation of the smooth heading jitter (deg)")
-    lateral_jitter_m: float = Field(0.35, ge=0, description="standard deviation of the smooth offset within the lane (m)")
-    corner_radius_m: float = Field(10.0, ge=0, description="radius of the rounded corners of the route's centre line (m)")
-    runs: list[RunConfig] = Field(default_factory=lambda: [RunConfig()], min_length=1, description="traversals to render")
+    lateral_jitter_m: float = Field(
+        0.35, ge=0, description="standard deviation of the smooth offset within the lane (m)"
+    )
+    corner_radius_m: float = Field(
+        10.0, ge=0, description="radius of the rounded corners of the route's centre line (m)"
+    )
+    runs: list[RunConfig] = Field(
+        default_factory=lambda: [RunConfig()], min_length=1, description="traversals to render"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "WorldConfig":
         for i, r in enumerate(self.runs):
             if r.lane >= self.town.lanes_per_direction:
-                raise ValueError(f"runs[{i}].lane={r.lane} but the town has {self.town.lanes_per_direction} lanes per direction")
+                raise ValueError(f"runs[{i}].lane={r.lane} but the town has {self.town.lanes_per_direction} "
+                                 "lanes per direction")
         ids = self.run_ids()
         if len(set(ids)) != len(ids):
             raise ValueError(f"run names must be unique, got {ids}")

@@ -22,7 +22,7 @@ import functools
 import json
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -149,6 +149,51 @@ class _BagSink:
         self.writer.close()
 
 
+def _generate_run(out_dir: Path, cfg: WorldConfig, i: int, *, bag_storage: str, write_bags: bool,
+                  town: Town | None = None, route: Polyline | None = None, trajs: list[Trajectory] | None = None,
+                  bar: tqdm | None = None) -> dict:
+    """Render run ``i`` into ``runs/<id>`` (and ``bags/<id>``); returns its ``run.json`` contents.
+
+    Called in-process (town, route and trajectories passed in) or in a worker process (rebuilt from
+    ``cfg``; there each process ray-casts on one thread so the processes do not oversubscribe cores).
+    """
+    if town is None:
+        render = cfg.render.model_copy(update={"threads": 1})
+        cfg = cfg.model_copy(update={"render": render})
+        town = world_town(cfg)
+        route = town_route(town.grid, cfg.corner_radius_m)
+        trajs = world_trajectories(cfg, town, route)
+    traj = trajs[i]
+    run_dir, bag_dir = out_dir / RUNS_DIR / traj.run_id, out_dir / BAGS_DIR / traj.run_id
+    for d in (run_dir, bag_dir):
+        if d.exists():
+            shutil.rmtree(d)
+    rr = RunRenderer(cfg, town, route, traj, i)
+    (run_dir / IMAGES_DIR).mkdir(parents=True)
+    (run_dir / CLOUDS_DIR).mkdir(parents=True)
+    frame = functools.partial(_write_frame, rr, run_dir)
+    bag_dir.parent.mkdir(parents=True, exist_ok=True)
+    sink = _BagSink(bag_dir, bag_storage, cfg, traj, rr.poses) if write_bags else None
+    dyn_frac = np.zeros(len(traj))
+    try:
+        with ThreadPoolExecutor(max(1, cfg.render.workers)) as pool:
+            for c0 in range(0, len(traj), _CHUNK):
+                ks = range(c0, min(c0 + _CHUNK, len(traj)))
+                for k, (image, cloud, frac) in zip(ks, pool.map(frame, ks)):
+                    dyn_frac[k] = frac
+                    if sink is not None:
+                        sink.write(k, image, cloud)
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if sink is not None:
+            sink.close()
+    _write_csv(run_dir / POSES_CSV, traj, rr.poses, dyn_frac, cfg)
+    meta = _run_meta(traj, i, rr)
+    (run_dir / RUN_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
 def generate_world(out_dir: Path, cfg: WorldConfig, *, bag_storage: str = "mcap", write_bags: bool = True,
                    progress: bool = True) -> dict:
     """Render every run of ``cfg`` into ``out_dir``; returns a summary (counts, timings, paths).
@@ -166,38 +211,21 @@ def generate_world(out_dir: Path, cfg: WorldConfig, *, bag_storage: str = "mcap"
     bounds = region_bounds(cfg, town.grid)
     total = sum(len(t) for t in trajs)
     bar = tqdm(total=total, desc="rendering world", unit="frame", disable=not progress)
-    runs_meta, region_counts = [], {}
-    with ThreadPoolExecutor(max(1, cfg.render.workers)) as pool:
-        for i, traj in enumerate(trajs):
-            run_dir, bag_dir = out_dir / RUNS_DIR / traj.run_id, out_dir / BAGS_DIR / traj.run_id
-            for d in (run_dir, bag_dir):
-                if d.exists():
-                    shutil.rmtree(d)
-            rr = RunRenderer(cfg, town, route, traj, i)
-            (run_dir / IMAGES_DIR).mkdir(parents=True)
-            (run_dir / CLOUDS_DIR).mkdir(parents=True)
-            frame = functools.partial(_write_frame, rr, run_dir)
-            bag_dir.parent.mkdir(parents=True, exist_ok=True)
-            sink = _BagSink(bag_dir, bag_storage, cfg, traj, rr.poses) if write_bags else None
-            dyn_frac = np.zeros(len(traj))
-            try:
-                for c0 in range(0, len(traj), _CHUNK):
-                    ks = range(c0, min(c0 + _CHUNK, len(traj)))
-                    for k, (image, cloud, frac) in zip(ks, pool.map(frame, ks)):
-                        dyn_frac[k] = frac
-                        if sink is not None:
-                            sink.write(k, image, cloud)
-                        bar.update(1)
-            finally:
-                if sink is not None:
-                    sink.close()
-            _write_csv(run_dir / POSES_CSV, traj, rr.poses, dyn_frac, cfg)
-            meta = _run_meta(traj, i, rr)
-            (run_dir / RUN_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-            runs_meta.append(meta)
-            for r, n in zip(*np.unique(traj.region, return_counts=True)):
-                region_counts[str(r)] = region_counts.get(str(r), 0) + int(n)
+    job = functools.partial(_generate_run, out_dir, cfg, bag_storage=bag_storage, write_bags=write_bags)
+    if cfg.render.processes > 1 and len(trajs) > 1:
+        # Whole runs in parallel processes, each rebuilding the (deterministic) town; the bar moves per run.
+        with ProcessPoolExecutor(min(cfg.render.processes, len(trajs))) as pool:
+            runs_meta = []
+            for meta in pool.map(job, range(len(trajs))):
+                runs_meta.append(meta)
+                bar.update(meta["frames"])
+    else:
+        runs_meta = [job(i, town=town, route=route, trajs=trajs, bar=bar) for i in range(len(trajs))]
     bar.close()
+    region_counts: dict[str, int] = {}
+    for traj in trajs:
+        for r, n in zip(*np.unique(traj.region, return_counts=True)):
+            region_counts[str(r)] = region_counts.get(str(r), 0) + int(n)
 
     g = cfg.geo
     grid = town.grid

@@ -73,7 +73,8 @@ class SpinningLidar:
         elev = np.deg2rad(np.linspace(cfg.vfov_deg[0], cfg.vfov_deg[1], cfg.beams))
         azim = np.pi - 2 * np.pi * (np.arange(cfg.columns) + 0.5) / cfg.columns  # clockwise from behind
         e, a = np.meshgrid(elev, azim, indexing="ij")
-        self.dirs = np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], -1).reshape(-1, 3).astype(np.float32)
+        dirs = np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], -1)
+        self.dirs = dirs.reshape(-1, 3).astype(np.float32)
         self.dirs_t = np.ascontiguousarray(self.dirs.T)  # (3, N), for fast rotation
         self.ring = np.repeat(np.arange(cfg.beams), cfg.columns).astype(np.float32)
         self.time = np.tile(np.arange(cfg.columns) * (cfg.sweep_period_s / cfg.columns), cfg.beams).astype(np.float32)

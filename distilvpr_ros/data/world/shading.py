@@ -103,7 +103,8 @@ def _frac(x: np.ndarray) -> np.ndarray:
 def _foliage(variation: np.ndarray, season: str) -> np.ndarray:
     v = variation[:, None]
     if season == "autumn":
-        yellow, orange, red = (np.array(c, np.float32) for c in ((0.62, 0.42, 0.03), (0.62, 0.2, 0.02), (0.38, 0.05, 0.02)))
+        yellow, orange, red = (np.array(c, np.float32)
+                               for c in ((0.62, 0.42, 0.03), (0.62, 0.2, 0.02), (0.38, 0.05, 0.02)))
         return np.where(v < 0.5, yellow + (orange - yellow) * v * 2, orange + (red - orange) * (v - 0.5) * 2)
     return np.array([0.06, 0.2, 0.04], np.float32) + v * np.array([0.05, 0.06, 0.0], np.float32)
 

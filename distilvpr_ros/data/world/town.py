@@ -42,7 +42,7 @@ _WINDOW_PALETTE = {
 }
 _ROOF_PALETTE = [(0.25, 0.25, 0.27), (0.40, 0.20, 0.15), (0.35, 0.38, 0.35), (0.55, 0.55, 0.55)]
 CAR_PALETTE = [(0.80, 0.80, 0.82), (0.05, 0.05, 0.06), (0.55, 0.05, 0.04), (0.05, 0.12, 0.45), (0.45, 0.45, 0.48),
-                (0.80, 0.62, 0.05), (0.10, 0.30, 0.12), (0.90, 0.90, 0.90)]
+               (0.80, 0.62, 0.05), (0.10, 0.30, 0.12), (0.90, 0.90, 0.90)]
 _FACADE_SHAPES = {  # kind: (floor height, window spacing, window width fraction, window height fraction) ranges
     "windows": ((3.0, 3.8), (2.2, 3.6), (0.45, 0.6), (0.45, 0.6)),
     "glass": ((3.5, 4.2), (1.4, 2.0), (0.88, 0.93), (0.78, 0.85)),
@@ -148,7 +148,8 @@ class _TownBuilder:
         self.m_trunk = self.mat.add(Kind.TRUNK, (0.18, 0.12, 0.08), 0.35)
         self.m_pole = self.mat.add(Kind.POLE, (0.30, 0.31, 0.33), 0.45)
         self.m_lamp = self.mat.add(Kind.LAMP, (0.85, 0.85, 0.80), 0.5)
-        self.m_signs = [self.mat.add(Kind.SIGN, c, 0.95) for c in [(0.6, 0.03, 0.02), (0.02, 0.1, 0.5), (0.85, 0.65, 0.02)]]
+        sign_colors = [(0.6, 0.03, 0.02), (0.02, 0.1, 0.5), (0.85, 0.65, 0.02)]
+        self.m_signs = [self.mat.add(Kind.SIGN, c, 0.95) for c in sign_colors]
         self.m_cabin = self.mat.add(Kind.WINDOW, (0.04, 0.05, 0.07), 0.1)
 
     def build(self) -> Town:
@@ -184,7 +185,8 @@ class _TownBuilder:
     def _add_block(self, x0: float, y0: float, x1: float, y1: float, kind: str) -> None:
         c, rng = self.cfg, self.rng
         interior = {"buildings": "paving", "park": "grass", "lot": "lot"}[kind]
-        interior_color = {"paving": (0.42, 0.40, 0.37), "grass": (0.12, 0.26, 0.06), "lot": (0.13, 0.13, 0.14)}[interior]
+        interior_color = {"paving": (0.42, 0.40, 0.37), "grass": (0.12, 0.26, 0.06),
+                          "lot": (0.13, 0.13, 0.14)}[interior]
         m = self.mat.add(Kind.BLOCK, interior_color, 0.3 if interior != "lot" else 0.15, color2=(0.50, 0.50, 0.48),
                          params=(x0, y0, x1, y1, BLOCK_INTERIORS.index(interior), c.sidewalk_width_m))
         self.static.append(boxes([((x0 + x1) / 2, (y0 + y1) / 2)], 0.0, (x1 - x0, y1 - y0, c.curb_height_m), 0.0, m))
@@ -240,7 +242,8 @@ class _TownBuilder:
         bid = len(self.buildings)
         wall = self.mat.add(Kind.WALL, wall_color, _WALL_REFLECTIVITY[kind],
                             color2=_jitter(rng, windows[rng.integers(len(windows))], 0.02),
-                            params=(FACADE_KINDS.index(kind), floor_h, spacing, ww, wh, shop_h, rng.uniform(0.15, 0.6), bid))
+                            params=(FACADE_KINDS.index(kind), floor_h, spacing, ww, wh, shop_h,
+                                    rng.uniform(0.15, 0.6), bid))
         roof = self.mat.add(Kind.ROOF, _jitter(rng, _ROOF_PALETTE[rng.integers(len(_ROOF_PALETTE))], 0.03), 0.3)
         z0 = c.curb_height_m
         self.static.append(boxes([((x0 + x1) / 2, (y0 + y1) / 2)], z0, (x1 - x0, y1 - y0, height), 0.0, wall, roof))

@@ -17,7 +17,8 @@ from .mesh import Kind, MaterialTable, Mesh, pedestrian_boxes, vehicle_boxes
 from .runs import Polyline, Trajectory, smooth_noise
 from .town import CAR_PALETTE, StreetGrid
 
-_CLOTHES = [(0.05, 0.05, 0.06), (0.5, 0.05, 0.05), (0.1, 0.2, 0.5), (0.7, 0.6, 0.4), (0.25, 0.35, 0.25), (0.8, 0.8, 0.8)]
+_CLOTHES = [(0.05, 0.05, 0.06), (0.5, 0.05, 0.05), (0.1, 0.2, 0.5), (0.7, 0.6, 0.4), (0.25, 0.35, 0.25),
+            (0.8, 0.8, 0.8)]
 _SKIN = [(0.65, 0.45, 0.32), (0.40, 0.26, 0.18), (0.80, 0.62, 0.50)]
 
 
@@ -45,8 +46,10 @@ class Traffic:
         yaw = np.arctan2(tangent[:, 1], tangent[:, 0]) + np.where(self.velocity < 0, np.pi, 0.0)
         near = np.linalg.norm(xy - traj.xy[k], axis=1) < self.visible_range
         cars, peds = near & self.is_car, near & ~self.is_car
-        parts = [vehicle_boxes(xy[cars], yaw[cars], self.body[cars], self.cabin) if cars.any() else Mesh.empty(),
-                 pedestrian_boxes(xy[peds], yaw[peds], self.body[peds], self.skin[peds]) if peds.any() else Mesh.empty()]
+        cars_mesh = vehicle_boxes(xy[cars], yaw[cars], self.body[cars], self.cabin) if cars.any() else Mesh.empty()
+        peds_mesh = (pedestrian_boxes(xy[peds], yaw[peds], self.body[peds], self.skin[peds]) if peds.any()
+                     else Mesh.empty())
+        parts = [cars_mesh, peds_mesh]
         if np.isfinite(self.lead_gap[k]):
             p, t = traj.path.at(traj.s[k] + self.lead_gap[k])
             parts.append(vehicle_boxes(p, np.arctan2(t[:, 1], t[:, 0]), self.lead_body, self.cabin))
