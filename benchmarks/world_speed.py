@@ -5,8 +5,10 @@ Renders ``--frames`` consecutive frames of one run of the ``default`` world (320
 
 * ``camera_fps`` / ``lidar_fps`` / ``both_fps``: one frame after the other in one thread (open3d
   ray casting uses all cores);
-* ``both_fps_workers``: camera+LiDAR frames rendered by ``render.workers`` threads at once, as
-  ``generate_world`` does (numpy shading of one frame overlaps ray casting of another);
+* ``both_fps_workers``: camera+LiDAR frames rendered by ``render.workers`` threads at once
+  (numpy shading of one frame overlaps ray casting of another);
+* ``both_fps_processes``: camera+LiDAR frames rendered by ``render.processes`` processes, each
+  ray-casting on one thread, as ``generate_world`` renders runs in parallel (start-up excluded);
 
 per condition (``--runs`` picks runs of the preset by index). Writes the numbers as JSON.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import time
@@ -34,6 +37,27 @@ def _fps(n: int, fn) -> float:
     t = time.perf_counter()
     fn()
     return n / (time.perf_counter() - t)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(cfg, run: int) -> None:
+    cfg = cfg.model_copy(update={"render": cfg.render.model_copy(update={"threads": 1})})
+    _WORKER["rr"] = RunRenderer.for_run(cfg, run)
+
+
+def _render_in_worker(k: int) -> int:
+    _WORKER["rr"].render(k)
+    return k
+
+
+def processes_fps(cfg, run: int, frames: int, processes: int) -> float:
+    """Frames/s of ``processes`` single-threaded renderer processes on the first ``frames`` frames."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes, initializer=_init_worker, initargs=(cfg, run)) as pool:
+        pool.map(_render_in_worker, range(processes), chunksize=1)  # start-up and warm-up
+        return _fps(frames, lambda: pool.map(_render_in_worker, range(frames), chunksize=2))
 
 
 def bench_run(rr: RunRenderer, frames: int, workers: int) -> dict:
@@ -79,16 +103,19 @@ def main() -> None:
     for i in runs:
         rr = RunRenderer.for_run(cfg, i)
         r = bench_run(rr, args.frames, cfg.render.workers)
+        r["both_fps_processes"] = round(processes_fps(cfg, i, min(args.frames, len(rr.traj)), cfg.render.processes), 2)
         result["runs"][cfg.run_ids()[i]] = r
         print(f"{cfg.run_ids()[i]:>22}: camera {r['camera_fps']:6.1f} fps | LiDAR {r['lidar_fps']:6.1f} fps | "
-              f"both {r['both_fps']:6.1f} fps | both, {cfg.render.workers} workers {r['both_fps_workers']:6.1f} fps")
-    for key in ("camera_fps", "lidar_fps", "both_fps", "both_fps_workers"):
+              f"both {r['both_fps']:6.1f} fps | {cfg.render.workers} threads {r['both_fps_workers']:6.1f} fps | "
+              f"{cfg.render.processes} processes {r['both_fps_processes']:6.1f} fps")
+    for key in ("camera_fps", "lidar_fps", "both_fps", "both_fps_workers", "both_fps_processes"):
         result[f"mean_{key}"] = round(float(np.mean([r[key] for r in result["runs"].values()])), 2)
     result["load_average_after"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"mean: camera {result['mean_camera_fps']} fps, LiDAR {result['mean_lidar_fps']} fps, both "
-          f"{result['mean_both_fps']} fps, both with workers {result['mean_both_fps_workers']} fps -> {args.out}")
+          f"{result['mean_both_fps']} fps, threads {result['mean_both_fps_workers']} fps, processes "
+          f"{result['mean_both_fps_processes']} fps -> {args.out}")
 
 
 if __name__ == "__main__":
