@@ -120,6 +120,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .evaluation.replay_metrics import REPLAY_KEYS
+    from .ros.replay import ReplayError, run_replay
+
+    try:
+        metrics = run_replay(args.bag, args.map, args.model, rate=args.rate, backend=args.backend, config=args.config,
+                             out_dir=args.out, results_root=args.results, correct_m=args.correct_m)
+    except ReplayError as e:
+        print(f"distilvpr replay: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({**{k: metrics[k] for k in REPLAY_KEYS}, "out": metrics["out"]}, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -202,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True, help="output .onnx file")
     x.set_defaults(func=_cmd_export)
+
+    r = sub.add_parser("replay", help="play a bag into the localization node over DDS and score what it publishes")
+    r.add_argument("--bag", required=True, help="rosbag2 folder or .mcap/.db3 file (camera + odometry as ground truth)")
+    r.add_argument("--map", required=True, help="map folder built with the same student")
+    r.add_argument("--model", required=True, help="camera student: checkpoint folder (torch) or .onnx file")
+    r.add_argument("--rate", type=float, default=1.0, help="playback speed, x real time (default 1)")
+    r.add_argument("--backend", choices=["torch", "onnxruntime"], default=None,
+                   help="student backend (default: onnxruntime for a .onnx model, else torch)")
+    r.add_argument("--config", default=None, help="node YAML (e.g. config/localization.yaml): matcher, QoS, topics")
+    r.add_argument("--correct-m", type=float, default=25.0, help="a match is correct within this distance (m)")
+    r.add_argument("--out", default=None, help="output folder (default: results/replay/<timestamp>)")
+    r.add_argument("--results", default="results", help="results root (default: results)")
+    r.set_defaults(func=_cmd_replay)
 
     d = sub.add_parser("demo", help="run the main job on the embedded synthetic world")
     d.add_argument("--quick", action="store_true", help="small world, finishes in a few minutes")

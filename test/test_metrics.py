@@ -49,6 +49,8 @@ def test_precision_recall_counts_queries_without_match_and_wrong_matches():
     assert pr["recall@100p"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
         precision_recall(np.ones(1), np.ones(1, bool), np.zeros(1, bool))
+    empty = precision_recall(np.zeros(0), np.zeros(0, bool), np.zeros(0, bool))  # no query answered
+    assert len(empty["recall"]) == 0 and empty["auc"] == 0 and empty["max_f1"] == 0
 
 
 def test_similarity_matrix_metrics_perfect_and_shuffled():

@@ -90,7 +90,7 @@ def precision_recall(scores: np.ndarray, correct: np.ndarray, has_match: np.ndar
     tp = np.cumsum(correct[order])
     fp = np.cumsum(~correct[order])
     # One operating point per distinct score: accept everything with score >= that value.
-    last = np.r_[np.flatnonzero(np.diff(scores[order]) != 0), len(order) - 1]
+    last = np.r_[np.flatnonzero(np.diff(scores[order]) != 0), len(order) - 1] if len(order) else np.zeros(0, int)
     tp, fp, thr = tp[last], fp[last], scores[order][last]
     precision = tp / np.maximum(tp + fp, 1)
     recall = tp / n_pos if n_pos else np.zeros_like(tp, dtype=float)

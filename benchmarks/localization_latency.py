@@ -1,0 +1,159 @@
+"""End-to-end latency of the localisation node: a camera stream replayed at 20 Hz over DDS (ONNX Runtime).
+
+What is measured: ``distilvpr_ros.ros.replay`` starts the localisation node as its own process (ONNX Runtime
+backend, ``--threads`` intra-op threads), plays a bag's camera images into it evenly at ``--hz`` (their bag
+stamps kept) and records its outputs. Latency = receive time of a frame's ``place_candidates/scores`` minus
+the publish time of its image (one monotonic clock): DDS in, decoding, resize, inference, map search,
+matching, DDS out. Also the achieved output rate, dropped frames (published, never answered) and the node's
+own processing time (its diagnostics).
+
+Model and map: ``--student CKPT`` (a trained camera student) when given; until then an untrained camera
+student (EfficientNet-Lite0 trunk, random weights) at 320x240 stands in — the latency does not depend on
+the weights. The map holds ``--keyframes`` (~1000) keyframes of the default world's runs (the tiny world,
+generated into the assets folder, when ``data/world_default`` is absent), with the student's descriptors
+and a tiny random teacher's (localisation never searches the teacher space, so its size does not matter
+here). The query stream is the bag of a run that is not in the map. Model, ONNX file and map are cached in
+``--assets`` and rebuilt when the student changes (or with ``--rebuild``).
+
+    .venv/bin/python benchmarks/localization_latency.py                 # one bag (~300 frames) at 20 Hz
+    .venv/bin/python benchmarks/localization_latency.py --frames 60     # smoke run
+
+Target: p99 <= 60 ms and zero drops at 20 Hz on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from distilvpr_ros.data.synthetic import load_synthetic
+from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
+from distilvpr_ros.mapping.database import PlaceDatabase
+from distilvpr_ros.models import BevConfig, ModelConfig, build_model
+from distilvpr_ros.runtime import STUDENT_SPACE, TEACHER_SPACE, Embedder, MapBuilder, export_model
+from distilvpr_ros.training.checkpoint import save_model_checkpoint
+from distilvpr_ros.utils.results import make_run_dir, write_json
+
+TINY_TEACHER = ModelConfig(image_size=(64, 48), pretrained=False, image_backbone="resnet18", cloud_dim=16,
+                           image_dim=16, lidar_channels=(8, 16), bev=BevConfig(cells=16))
+TARGET_P99_MS = 60.0
+
+
+def world_folder(world: Path, assets: Path) -> Path:
+    """``world`` when it was generated, else the tiny world (generated once into ``assets``)."""
+    if (world / "world.json").is_file():
+        return world
+    from distilvpr_ros.data.world.config import load_world_config
+    from distilvpr_ros.data.world.generate import generate_world
+
+    tiny = assets / "world_tiny"
+    if not (tiny / "world.json").is_file():
+        print(f"{world} not found: generating the tiny world into {tiny}")
+        generate_world(tiny, load_world_config("tiny", None, None), write_bags=True, progress=True)
+    return tiny
+
+
+def student_model(student: Path | None, assets: Path) -> tuple[Path, Path]:
+    """(checkpoint, ONNX file) of the student: ``student`` or an untrained Lite0 at 320x240."""
+    if student is None:
+        student = assets / "untrained_student"
+        if not (student / "checkpoint.json").is_file():
+            torch.manual_seed(0)
+            save_model_checkpoint(student, build_model("camera_student", ModelConfig(pretrained=False)))
+    onnx_file = assets / f"{student.name}.onnx"
+    meta = assets / f"{student.name}.onnx.source"
+    source = f"{student.resolve()} {(student / 'checkpoint.json').stat().st_mtime_ns}"
+    if not onnx_file.is_file() or not meta.is_file() or meta.read_text() != source:
+        export_model(student, onnx_file)
+        meta.write_text(source)
+    return student, onnx_file
+
+
+def build_map(world: Path, onnx_file: Path, n_keyframes: int, query_run: str, out: Path, threads: int) -> Path:
+    """A map of ``n_keyframes`` frames (or all there are) of the world's runs other than ``query_run``
+    (reused when it exists with this student and size)."""
+    student = Embedder.from_onnx(onnx_file, num_threads=threads)
+    runs = [run for run in load_synthetic(world) if run.run != query_run]
+    n_keyframes = min(n_keyframes, sum(len(run) for run in runs))
+    if out.exists():
+        db = PlaceDatabase.load(out)
+        if db.spaces[STUDENT_SPACE].model_sha256 == student.sha256 and len(db) == n_keyframes:
+            return out
+    teacher_ckpt = out.parent / "tiny_teacher"
+    torch.manual_seed(0)
+    save_model_checkpoint(teacher_ckpt, build_model("teacher", TINY_TEACHER))
+    teacher = Embedder.from_checkpoint(teacher_ckpt, TEACHER_SPACE, threads)
+    builder = MapBuilder(teacher, student, run="map")
+    t0 = time.perf_counter()
+    for run in runs:
+        builder.run = run.run
+        for i in range(min(len(run), n_keyframes - len(builder.db))):
+            sample = run[i]
+            builder.add_keyframe(sample.timestamp, sample.pose, sample.image, sample.cloud)
+        print(f"  map: {len(builder.db)} keyframes after {run.run} ({time.perf_counter() - t0:.0f} s)")
+        if len(builder.db) >= n_keyframes:
+            break
+    builder.save(out)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--world", type=Path, default=Path("data/world_default"))
+    p.add_argument("--student", type=Path, default=None, help="camera student checkpoint (default: untrained)")
+    p.add_argument("--keyframes", type=int, default=1000, help="map size (default 1000)")
+    p.add_argument("--query-run", default=None, help="run whose bag is replayed (default: the world's last run)")
+    p.add_argument("--hz", type=float, default=20.0, help="camera rate of the replay (default 20)")
+    p.add_argument("--frames", type=int, default=None, help="replay only the first frames (smoke run)")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the node (default 2)")
+    p.add_argument("--assets", type=Path, default=Path("results/benchmarks/localization_latency_assets"))
+    p.add_argument("--rebuild", action="store_true", help="rebuild the cached map")
+    p.add_argument("--out", type=Path, default=None, help="default: results/benchmarks/localization_latency/<time>")
+    args = p.parse_args()
+    from distilvpr_ros.ros.replay import run_replay  # rclpy only here
+
+    args.assets.mkdir(parents=True, exist_ok=True)
+    world = world_folder(args.world, args.assets)
+    runs = [r.run for r in load_synthetic(world)]
+    query_run = args.query_run or runs[-1]
+    student, onnx_file = student_model(args.student, args.assets)
+    map_path = args.assets / "map"
+    if args.rebuild and map_path.exists():
+        import shutil
+
+        shutil.rmtree(map_path)
+    print(f"map of {args.keyframes} keyframes from {world} (query run {query_run} excluded)")
+    build_map(world, onnx_file, args.keyframes, query_run, map_path, args.threads)
+
+    out = args.out or make_run_dir("results/benchmarks", "localization_latency")
+    load_before = list(os.getloadavg())
+    m = run_replay(world / "bags" / query_run, map_path, onnx_file, backend="onnxruntime", out_dir=out, hz=args.hz,
+                   max_frames=args.frames, overrides={"models.num_threads": args.threads})
+    node = m["node"]
+    result = {
+        "hz": args.hz, "threads": args.threads, "cpus": os.cpu_count(), "student": str(student),
+        "trained_student": args.student is not None, "map_size": m["map_size"], "query_bag": m["bag"],
+        "frames": m["frames"], "latency_ms_p50": m["latency_ms_p50"], "latency_ms_p99": m["latency_ms_p99"],
+        "latency_ms_max": m["latency_ms_max"], "rate_hz": m["rate_hz"], "input_hz": m["input_hz"],
+        "dropped_frames": m["dropped_frames"], "node_drops": node.get("drops"),
+        "node_processing_ms_p50": node.get("latency_ms_p50"), "node_processing_ms_p99": node.get("latency_ms_p99"),
+        "node_rss_mb_max": m.get("node_rss_mb_max"), "load_average_before": load_before,
+        "meets_target": bool(m["latency_ms_p99"] <= TARGET_P99_MS and m["dropped_frames"] == 0),
+        "target": f"p99 <= {TARGET_P99_MS:g} ms and zero drops at {args.hz:g} Hz", "replay": m["out"],
+    }
+    write_json(Path(out) / "benchmark.json", to_jsonable(result))
+    columns = ["frames", "input_hz", "rate_hz", "latency_ms_p50", "latency_ms_p99", "latency_ms_max",
+               "node_processing_ms_p99", "dropped_frames", "meets_target"]
+    table = markdown_table([result], columns, {k: ".1f" for k in columns})
+    (Path(out) / "benchmark.md").write_text(f"# Localisation latency ({result['target']})\n\n{table}")
+    print(table)
+    print(json.dumps(to_jsonable(result), indent=2))
+
+
+if __name__ == "__main__":
+    main()
