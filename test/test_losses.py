@@ -374,7 +374,7 @@ def test_registry_and_argument_errors(gen):
         SelfAgentLoss(spherical="geodesic")
     s = torch.randn(4, D, generator=gen, requires_grad=True)
     zero, terms = make_distill_loss("none")(s, torch.randn(4, D))
-    assert float(zero) == 0.0 and terms == {} and zero.requires_grad
+    assert zero.item() == 0.0 and terms == {} and zero.requires_grad
 
 
 # ---------------------------------------------------------------- task loss
