@@ -39,7 +39,7 @@ from visualization_msgs.msg import MarkerArray
 from ..data import msg_codec
 from ..mapping.database import MapError
 from ..runtime import Embedder, LatencyWindow, Localizer, ModelLoadError, NodeConfig, configure_threads
-from .nodes_common import (ERROR, OK, OUTPUT_QOS, WARN, Diagnostics, ProblemLog, candidates_msgs, keyframe_markers,
+from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, candidates_msgs, keyframe_markers,
                            loop_closure_msg, match_markers, msg_stamp, place_match_msg, run_node, sensor_qos)
 from .params import declare_node_config, watch_node_config
 from .sync import StampGuard
@@ -68,7 +68,6 @@ class LocalizationNode(Node):
         self.last_reason = ""
         self._pending = None
         self._last_raw = -1e9
-        self._problems_seen = 0
 
         qos = sensor_qos(cfg.qos)
         self.create_subscription(Image, cfg.topics.camera, lambda m: self._on_camera(m, raw=True), qos)
@@ -199,14 +198,8 @@ class LocalizationNode(Node):
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        if self.fatal:
-            level, message = ERROR, f"idle: {self.fatal}"
-        elif self.problems.total > self._problems_seen:
-            level, message = max(WARN, self.problems.last_level), self.problems.last
-        else:
-            level, message = OK, f"localising against {values['map_size']} keyframes"
-        self._problems_seen = self.problems.total
-        self.diag.publish(level, message, values)
+        ok = f"localising against {values['map_size']} keyframes"
+        self.diag.publish_status(self.fatal, self.problems, ok, values)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ from ..data import msg_codec
 from ..mapping.database import MapError
 from ..runtime import (STUDENT_SPACE, TEACHER_SPACE, Embedder, Keyframer, LatencyWindow, MapBuilder,
                        ModelLoadError, NodeConfig, OdometryBuffer, configure_threads)
-from .nodes_common import (ERROR, OK, OUTPUT_QOS, WARN, Diagnostics, ProblemLog, loop_closure_msg, match_markers,
+from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, loop_closure_msg, match_markers,
                            msg_stamp, run_node, sensor_qos)
 from .params import declare_node_config, watch_node_config
 from .sync import ApproxTimeSync, Pair
@@ -67,7 +67,6 @@ class MappingNode(Node):
         self._odom_frame = cfg.frames.map
         self._last_raw = -1e9
         self._last_save = time.monotonic()
-        self._problems_seen = 0
         self.builder: MapBuilder | None = None
         self.fatal = ""
         self._load()
@@ -260,15 +259,7 @@ class MappingNode(Node):
 
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        if self.fatal:
-            level, message = ERROR, f"idle: {self.fatal}"
-        elif self.problems.total > self._problems_seen:
-            level = max(WARN, self.problems.last_level)
-            message = self.problems.last
-        else:
-            level, message = OK, f"mapping: {values['keyframes']} keyframes"
-        self._problems_seen = self.problems.total
-        self.diag.publish(level, message, values)
+        self.diag.publish_status(self.fatal, self.problems, f"mapping: {values['keyframes']} keyframes", values)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -101,6 +101,19 @@ class Diagnostics:
         self.node = node
         self.name = f"{node.get_name()}: {what}"
         self.pub = node.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
+        self._problems_seen = 0
+
+    def publish_status(self, fatal: str, problems: ProblemLog, ok_message: str, values: dict) -> DiagnosticStatus:
+        """ERROR while ``fatal`` (the node is idle), WARN+ when ``problems`` grew since the last status,
+        else OK with ``ok_message``."""
+        if fatal:
+            level, message = ERROR, f"idle: {fatal}"
+        elif problems.total > self._problems_seen:
+            level, message = max(WARN, problems.last_level), problems.last
+        else:
+            level, message = OK, ok_message
+        self._problems_seen = problems.total
+        return self.publish(level, message, values)
 
     def publish(self, level: int, message: str, values: dict) -> DiagnosticStatus:
         status = DiagnosticStatus(level=bytes([level]), name=self.name, message=message,
