@@ -17,8 +17,9 @@ from distilvpr_ros.evaluation.evaluate import RECALL_KEYS, evaluate_sequences, r
 from distilvpr_ros.evaluation.metrics import l2_normalize, similarity_matrix_metrics
 from distilvpr_ros.evaluation.plots import plot_bars, plot_match_grid, plot_pr, plot_recall_at_n, plot_trajectory
 from distilvpr_ros.evaluation.report import markdown_table, mean_std_table, to_jsonable
-from distilvpr_ros.models import BevConfig, ModelConfig, build_model, image_to_tensor
+from distilvpr_ros.models import ModelConfig, build_model, image_to_tensor
 from distilvpr_ros.training.checkpoint import save_model_checkpoint
+from tiny_models import TINY
 
 CORRIDOR = Path(__file__).resolve().parents[2] / "shared" / "data" / "corridor"
 #: Recall@1 of the peers as published in shared/data/corridor/README.md.
@@ -26,8 +27,6 @@ CORRIDOR_PEER_R1 = {
     "HybridNet": 0.901, "AMOSNet": 0.847, "denseVLAD": 0.703, "AlexNet_VPR": 0.685, "NetVLAD": 0.676,
     "CoHOG": 0.622, "ap-gem-r101": 0.532, "HOG": 0.477, "RegionVLAD": 0.432, "CALC": 0.324,
 }
-TINY = dict(image_size=(64, 48), pretrained=False, image_backbone="resnet18", student_dim=32, cloud_dim=16,
-            image_dim=16, lidar_channels=(8, 16), bev=BevConfig(cells=16))
 STABLE_KEYS = {*RECALL_KEYS, "num_pairs", "num_queries"}
 
 

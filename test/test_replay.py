@@ -87,17 +87,13 @@ def assets(tmp_path_factory):
     from distilvpr_ros.data.synthetic import load_synthetic
     from distilvpr_ros.data.world.config import load_world_config
     from distilvpr_ros.data.world.generate import generate_world
-    from distilvpr_ros.models import BevConfig, ModelConfig, build_model
     from distilvpr_ros.runtime import build_map_from_sequence
-    from distilvpr_ros.training.checkpoint import save_model_checkpoint
+    from tiny_models import tiny_checkpoints
 
     out = tmp_path_factory.mktemp("replay")
     generate_world(out / "world", load_world_config("tiny", None, None), write_bags=True, progress=False)
-    tiny = ModelConfig(image_size=(64, 48), pretrained=False, image_backbone="resnet18", student_dim=32,
-                       cloud_dim=16, image_dim=16, lidar_channels=(8, 16), bev=BevConfig(cells=16))
-    torch.manual_seed(0)
-    teacher = save_model_checkpoint(out / "teacher", build_model("teacher", tiny))
-    student = save_model_checkpoint(out / "student", build_model("camera_student", tiny))
+    ckpt = tiny_checkpoints(out)
+    teacher, student = ckpt["teacher"], ckpt["student"]
     runs = load_synthetic(out / "world")
     build_map_from_sequence(runs[0], teacher, student, out / "map")
     return {"root": out, "student": student, "map": out / "map", "bag": out / "world" / "bags" / runs[1].run}

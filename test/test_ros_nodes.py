@@ -26,19 +26,16 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from distilvpr_ros.data.geometry import pose_from_xyz_yaw  # noqa: E402
 from distilvpr_ros.mapping.database import PlaceDatabase  # noqa: E402
-from distilvpr_ros.models import BevConfig, ModelConfig, build_model  # noqa: E402
 from distilvpr_ros.ros.conversions import header, image_msg, pointcloud2_msg  # noqa: E402
 from distilvpr_ros.ros.localization_node import LocalizationNode  # noqa: E402
 from distilvpr_ros.ros.mapping_node import MappingNode  # noqa: E402
 from distilvpr_ros.ros.nodes_common import ERROR, OK, WARN, pose_msg  # noqa: E402
 from distilvpr_ros.runtime import STUDENT_SPACE, TEACHER_SPACE, Embedder, MapBuilder  # noqa: E402
-from distilvpr_ros.training.checkpoint import save_model_checkpoint  # noqa: E402
+from tiny_models import tiny_checkpoints  # noqa: E402
 
 pytestmark = pytest.mark.ros
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(image_size=(64, 48), pretrained=False, image_backbone="resnet18", student_dim=32, cloud_dim=16,
-            image_dim=16, lidar_channels=(8, 16), bev=BevConfig(cells=16))
 N_KEYFRAMES = 8
 
 
@@ -54,11 +51,8 @@ def frame(k: int) -> tuple[np.ndarray, np.ndarray]:
 def assets(tmp_path_factory):
     """Tiny teacher/student checkpoints, another student, and a map of N_KEYFRAMES places 5 m apart."""
     out = tmp_path_factory.mktemp("ros_assets")
-    torch.manual_seed(0)
-    teacher = save_model_checkpoint(out / "teacher", build_model("teacher", ModelConfig(**TINY)))
-    student = save_model_checkpoint(out / "student", build_model("camera_student", ModelConfig(**TINY)))
-    torch.manual_seed(1)
-    other = save_model_checkpoint(out / "other", build_model("camera_student", ModelConfig(**TINY)))
+    ckpt = tiny_checkpoints(out)
+    teacher, student, other = ckpt["teacher"], ckpt["student"], ckpt["other"]
     builder = MapBuilder(Embedder.from_checkpoint(teacher, TEACHER_SPACE),
                          Embedder.from_checkpoint(student, STUDENT_SPACE), run="map_run")
     for k in range(N_KEYFRAMES):

@@ -14,17 +14,14 @@ from distilvpr_ros.data.world.config import load_world_config
 from distilvpr_ros.data.world.generate import generate_world
 from distilvpr_ros.mapping.database import MapCompatibilityError, MapError, PlaceDatabase
 from distilvpr_ros.mapping.matcher import MatcherConfig
-from distilvpr_ros.models import BevConfig, ModelConfig, build_model
 from distilvpr_ros.ros.sync import ApproxTimeSync, StampGuard
 from distilvpr_ros.runtime import (STUDENT_SPACE, TEACHER_SPACE, Embedder, KeyframeConfig, Keyframer, LatencyWindow,
                                    Localizer, MapBuilder, ModelLoadError, NodeConfig, OdometryBuffer,
                                    build_map_from_sequence, export_model, load_node_config, open_bag_sequence)
-from distilvpr_ros.training.checkpoint import save_model_checkpoint
+from tiny_models import tiny_checkpoints
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(image_size=(64, 48), pretrained=False, image_backbone="resnet18", student_dim=32, cloud_dim=16,
-            image_dim=16, lidar_channels=(8, 16), bev=BevConfig(cells=16))
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +34,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Tiny teacher and student (random weights) and a second student with other weights."""
-    out = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    teacher = save_model_checkpoint(out / "teacher", build_model("teacher", ModelConfig(**TINY)))
-    student = save_model_checkpoint(out / "student", build_model("camera_student", ModelConfig(**TINY)))
-    torch.manual_seed(1)
-    other = save_model_checkpoint(out / "other_student", build_model("camera_student", ModelConfig(**TINY)))
-    return {"teacher": teacher, "student": student, "other": other}
+    return tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 # --- keyframes and odometry --------------------------------------------------------------------------
