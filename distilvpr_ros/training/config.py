@@ -66,9 +66,11 @@ class OptimConfig(Section):
 
 
 class LossConfig(Section):
-    """Task loss: batch-hard triplet (margin 0.2) weighted per head (reference §3.1)."""
+    """Task loss, weighted per head: batch-hard triplet (margin 0.2, reference §3.1) or CosFace
+    classification on geographic classes (``task: cosface``, configured in ``classify``)."""
 
-    margin: float = Field(TRIPLET_MARGIN, gt=0)
+    task: Literal["triplet", "cosface"] = Field("triplet", description="triplet, or cosface (MutualVPR/CosPlace)")
+    margin: float = Field(TRIPLET_MARGIN, gt=0, description="triplet margin")
     teacher_heads: dict[str, float] = Field(default_factory=lambda: dict(TEACHER_HEAD_WEIGHTS))
     student_heads: dict[str, float] = Field(default_factory=lambda: dict(STUDENT_HEAD_WEIGHTS))
 
@@ -118,6 +120,40 @@ class FeatureCacheConfig(Section):
     )
 
 
+class ClassifyConfig(Section):
+    """Classification supervision (``loss.task: cosface``): MutualVPR view clusters or CosPlace heading bins.
+
+    Defaults are MutualVPR's released code (``reference/mutualvpr.md`` §2, §4.2) except ``views``: K = 3
+    as in the paper's headline (the code's default is 6, the paper's choice for ResNet-50). The three
+    ``align_labels`` / ``cluster_all_first_visit`` / ``immediate_labels`` switches fix known flaws of the
+    official code (§8) and are off by default, so the default reproduces it.
+    """
+
+    labels: Literal["views", "heading"] = Field(
+        "views", description="views: K view clusters per cell (MutualVPR; K=1: one class per cell); "
+        "heading: CosPlace classes (cell, heading bin)")
+    cell_m: float = Field(10.0, gt=0, description="UTM cell side M (m)")
+    group_spacing: int = Field(5, ge=1, description="N: group of a cell = (cell_e mod N, cell_n mod N)")
+    groups: int = Field(8, ge=1, description="groups used, in order of first appearance; one per epoch")
+    views: int = Field(3, ge=1, description="K view clusters per cell (labels: views)")
+    heading_bin_deg: float = Field(30.0, gt=0, le=360, description="CosPlace heading bin α (labels: heading)")
+    heading_groups: int = Field(2, ge=1, description="CosPlace L: heading bins per group cycle (labels: heading)")
+    scale: float = Field(60.0, gt=0, description="CosFace s (CosPlace: 30)")
+    margin: float = Field(0.5, ge=0, description="CosFace m (CosPlace: 0.4)")
+    classifier_lr: float = Field(1e-2, gt=0, description="Adam learning rate of the classifiers")
+    batch_size: int = Field(32, ge=2, description="images per batch")
+    images_per_class: int = Field(1, ge=1, le=2, description="1: distinct classes (official); 2: image pairs "
+                                  "of one class (gives the batch positives, for mask-based KD losses)")
+    iterations: int | None = Field(None, ge=1, description="steps per epoch (None: one pass over the group's images)")
+    recluster_fraction: float = Field(0.2, ge=0, le=1, description="share of the group's cells re-clustered per epoch")
+    kmeans_n_init: int = Field(10, ge=1)
+    align_labels: bool = Field(False, description="fix: Hungarian-match new clusters to the classifier rows")
+    cluster_all_first_visit: bool = Field(False, description="fix: re-cluster every cell on a group's first visit")
+    immediate_labels: bool = Field(False, description="fix: new labels from the first step (official code: after "
+                                   "one pass over the classes)")
+    purity_bin_deg: float = Field(90.0, gt=0, le=180, description="diagnostics: true-heading bins, centred on 0°")
+
+
 class DistillConfig(Section):
     """Student training: which teacher, which student, which distillation loss (reference §3.5–3.6)."""
 
@@ -159,6 +195,7 @@ class TrainConfig(Section):
     ground_truth: GroundTruthConfig = Field(default_factory=GroundTruthConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     feature_cache: FeatureCacheConfig = Field(default_factory=FeatureCacheConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)

@@ -6,7 +6,8 @@ frozen, embeds every training frame **once** (clean by default, one augmented dr
 with ``distill.teacher_cache: augmented``), then a camera (or LiDAR) student trains with
 0.5·triplet(s) + weight·distill(s, cached t) under the same geographic masks. Both share ``fit``:
 
-* batches from ``PairBatchSampler`` (B/2 anchors with one positive each), masks from
+* batches and the task loss from a task (``training.tasks``): ``PairBatchSampler`` pairs + triplet, or
+  MutualVPR/CosPlace classification (``training.mutual``, ``loss.task: cosface``); masks from
   ``TrainingGroundTruth.batch_masks``; batches without any triplet are skipped before the forward;
 * with ``feature_cache.enabled`` and frozen image stages, the frozen trunk runs once per image and the
   steps run only the trainable tail (``ImageEncoder.frozen_input``); with ``feature_cache.dir`` those
@@ -40,9 +41,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import dump_config
-from ..data.samplers import PairBatchSampler
 from ..evaluation.evaluate import evaluate_sequences
-from ..losses import MultiHeadTripletLoss, make_distill_loss
+from ..losses import make_distill_loss
 from ..models import build_model, l2_normalize
 from ..models.image import ImageEncoder
 from ..models.vpr import VprModel
@@ -53,6 +53,7 @@ from .config import TrainConfig
 from .data import (FrameStore, VprDataset, build_feature_cache, disk_cached, frames_fingerprint, frozen_features_key,
                    open_split, reachable_radius, weights_fingerprint)
 from .distributed import DistEnv, gather_batch, init_distributed, shard, shutdown_distributed, wrap_model
+from .tasks import TaskBatch, make_task
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ HISTORY_FILE, PLOT_FILE, CONFIG_FILE = "history.json", "training.png", "config.y
 #: Generator "epoch" key of the augmented teacher-cache draw (apart from every training epoch).
 TEACHER_CACHE_EPOCH = 1 << 30
 
-#: ``loss_fn(outputs, batch_indices, pos_mask, neg_mask) -> (loss, terms)`` on the global batch.
-LossFn = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+#: ``loss_fn(outputs, batch, pos_mask, neg_mask) -> (loss, terms)`` on the global batch (``TaskBatch``).
+LossFn = Callable[[dict[str, torch.Tensor], TaskBatch, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
 
 
 # --- public entry points -------------------------------------------------------------------------------
@@ -77,26 +78,25 @@ def train_teacher(cfg: TrainConfig, train_sequences=None, val_sequences=None) ->
     with _session(cfg) as env:
         model = build_model("teacher", cfg.model)
         data = TrainingData(cfg, model, train_sequences, val_sequences)
-        task = MultiHeadTripletLoss(cfg.loss.teacher_heads, margin=cfg.loss.margin)
-
-        def loss_fn(outputs, indices, pos, neg):
-            return task(outputs, pos, neg)
-
+        task = make_task(cfg, data, cfg.loss.teacher_heads, model)
         groups = [
             {"params": _trainable(model.image_encoder), "lr": cfg.optim.image_lr},
             {"params": _trainable(model.lidar_encoder), "lr": cfg.optim.cloud_lr},
         ]
-        return fit(cfg, env, "train_teacher", model, groups, loss_fn, data)
+        return fit(cfg, env, "train_teacher", model, groups, task, data)
 
 
 def train_student(cfg: TrainConfig, train_sequences=None, val_sequences=None) -> Path:
     """Distil the teacher at ``cfg.distill.teacher`` into ``cfg.distill.student``; returns the run folder."""
-    if cfg.distill.teacher is None:
-        raise ValueError("distill.teacher is not set (a teacher checkpoint folder, e.g. <run>/best)")
+    method = cfg.distill.method
+    if cfg.distill.teacher is None and method != "none":
+        raise ValueError("distill.teacher is not set (a teacher checkpoint folder, e.g. <run>/best); "
+                         "distill.method=none trains the student on the task loss alone")
     with _session(cfg) as env:
-        teacher = load_model(cfg.distill.teacher, expect_kind="teacher").requires_grad_(False)
+        teacher = None
+        if cfg.distill.teacher is not None:  # loaded first: its construction draws from the seeded RNG
+            teacher = load_model(cfg.distill.teacher, expect_kind="teacher").requires_grad_(False)
         model = build_model(cfg.distill.student, cfg.model)
-        method = cfg.distill.method
         if method != "none" and teacher.input_spec.descriptor_dim != model.input_spec.descriptor_dim:
             raise ValueError(f"teacher descriptors are {teacher.input_spec.descriptor_dim}-d, the student's "
                              f"{model.input_spec.descriptor_dim}-d: relational losses need equal sizes")
@@ -104,19 +104,19 @@ def train_student(cfg: TrainConfig, train_sequences=None, val_sequences=None) ->
         teacher_descriptors = None
         if method != "none":
             teacher_descriptors = compute_teacher_cache(teacher, cfg, data.train_sequences, env)
-        task = MultiHeadTripletLoss(cfg.loss.student_heads, margin=cfg.loss.margin)
+        task = make_task(cfg, data, cfg.loss.student_heads, model)
         distill_loss = make_distill_loss(method, **cfg.distill.loss_kwargs())
 
-        def loss_fn(outputs, indices, pos, neg):
-            loss, terms = task(outputs, pos, neg)
+        def loss_fn(outputs, batch, pos, neg):
+            loss, terms = task.loss(outputs, batch, pos, neg)
             if teacher_descriptors is not None:
-                kd, kd_terms = distill_loss(outputs["fused"], teacher_descriptors[indices], pos, neg)
+                kd, kd_terms = distill_loss(outputs["fused"], teacher_descriptors[batch.indices], pos, neg)
                 loss = loss + cfg.distill.weight * kd
                 terms.update(kd_terms)
             return loss, terms
 
         groups = [{"params": _trainable(model), "lr": cfg.optim.student_lr}]
-        return fit(cfg, env, "distill", model, groups, loss_fn, data)
+        return fit(cfg, env, "distill", model, groups, task, data, loss_fn)
 
 
 distill = train_student
@@ -186,10 +186,13 @@ class TrainingData:
         self.train_store = FrameStore(self.train_sequences, image_size, bev, keep_clouds)
         self.val_store = FrameStore(self.val_sequences, image_size, bev)
         self.ground_truth = self.train_store.ground_truth(cfg.ground_truth)
+        self.cfg = cfg
         self.cached = image_size is not None and _uses_feature_cache(cfg, model)
+        self.copies = 0
+        self._clean_train: VprDataset | None = None
         train_features = val_features = None
         if self.cached:
-            copies = cfg.feature_cache.augmented_copies if image_augment is not None else 0
+            copies = self.copies = cfg.feature_cache.augmented_copies if image_augment is not None else 0
             if image_augment is not None and not copies:
                 log.info("image augmentation is off: the feature cache holds clean images "
                          "(feature_cache.augmented_copies > 0 caches augmented ones)")
@@ -202,6 +205,26 @@ class TrainingData:
     def model_inputs(self, model: VprModel):
         """Context within which ``model`` takes what the datasets yield (cached features for images)."""
         return _taking_features(model, self.cached)
+
+    @torch.no_grad()
+    def embed(self, model: VprModel, indices: list[int], batch_size: int) -> dict[str, torch.Tensor]:
+        """Every output head of ``model`` (eval mode) on the **clean** inputs of training elements."""
+        if self._clean_train is None:
+            features = self.train.image_features
+            if self.cached and self.copies:
+                features = _frozen_features(self.cfg, model.image_encoder, self.train_store)
+            self._clean_train = VprDataset(self.train_store, model.input_spec.inputs, self.cfg.seed,
+                                           image_features=features)
+        was_training = model.training
+        model.eval()
+        out: dict[str, list[torch.Tensor]] = defaultdict(list)
+        with self.model_inputs(model):
+            for start in range(0, len(indices), batch_size):
+                batch = self._clean_train.batch(indices[start : start + batch_size])
+                for head, value in model(**{name: batch[name] for name in model.input_spec.inputs}).items():
+                    out[head].append(value)
+        model.train(was_training)
+        return {head: torch.cat(values) for head, values in out.items()}
 
 
 def compute_teacher_cache(teacher: VprModel, cfg: TrainConfig, sequences, env: DistEnv) -> torch.Tensor:
@@ -267,49 +290,53 @@ def validate(model: VprModel, data: TrainingData, cfg: TrainConfig) -> dict[str,
 # --- the loop -----------------------------------------------------------------------------------------
 
 
-def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups: list[dict], loss_fn: LossFn,
-        data: TrainingData) -> Path:
+def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups: list[dict], task,
+        data: TrainingData, loss_fn: LossFn | None = None) -> Path:
     """Train ``model`` for ``cfg.optim.epochs`` epochs; returns the run folder.
 
-    Each step: the sampler batch (global), this rank's slice of it through the model, the slices
-    gathered back into the global batch, ``loss_fn`` on it, backward, Adam step.
+    ``task`` (``training.tasks``) gives each epoch's batches and the task loss; ``loss_fn`` replaces
+    ``task.loss`` (e.g. task + distillation). Each step: the global batch, this rank's slice of it
+    through the model, the slices gathered back into the global batch, ``loss_fn`` on it, backward,
+    Adam steps on the model and on the task's own parameters (classifiers).
     """
+    loss_fn = loss_fn or task.loss
     run_dir = _run_dir(cfg, name, env)
-    sampler = PairBatchSampler(data.ground_truth, cfg.optim.batch_size, seed=cfg.seed)
-    if len(sampler) == 0:
-        raise ValueError(f"too few training pairs for one batch of {cfg.optim.batch_size}")
     optimizer = torch.optim.Adam(param_groups, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.optim.milestones, gamma=cfg.optim.gamma)
     history: list[dict] = []
     best = -np.inf
     if cfg.resume:
-        history, best = _restore(run_dir / LAST, model, optimizer, scheduler)
+        history, best = _restore(run_dir / LAST, model, optimizer, scheduler, task)
     train_model = wrap_model(model, env)
 
     for epoch in range(len(history), cfg.optim.epochs):
         started = time.perf_counter()
-        sampler.set_epoch(epoch)
+        record = {"epoch": epoch + 1, **task.start_epoch(epoch, model, data, env)}
         data.train.set_epoch(epoch)
         train_model.train()
         lrs = [group["lr"] for group in optimizer.param_groups]
+        optimizers = [optimizer, *task.optimizers()]
         terms_sum: dict[str, float] = defaultdict(float)
         step_losses: list[float] = []
         skipped, step_seconds = 0, 0.0
-        bar = tqdm(list(sampler), desc=f"{name} epoch {epoch + 1}/{cfg.optim.epochs}",
+        bar = tqdm(task.batches(epoch), desc=f"{name} epoch {epoch + 1}/{cfg.optim.epochs}",
                    disable=not (cfg.progress and env.is_main), leave=False)
         for batch in bar:
             step_start = time.perf_counter()
-            pos, neg = (torch.from_numpy(m) for m in data.ground_truth.batch_masks(batch))
-            if not (pos.any(dim=1) & neg.any(dim=1)).any():
+            pos, neg = (torch.from_numpy(m) for m in data.ground_truth.batch_masks(batch.indices))
+            if task.needs_triplets and not (pos.any(dim=1) & neg.any(dim=1)).any():
                 skipped += 1
                 continue
-            inputs = data.train.batch(shard(batch, env))
+            inputs = data.train.batch(shard(batch.indices, env))
             with data.model_inputs(model):
                 outputs = train_model(**{key: inputs[key] for key in model.input_spec.inputs})
-            loss, terms = loss_fn(gather_batch(outputs, env), torch.as_tensor(batch), pos, neg)
-            optimizer.zero_grad(set_to_none=True)
+            loss, terms = loss_fn(gather_batch(outputs, env), batch, pos, neg)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             (loss * env.loss_scale).backward()
-            optimizer.step()
+            _unscale_task_grads(task, env)
+            for opt in optimizers:
+                opt.step()
             step_seconds += time.perf_counter() - step_start
             terms["loss"] = float(loss.detach())
             step_losses.append(terms["loss"])
@@ -319,7 +346,7 @@ def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups
         scheduler.step()
 
         steps = max(len(step_losses), 1)
-        record = {"epoch": epoch + 1, "steps": len(step_losses), "skipped_batches": skipped, "lr": lrs}
+        record.update({"steps": len(step_losses), "skipped_batches": skipped, "lr": lrs})
         record.update({f"train/{key}": value / steps for key, value in terms_sum.items()})
         record["seconds_per_step"] = step_seconds / steps
         record["step_losses"] = step_losses
@@ -330,9 +357,10 @@ def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups
             if record[SELECTION_METRIC] > best:
                 best = record[SELECTION_METRIC]
                 _save(run_dir / BEST, model, cfg, epoch + 1, record)
-            _save(run_dir / LAST, model, cfg, epoch + 1, record, optimizer, scheduler, history, best)
+            _save(run_dir / LAST, model, cfg, epoch + 1, record, optimizer, scheduler, history, best, task)
             write_json(run_dir / HISTORY_FILE, history)
             plot_history(history, run_dir / PLOT_FILE)
+            task.write_diagnostics(run_dir)
             if cfg.progress:
                 tqdm.write(f"{name} epoch {epoch + 1}: loss {record.get('train/loss', float('nan')):.4f}  "
                            f"{SELECTION_METRIC} {record[SELECTION_METRIC]:.3f}  {record['seconds']:.1f} s")
@@ -340,6 +368,18 @@ def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups
             history.append(record)
         env.barrier()
     return run_dir
+
+
+def _unscale_task_grads(task, env: DistEnv) -> None:
+    """Task parameters are not DDP-wrapped: each rank holds the full global-batch gradient, times
+    ``loss_scale``; undo that factor (a no-op in one process)."""
+    if env.loss_scale == 1.0:
+        return
+    for opt in task.optimizers():
+        for group in opt.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad.div_(env.loss_scale)
 
 
 def _run_dir(cfg: TrainConfig, name: str, env: DistEnv) -> Path:
@@ -358,23 +398,25 @@ def _run_dir(cfg: TrainConfig, name: str, env: DistEnv) -> Path:
 
 
 def _save(path: Path, model: VprModel, cfg: TrainConfig, epoch: int, record: dict, optimizer=None, scheduler=None,
-          history=None, best=None) -> None:
+          history=None, best=None, task=None) -> None:
     metrics = {"selection_metric": SELECTION_METRIC, **{k: v for k, v in record.items() if k.startswith("val/")}}
     train_state = None
     if optimizer is not None:
         train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                       "torch_rng": torch.get_rng_state(), "best": best, "history": json.dumps(history)}
+                       "torch_rng": torch.get_rng_state(), "best": best, "history": json.dumps(history),
+                       "task": task.state_dict() if task is not None else {}}
     save_model_checkpoint(path, model, config=cfg.model_dump(mode="json"), epoch=epoch, metrics=metrics,
                           train_state=train_state)
 
 
-def _restore(path: Path, model, optimizer, scheduler) -> tuple[list[dict], float]:
-    """Load ``last/`` into the model, optimizer and scheduler; returns (history, best selection value)."""
+def _restore(path: Path, model, optimizer, scheduler, task) -> tuple[list[dict], float]:
+    """Load ``last/`` into the model, optimizer, scheduler and task; returns (history, best selection value)."""
     _, state, train_state = load_checkpoint(path, with_train_state=True)
     model.load_state_dict(state)
     optimizer.load_state_dict(train_state["optimizer"])
     scheduler.load_state_dict(train_state["scheduler"])
     torch.set_rng_state(train_state["torch_rng"])
+    task.load_state_dict(train_state.get("task", {}))
     return json.loads(train_state["history"]), float(train_state["best"])
 
 
