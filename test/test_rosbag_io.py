@@ -331,3 +331,16 @@ def test_writer_refuses_existing_path_and_unknown_storage(tmp_path):
         BagWriter(tmp_path / "exists")
     with pytest.raises(ValueError, match="unknown bag storage"):
         BagWriter(tmp_path / "x", storage="bag")
+
+
+def test_bags_as_a_training_source(tmp_path):
+    from distilvpr_ros.training.config import DataConfig
+    from distilvpr_ros.training.data import open_split
+
+    write_basic_bag(tmp_path / "drive_a", "mcap")
+    write_basic_bag(tmp_path / "drive_b", "mcap")
+    cfg = DataConfig(source="bags", root=tmp_path, train_sequences=["drive_a", "drive_b"], val_sequences=["drive_b"])
+    train = open_split(cfg, "train")
+    assert [seq.run for seq in train] == ["drive_a", "drive_b"]
+    assert len(train[0]) == 4 and np.isfinite(np.asarray(train[0].poses)).all()
+    assert [seq.run for seq in open_split(cfg, "val")] == ["drive_b"]

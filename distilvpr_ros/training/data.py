@@ -113,6 +113,10 @@ def open_split(cfg: DataConfig, split: str) -> list[Sequence]:
 
 
 def _open_sequence(source: str, root, name: str) -> Sequence:
+    if source == "bags":
+        from ..data.rosbag_io import BagSequence
+
+        return BagSequence(Path(root) / name, run=Path(name).stem)
     if source == "boreas":
         from ..data.readers.boreas import BoreasSequence
 
