@@ -93,6 +93,20 @@ def test_oxford_run(oxford):
     assert len(OxfordRun(root, "2014-05-19-13-20-57", variant="20m_10overlap")) == 3
 
 
+def test_oxford_as_a_training_source(oxford):
+    from distilvpr_ros.training.config import DataConfig
+    from distilvpr_ros.training.data import open_split
+
+    root, images, _ = oxford
+    run = "2014-05-19-13-20-57"
+    cfg = DataConfig(source="oxford", root=root, images_root=images, train_sequences=[run], val_sequences=[run])
+    train = open_split(cfg, "train")
+    assert [seq.run for seq in train] == [run] and len(train[0]) == 5
+    assert train[0][0].image is not None
+    with pytest.raises(DataError, match="image folder not found"):  # this run has no images in the fixture
+        open_split(cfg.model_copy(update={"val_sequences": ["2014-06-26-09-24-58"]}), "val")
+
+
 def test_oxford_raw_bayer_image_is_demosaiced(oxford):
     root, images, _ = oxford
     run = OxfordRun(root, "2014-05-19-13-20-57", images_root=images, image_max_dt=2.0)

@@ -20,7 +20,7 @@ from ..losses import DISTILL_METHODS
 from ..losses.task import STUDENT_HEAD_WEIGHTS, TEACHER_HEAD_WEIGHTS, TRIPLET_MARGIN
 from ..models.config import ModelConfig
 
-DataSource = Literal["synthetic", "bags", "boreas", "kitti"]
+DataSource = Literal["synthetic", "bags", "oxford", "boreas", "kitti"]
 StudentKind = Literal["camera_student", "lidar_student"]
 
 
@@ -30,7 +30,8 @@ class DataConfig(Section):
     ``source: synthetic`` reads a generated world (``root``) and splits it by region; ``bags`` reads
     ROS 2 bags under ``root`` (``train_sequences`` / ``val_sequences`` name the bag folders; camera and
     LiDAR paired by stamp, poses from odometry or GPS via UTM, see ``data.rosbag_io.BagSequence``);
-    ``boreas`` and ``kitti`` read the named sequences under ``root``. The
+    ``oxford`` (PointNetVLAD runs, images from ``images_root``), ``boreas`` and ``kitti`` read the named
+    sequences under ``root``. The
     run and condition filters let experiments hold out runs or conditions (synthetic worlds record a
     per-frame ``condition``; filtering by it needs that metadata).
     """
@@ -39,8 +40,9 @@ class DataConfig(Section):
     root: Path | None = Field(None, description="world folder (synthetic) or dataset root")
     train_region: str = Field("train", description="synthetic: region whose frames train")
     val_region: str = Field("val", description="synthetic: region whose frames validate (model selection)")
-    train_sequences: list[str] = Field(default_factory=list, description="bags/boreas/kitti: training sequences")
-    val_sequences: list[str] = Field(default_factory=list, description="bags/boreas/kitti: validation sequences")
+    train_sequences: list[str] = Field(default_factory=list, description="bags/oxford/boreas/kitti: training sequences")
+    val_sequences: list[str] = Field(default_factory=list, description="bags/oxford/boreas/kitti: validation sequences")
+    images_root: Path | None = Field(None, description="oxford: RobotCar image folders (<run>/stereo/centre)")
     train_runs: list[str] | None = Field(None, description="train only on these runs (None: all)")
     train_conditions: list[str] | None = Field(None, description="train only on these conditions (None: all)")
     val_runs: list[str] | None = Field(None, description="validate only on these runs (None: all)")

@@ -103,7 +103,7 @@ def open_split(cfg: DataConfig, split: str) -> list[Sequence]:
         sequences: list[Sequence] = list(load_synthetic(cfg.root, regions={region}))
     else:
         names = cfg.train_sequences if split == "train" else cfg.val_sequences
-        sequences = [_open_sequence(cfg.source, cfg.root, name) for name in names]
+        sequences = [_open_sequence(cfg.source, cfg.root, name, cfg.images_root) for name in names]
     runs = cfg.train_runs if split == "train" else cfg.val_runs
     conditions = cfg.train_conditions if split == "train" else cfg.val_conditions
     sequences = filter_sequences(sequences, runs, conditions)
@@ -112,7 +112,11 @@ def open_split(cfg: DataConfig, split: str) -> list[Sequence]:
     return sequences
 
 
-def _open_sequence(source: str, root, name: str) -> Sequence:
+def _open_sequence(source: str, root, name: str, images_root=None) -> Sequence:
+    if source == "oxford":
+        from ..data.readers.oxford import OxfordRun
+
+        return OxfordRun(Path(root), name, images_root=images_root)
     if source == "bags":
         from ..data.rosbag_io import BagSequence
 
