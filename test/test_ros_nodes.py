@@ -284,3 +284,18 @@ def test_mapping_node_saves_on_shutdown_signal(assets, tmp_path, sig):
     assert proc.returncode == 0, out
     assert "shutdown: saved" in out, out
     assert len(PlaceDatabase.load(map_path)) >= reported >= 3
+
+
+def test_transport_losses_count_sequence_gaps_per_publisher():
+    from distilvpr_ros.ros.nodes_common import TransportLosses
+
+    def info(seq, gid):
+        return {"publication_sequence_number": seq, "publisher_gid": {"data": bytes([gid])}}
+
+    lost = TransportLosses()
+    for seq, gid in [(1, 1), (2, 1), (5, 1), (1, 2), (3, 2), (6, 1), (1, 1), (2, 1)]:
+        lost.update(info(seq, gid))
+    assert lost.lost == 2 + 1  # 2→5 and 1→3; the restart 6→1 is no loss
+    lost.update({})  # middleware without sequence numbers
+    lost.update(None)
+    assert lost.lost == 3

@@ -3,8 +3,10 @@
 Inputs (sensor QoS: best-effort by default)
     ``topics.camera`` (sensor_msgs/Image) and ``topics.camera_compressed`` (sensor_msgs/CompressedImage;
     ignored while raw images arrive). Latest-frame policy: one slot, processed as soon as the executor is
-    free; a frame replaced before it was processed counts as a drop. Duplicate and out-of-order stamps
-    are dropped with a throttled WARN.
+    free; a frame replaced before it was processed counts as a drop (``drops``); frames lost before the
+    node saw them (e.g. overwritten in the best-effort DDS queue) are counted from gaps in the publisher's
+    sequence numbers (``drops_transport``). Duplicate and out-of-order stamps are dropped with a throttled
+    WARN.
 
 Outputs (reliable, depth 10; every header stamp is the query image's stamp, frame ``frames.map``)
     * ``place_match`` (geometry_msgs/PoseWithCovarianceStamped): accepted best match, pose of the
@@ -15,7 +17,8 @@ Outputs (reliable, depth 10; every header stamp is the query image's stamp, fram
     * ``loop_closure`` (std_msgs/Float64MultiArray ``[t_query, t_match]`` s, the LIO-SAM contract).
     * ``markers`` (visualization_msgs/MarkerArray): edges from the best match to the other candidates,
       candidate spheres, and all keyframes (``keyframes`` namespace, every 10 s).
-    * ``/diagnostics``: rate, latency p50/p99, drops, map size, backend, last error.
+    * ``/diagnostics``: rate, latency p50/p99, drops (replaced / lost in transport), map size, backend,
+      last error.
 
 Services
     ``~/reload`` (std_srvs/Trigger): load the model and map again (e.g. after a new map was saved).
@@ -39,8 +42,9 @@ from visualization_msgs.msg import MarkerArray
 from ..data import msg_codec
 from ..mapping.database import MapError
 from ..runtime import Embedder, LatencyWindow, Localizer, ModelLoadError, NodeConfig, configure_threads
-from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, candidates_msgs, keyframe_markers,
-                           loop_closure_msg, match_markers, msg_stamp, place_match_msg, run_node, sensor_qos)
+from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, TransportLosses, candidates_msgs,
+                           keyframe_markers, loop_closure_msg, match_markers, msg_stamp, place_match_msg, run_node,
+                           sensor_qos)
 from .params import declare_node_config, watch_node_config
 from .sync import StampGuard
 
@@ -70,10 +74,11 @@ class LocalizationNode(Node):
         self._last_raw = -1e9
 
         qos = sensor_qos(cfg.qos)
-        self.create_subscription(Image, cfg.topics.camera, lambda m: self._on_camera(m, raw=True), qos)
+        self.lost = {True: TransportLosses(), False: TransportLosses()}  # raw, compressed
+        self.create_subscription(Image, cfg.topics.camera, lambda m, info: self._on_camera(m, True, info), qos)
         if cfg.topics.camera_compressed:
             self.create_subscription(CompressedImage, cfg.topics.camera_compressed,
-                                     lambda m: self._on_camera(m, raw=False), qos)
+                                     lambda m, info: self._on_camera(m, False, info), qos)
         self.match_pub = self.create_publisher(PoseWithCovarianceStamped, "place_match", OUTPUT_QOS)
         self.cand_pub = self.create_publisher(PoseArray, "place_candidates", OUTPUT_QOS)
         self.score_pub = self.create_publisher(Float64MultiArray, "place_candidates/scores", OUTPUT_QOS)
@@ -116,7 +121,8 @@ class LocalizationNode(Node):
             self.localizer.matcher.reset()
 
     # ------------------------------------------------------------------ input
-    def _on_camera(self, msg, raw: bool) -> None:
+    def _on_camera(self, msg, raw: bool, info=None) -> None:
+        self.lost[raw].update(info)
         now = time.monotonic()
         if raw:
             self._last_raw = now
@@ -188,6 +194,7 @@ class LocalizationNode(Node):
             "rate_hz": self.window.rate_hz(), "latency_ms_p50": self.window.percentile_ms(50),
             "latency_ms_p99": self.window.percentile_ms(99), "frames": self.counts["frames"],
             "processed": self.counts["processed"], "drops": self.counts["dropped"],
+            "drops_transport": self.lost[True].lost + self.lost[False].lost,
             "drops_duplicate": self.guard.duplicates, "drops_out_of_order": self.guard.out_of_order,
             "input_errors": self.problems.counts.get("bad_image", 0), "accepted": self.counts["accepted"],
             "loop_closures": self.counts["loop_closures"], "map_size": len(loc.db) if loc else 0,

@@ -94,6 +94,30 @@ class ProblemLog:
         return sum(self.counts.values())
 
 
+class TransportLosses:
+    """Messages lost between a publisher and this subscription (e.g. overwritten in a best-effort DDS
+    reader queue before the callback ran), from gaps in each publisher's ``publication_sequence_number``.
+
+    ``update(message_info)`` takes the dict rclpy passes as a callback's second argument. Per publisher
+    (by GID) a jump from sequence number a to b > a + 1 counts b − a − 1 losses; a number that goes
+    back (publisher restarted) only resets. Middlewares without sequence numbers count nothing.
+    """
+
+    def __init__(self) -> None:
+        self.lost = 0
+        self._last: dict[bytes, int] = {}
+
+    def update(self, info) -> None:
+        seq = info.get("publication_sequence_number") if info else None
+        if not seq:
+            return
+        gid = bytes((info.get("publisher_gid") or {}).get("data", b""))
+        last = self._last.get(gid)
+        if last is not None and seq > last + 1:
+            self.lost += seq - last - 1
+        self._last[gid] = seq
+
+
 class Diagnostics:
     """One ``DiagnosticStatus`` (named ``<node name>: <what>``) published on ``/diagnostics``."""
 
