@@ -135,9 +135,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DemoError, run_demo
 
-    run_demo(quick=args.quick, results_root=Path(args.results), data_root=Path(args.data))
+    try:
+        run_demo(quick=args.quick, results_root=Path(args.results), data_root=Path(args.data), config=args.config,
+                 fresh=args.fresh)
+    except DemoError as e:  # a ROS node did not start or died: the message names its log
+        print(f"distilvpr demo: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -230,10 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default="results", help="results root (default: results)")
     r.set_defaults(func=_cmd_replay)
 
-    d = sub.add_parser("demo", help="run the main job on the embedded synthetic world")
-    d.add_argument("--quick", action="store_true", help="small world, finishes in a few minutes")
+    d = sub.add_parser("demo", help="run the main job on the embedded synthetic world: world, teacher, student, "
+                       "map and localization through the ROS 2 nodes, evaluation, Corridor, report",
+                       description="Chain the whole pipeline on the synthetic world and write "
+                       "<results>/demo/<timestamp>/report.md. Stages whose inputs did not change since the last "
+                       "run are reused from <results>/demo/work_<quick|default>/.")
+    d.add_argument("--quick", action="store_true", help="tiny world and short training: a few minutes")
     d.add_argument("--results", default="results", help="results root (default: results)")
     d.add_argument("--data", default="data", help="where generated worlds are cached (default: data)")
+    d.add_argument("--config", default=None,
+                   help="demo settings YAML with quick: and default: sections (default: config/demo.yaml)")
+    d.add_argument("--fresh", action="store_true", help="re-run every stage instead of reusing earlier outputs")
     d.set_defaults(func=_cmd_demo)
     return p
 

@@ -40,13 +40,16 @@ def test_bad_input_is_one_clear_line(tmp_path):
 
 
 def test_demo_quick_writes_a_report(tmp_path):
-    r = cli("demo", "--quick", "--results", tmp_path / "results", "--data", tmp_path / "data")
+    from test_demo import write_settings  # tiny models: the chain itself is tested in test_demo.py
+
+    config = write_settings(tmp_path / "demo.yaml")
+    r = cli("demo", "--quick", "--config", config, "--results", tmp_path / "results", "--data", tmp_path / "data")
     assert r.returncode == 0, r.stderr
     latest = tmp_path / "results" / "demo" / "latest"
     summary = json.loads((latest / "summary.json").read_text())
     assert summary["ground_truth"]["test"]["frames"] > 0
     assert (latest / "report.md").read_text().startswith("# distilvpr demo")
-    again = cli("demo", "--quick", "--results", tmp_path / "results", "--data", tmp_path / "data")
+    again = cli("demo", "--quick", "--config", config, "--results", tmp_path / "results", "--data", tmp_path / "data")
     assert "reusing" in again.stdout  # resumes from the generated world
 
 

@@ -176,3 +176,24 @@ def plot_bars(values: Mapping[str, float], path: str | Path, highlight: str | It
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_latency(latency_ms: Sequence[float], path: str | Path, title: str = "End-to-end latency") -> Path:
+    """Histogram of per-frame latencies (ms) with the median and the 99th percentile marked."""
+    values = np.asarray(latency_ms, dtype=float)
+    values = values[np.isfinite(values)]
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.add_subplot()
+    if len(values):
+        ax.hist(values, bins=min(40, max(5, len(values) // 3)), color=BASE_COLOUR, alpha=0.85)
+        for q, colour in ((50, CORRECT_COLOUR), (99, WRONG_COLOUR)):
+            v = float(np.percentile(values, q))
+            ax.axvline(v, color=colour, linewidth=1.6, label=f"p{q} {v:.1f} ms")
+        ax.legend(loc="upper right")
+    else:
+        ax.text(0.5, 0.5, "no answered frames", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("frames")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    return _save(fig, path)

@@ -224,3 +224,22 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], details: dict[str
         paths[name] = plot_trajectory(query_xy, edges, out / f"{name}.png", db_xy=map_xy,
                                       title=f"{title}: {what}")
     return paths
+
+
+def pick_match_examples(details: dict[str, np.ndarray], per_kind: int = 4,
+                        seed: int = 0) -> list[tuple[int, int, bool]]:
+    """Up to ``per_kind`` correct, then up to ``per_kind`` wrong top-1 candidates of a replay, drawn reproducibly
+    at random, as ``(query index, map keyframe id, correct)``. Wrong ones are taken from queries that had a
+    true match in the map (the retrieval missed it), else from any answered query."""
+    rng = np.random.default_rng(seed)
+    answered = details["answered"] & (details["top1"] >= 0)
+    correct = answered & details["top1_correct"]
+    wrong = answered & ~details["top1_correct"]
+    if (wrong & details["has_match"]).any():
+        wrong &= details["has_match"]
+    chosen = []
+    for mask, ok in ((correct, True), (wrong, False)):
+        idx = np.flatnonzero(mask)
+        picks = np.sort(rng.choice(idx, size=min(per_kind, len(idx)), replace=False)) if len(idx) else []
+        chosen += [(int(i), int(details["top1"][i]), ok) for i in picks]
+    return chosen

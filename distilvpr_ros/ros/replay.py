@@ -28,10 +28,29 @@ Where frames are dropped when the node cannot keep up: mostly in its DDS reader 
 ``/clock`` and ``/diagnostics`` are absolute names: run one replay per ROS domain.
 
 Scoring (:mod:`distilvpr_ros.evaluation.replay_metrics`) uses the bag's odometry as ground truth.
+
+Mapping through the mapping node (:func:`run_mapping`, what ``distilvpr demo`` builds its map with) reuses
+the same pieces: the mapping node in its own process (``python -m distilvpr_ros.ros.mapping_node``), and a
+``bag_player`` that publishes the bag's camera, LiDAR and odometry messages as recorded (their serialized
+bytes, stamps untouched, as ``ros2 bag play`` does) with ``/clock``, paced at ``rate`` x the bag's time
+(pauses longer than ``max_gap_s`` shortened). After the last message it waits until the node has paired
+every camera frame (or its counters stop moving) and stops it with SIGINT: the node then processes what is
+pending and saves the map.
+
+Two options keep the map complete. The mapping node turns a camera+LiDAR pair into a keyframe as soon as it
+is paired and skips it when it has not yet received odometry within ``keyframes.odom_tolerance_s`` of its
+stamp. With odometry as sparse as the synthetic bags' (twice the frame rate, stamped like the camera) that
+happens when an odometry message is taken after its pair, and whenever the node falls behind: it takes one
+message per topic per spin, so an odometry backlog (twice as many messages) drains behind the camera's.
+``odom_lead_s`` sends odometry that much bag time early (as on a robot whose odometry arrives before the
+slower camera and LiDAR drivers' messages of the same instant); ``max_unpaired`` holds each camera frame
+until the node's ``/diagnostics`` say it has paired all but that many of the frames before it, so the
+playback runs as fast as the node can take it, at most ``rate``.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import queue
 import signal
@@ -40,16 +59,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64MultiArray
 from visualization_msgs.msg import MarkerArray
 
@@ -60,6 +80,7 @@ from ..mapping.database import PlaceDatabase
 from ..runtime import NodeConfig, load_node_config, open_bag_sequence
 from .conversions import image_msg, stamp_from_sec
 from .localization_node import NODE_NAME
+from .mapping_node import NODE_NAME as MAPPING_NODE_NAME
 from .nodes_common import ERROR, OK, msg_stamp, sensor_qos
 from .params import flatten
 
@@ -126,9 +147,9 @@ class Player:
 class Recorder:
     """``replay_recorder``: every output of the node with its receive time (monotonic s)."""
 
-    def __init__(self, context, namespace: str) -> None:
+    def __init__(self, context, namespace: str, node_name: str = NODE_NAME) -> None:
         self.node = rclpy.create_node("replay_recorder", namespace=namespace, context=context)
-        self.node_fqn = f"{namespace.rstrip('/')}/{NODE_NAME}"
+        self.node_fqn = f"{namespace.rstrip('/')}/{node_name}"
         self.messages: dict[str, list[tuple[float, Any]]] = {topic: [] for topic in OUTPUTS}
         self.subs = {topic: self.node.create_subscription(msg_type, topic, self._recorder(topic), RECORD_QOS)
                      for topic, msg_type in OUTPUTS.items()}
@@ -184,12 +205,13 @@ def write_params(cfg: NodeConfig, path: Path, use_sim_time: bool) -> Path:
 
 
 class NodeProcess:
-    """``localization_node`` as a child process with its output in ``log``."""
+    """A node (``localization_node`` unless ``module`` says otherwise) as a child process, output in ``log``."""
 
-    def __init__(self, params_file: Path, namespace: str, log: Path) -> None:
+    def __init__(self, params_file: Path, namespace: str, log: Path,
+                 module: str = "distilvpr_ros.ros.localization_node") -> None:
         self.log_path = log
         self._log = open(log, "w")
-        cmd = [sys.executable, "-m", "distilvpr_ros.ros.localization_node", "--ros-args",
+        cmd = [sys.executable, "-m", module, "--ros-args",
                "--params-file", str(params_file), "-r", f"__ns:={namespace}"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -433,3 +455,273 @@ def run_replay(bag: str | Path, map_path: str | Path, model: str | Path, rate: f
                    out=str(out))
     write_report(out, metrics, details, query_xy, db.positions, rec.sent_stamps, title=f"replay {bag.name}")
     return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Mapping: a bag played into the mapping node
+# --------------------------------------------------------------------------------------------------
+
+MAPPING_NAMESPACE = "/distilvpr_mapping_replay"
+MAPPING_MODULE = "distilvpr_ros.ros.mapping_node"
+#: rclpy message class of each bag message type the mapping node subscribes to.
+MAPPING_INPUTS = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage,
+                  "sensor_msgs/msg/PointCloud2": PointCloud2, "nav_msgs/msg/Odometry": Odometry}
+CAMERA_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+ODOMETRY_TYPE = "nav_msgs/msg/Odometry"
+
+
+def _absolute(name: str) -> str:
+    return name if name.startswith("/") else "/" + name
+
+
+def mapping_topics(bag: Path, cfg: NodeConfig) -> dict[str, tuple[str, str]]:
+    """``bag topic → (node topic, message type)`` of the mapping node's inputs found in ``bag``; DataError when
+    the camera, LiDAR or odometry topic is missing."""
+    from rosbags.highlevel import AnyReader
+
+    from ..data.rosbag_io import ros2_typestore
+
+    names = (cfg.topics.camera, cfg.topics.camera_compressed, cfg.topics.lidar, cfg.topics.odom)
+    wanted = {_absolute(t): t for t in names if t}
+    with AnyReader([bag], default_typestore=ros2_typestore()) as reader:
+        present = {c.topic: c.msgtype for c in reader.connections}
+    found = {topic: (wanted[topic], msgtype) for topic, msgtype in present.items()
+             if topic in wanted and msgtype in MAPPING_INPUTS}
+    types = {msgtype for _, msgtype in found.values()}
+    for what, needed in (("camera", CAMERA_TYPES), ("LiDAR", ("sensor_msgs/msg/PointCloud2",)),
+                         ("odometry", ("nav_msgs/msg/Odometry",))):
+        if not types & set(needed):
+            raise DataError(bag, f"no {what} topic for the mapping node (looked for {sorted(wanted)}; "
+                                 f"bag has {sorted(present)})")
+    return found
+
+
+def _read_raw(bag: Path, topics: dict[str, tuple[str, str]], out: queue.Queue, stop: threading.Event,
+              errors: list, odom_lead_s: float = 0.0) -> None:
+    """The bag's messages on ``topics`` into ``out`` as ``(node topic, play time s, serialized bytes)``, then
+    ``None``, in play-time order: the bag time, minus ``odom_lead_s`` for odometry (sent that much earlier).
+    An error ends the stream and is kept in ``errors``."""
+    from rosbags.highlevel import AnyReader
+
+    from ..data.rosbag_io import ros2_typestore
+
+    ahead: list[tuple[float, int, str, bytes]] = []  # heap on play time: messages read but not yet due
+    try:
+        with AnyReader([bag], default_typestore=ros2_typestore()) as reader:
+            conns = [c for c in reader.connections if c.topic in topics]
+            for k, (conn, t_ns, raw) in enumerate(reader.messages(connections=conns)):
+                node_topic, msgtype = topics[conn.topic]
+                t = t_ns * 1e-9
+                heapq.heappush(ahead, (t - odom_lead_s if msgtype == ODOMETRY_TYPE else t, k, node_topic, bytes(raw)))
+                while ahead and ahead[0][0] <= t - odom_lead_s:  # nothing read later can play before these
+                    due, _, topic, data = heapq.heappop(ahead)
+                    if not _put(out, (topic, due, data), stop):
+                        return
+            while ahead:
+                due, _, topic, data = heapq.heappop(ahead)
+                if not _put(out, (topic, due, data), stop):
+                    return
+    except Exception as e:
+        errors.append(e)
+    finally:
+        _put(out, None, stop)
+
+
+class BagPlayer:
+    """``bag_player``: bag messages published as recorded (serialized bytes), each preceded by ``/clock``."""
+
+    def __init__(self, context, namespace: str, topics: dict[str, type], qos: QoSProfile) -> None:
+        self.node = rclpy.create_node("bag_player", namespace=namespace, context=context)
+        self.pubs = {topic: self.node.create_publisher(msg_type, topic, qos) for topic, msg_type in topics.items()}
+        self.clock_pub = self.node.create_publisher(Clock, "/clock", 10) if Clock is not None else None
+        self.sent = {topic: 0 for topic in topics}
+        self.hold_timeouts = 0  # held messages sent after hold_timeout_s without hold() turning true
+        self.error: BaseException | None = None
+
+    def play(self, messages: queue.Queue, rate: float, max_gap_s: float, hold: Callable[[int], bool] | None = None,
+             hold_topics: Sequence[str] = (), hold_timeout_s: float = 10.0) -> None:
+        """Publish ``(topic, stamp, bytes)`` items of ``messages`` (``None`` ends) at ``rate`` x bag time, pauses
+        longer than ``max_gap_s`` (bag time) shortened to it. With ``hold``, the k-th message on
+        ``hold_topics`` waits (at most ``hold_timeout_s``) until ``hold(k)`` is true; the schedule moves on by
+        the time waited."""
+        try:
+            start, played, previous = time.monotonic(), 0.0, None
+            held = 0
+            for topic, stamp, raw in iter(messages.get, None):
+                if previous is not None:
+                    played += min(max(stamp - previous, 0.0), max_gap_s)
+                previous = stamp
+                time.sleep(max(0.0, start + played / rate - time.monotonic()))
+                if hold is not None and topic in hold_topics:
+                    waited = time.monotonic()
+                    while not hold(held):
+                        if time.monotonic() - waited > hold_timeout_s:
+                            self.hold_timeouts += 1
+                            break
+                        time.sleep(0.005)
+                    start += time.monotonic() - waited
+                    held += 1
+                if self.clock_pub is not None:
+                    self.clock_pub.publish(Clock(clock=stamp_from_sec(stamp)))
+                self.pubs[topic].publish(raw)
+                self.sent[topic] += 1
+        except BaseException as e:  # reported by the main thread
+            self.error = e
+
+
+class MappingSession(ReplaySession):
+    """One bag played into the mapping node: its process, the bag player and the recorder (``/diagnostics``,
+    ``loop_closure``). Used by :func:`record_mapping`: :meth:`wait_ready`, :meth:`play`, :meth:`drain`,
+    :meth:`close` (SIGINT: the node saves its map)."""
+
+    def __init__(self, cfg: NodeConfig, out_dir: Path, topics: dict[str, type],
+                 namespace: str = MAPPING_NAMESPACE) -> None:
+        self.cfg = cfg
+        params = write_params(cfg, out_dir / "mapping_params.yaml", use_sim_time=Clock is not None)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.player = BagPlayer(self.context, namespace, topics, sensor_qos(cfg.qos))
+        self.recorder = Recorder(self.context, namespace, MAPPING_NODE_NAME)
+        for own in (self.player.node, self.recorder.node):
+            self.executor.add_node(own)
+        self.node = NodeProcess(params, namespace, out_dir / "mapping_node.log", module=MAPPING_MODULE)
+        self.rss: list[float] = []
+        self.sampling = False
+        self._next_rss = 0.0
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until the node reports OK and subscribes to every input; ReplayError on its ERROR."""
+        def ready() -> bool:
+            status = self.recorder.status
+            if status is not None and status.level == bytes([ERROR]):
+                raise ReplayError(f"mapping node: {status.message} (log: {self.node.log_path})")
+            return (status is not None and status.level == bytes([OK])
+                    and all(pub.get_subscription_count() for pub in self.player.pubs.values()))
+
+        if not self.spin_until(ready, timeout):
+            raise ReplayError(f"mapping node not ready after {timeout:g} s:\n{self.node.log_tail()}")
+
+    def play_bag(self, bag: Path, topics: dict[str, tuple[str, str]], rate: float, max_gap_s: float,
+                 prefetch: int, progress: bool, odom_lead_s: float = 0.0, max_unpaired: int | None = None) -> None:
+        """Play ``topics`` of ``bag`` (reader thread → player thread) while spinning, with a progress bar. With
+        ``max_unpaired``, each camera frame waits until the node has paired all but that many of the frames
+        sent before it (its /diagnostics ``pairs``), not counting the newest, which its synchroniser holds until
+        a later message arrives."""
+        from tqdm import tqdm
+
+        messages: queue.Queue = queue.Queue(maxsize=prefetch)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+        reader = threading.Thread(target=_read_raw, args=(bag, topics, messages, stop, errors, odom_lead_s),
+                                  daemon=True)
+        cameras = [node_topic for node_topic, msgtype in topics.values() if msgtype in CAMERA_TYPES]
+
+        def paired(k: int) -> bool:  # runs in the player thread; the recorder's values are replaced, not mutated
+            # frame k - 1 cannot be paired yet: the synchroniser holds the newest frame until a later message
+            return self.recorder.node_values().get("pairs", 0.0) >= k - 1 - max_unpaired
+
+        hold = dict(hold=paired, hold_topics=cameras) if max_unpaired is not None else {}
+        playing = threading.Thread(target=self.player.play, args=(messages, rate, max_gap_s), kwargs=hold,
+                                   daemon=True)
+        bar = tqdm(desc=f"mapping node <- {bag.name}", unit="frame", disable=not progress, leave=False)
+
+        def done() -> bool:
+            bar.update(sum(self.player.sent[t] for t in cameras) - bar.n)
+            return not playing.is_alive()
+
+        reader.start()
+        playing.start()
+        self.sampling = True
+        try:
+            self.spin_until(done, math.inf)
+        finally:
+            stop.set()
+            bar.close()
+        for error in (self.player.error, *errors):
+            if error is not None:
+                raise error
+
+    def drain_pairs(self, cameras: int, timeout: float) -> None:
+        """Until the node has paired ``cameras`` camera frames, or its pair and keyframe counters stood still
+        over three diagnostics (or ``timeout``); then its final diagnostics."""
+        seen: list[tuple] = []
+        last = [self.recorder.statuses]
+
+        def settled() -> bool:
+            if self.recorder.statuses == last[0]:
+                return False
+            last[0] = self.recorder.statuses
+            values = self.recorder.node_values()
+            seen.append((values.get("pairs"), values.get("keyframes")))
+            return values.get("pairs", 0) >= cameras or (len(seen) >= 3 and len(set(seen[-3:])) == 1)
+
+        self.spin_until(settled, timeout)
+        self.sampling = False
+        self.wait_diagnostics()
+
+
+def record_mapping(bag: Path, cfg: NodeConfig, out_dir: Path, rate: float = 1.0, max_gap_s: float = 1.0,
+                   odom_lead_s: float = 0.0, max_unpaired: int | None = None, namespace: str = MAPPING_NAMESPACE,
+                   startup_timeout_s: float = 120.0, drain_s: float = 60.0, prefetch: int = 32,
+                   progress: bool = False) -> dict[str, Any]:
+    """Start the mapping node with ``cfg``, play ``bag``'s camera, LiDAR and odometry into it (odometry
+    ``odom_lead_s`` of bag time early; ``max_unpaired``: see :meth:`MappingSession.play_bag`), stop it (it
+    saves ``cfg.map.path``) and return what it reported:
+    published counts, its last diagnostics values, the loop closures it published, its peak memory. The
+    node's log is ``out_dir/mapping_node.log``."""
+    if rate <= 0 or max_gap_s <= 0 or odom_lead_s < 0:
+        raise ValueError(f"rate and max_gap_s must be positive and odom_lead_s not negative, got rate={rate}, "
+                         f"max_gap_s={max_gap_s}, odom_lead_s={odom_lead_s}")
+    topics = mapping_topics(bag, cfg)
+    session = MappingSession(cfg, Path(out_dir), {node: MAPPING_INPUTS[msgtype] for node, msgtype in topics.values()},
+                             namespace)
+    try:
+        session.wait_ready(startup_timeout_s)
+        session.play_bag(bag, topics, rate, max_gap_s, prefetch, progress, odom_lead_s, max_unpaired)
+        cameras = sum(session.player.sent[node] for node, msgtype in topics.values() if msgtype in CAMERA_TYPES)
+        session.drain_pairs(cameras, drain_s)
+        result = {"published": dict(session.player.sent), "hold_timeouts": session.player.hold_timeouts,
+                  "node": session.recorder.node_values(),
+                  "loop_closures": [list(msg.data) for _, msg in session.recorder.messages["loop_closure"]],
+                  "node_rss_mb_max": max(session.rss, default=math.nan)}
+    finally:
+        session.close()
+    result["exit_code"] = session.node.proc.returncode
+    return result
+
+
+def run_mapping(bag: str | Path, teacher: str | Path, student: str | Path, map_path: str | Path,
+                rate: float = 1.0, max_gap_s: float = 1.0, odom_lead_s: float = 0.0, max_unpaired: int | None = None,
+                config: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                out_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Build the map at ``map_path`` by playing ``bag`` into the mapping node (``teacher`` + ``student``
+    checkpoint folders) over DDS, odometry ``odom_lead_s`` early, camera frames held while the node has more
+    than ``max_unpaired`` unpaired (module docstring). ``config`` (node YAML)
+    then ``overrides`` (dotted keys) configure the node;
+    ``map.run`` defaults to the bag's name. Writes ``mapping.json`` (the summary returned: map size, the
+    node's counters, loop closures) and the node's log into ``out_dir`` (default: beside the map)."""
+    bag, map_path = Path(bag), Path(map_path)
+    for what, path in (("bag", bag), ("teacher checkpoint", Path(teacher)), ("student checkpoint", Path(student))):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} not found: {path}")
+    cfg = load_node_config(config, MAPPING_NODE_NAME, **{**(overrides or {}), "map.path": str(map_path),
+                                                         "models.teacher_checkpoint": str(teacher),
+                                                         "models.student_checkpoint": str(student)})
+    if not cfg.map.run:
+        cfg.map.run = bag.name if bag.is_dir() else bag.stem
+    out = Path(out_dir) if out_dir is not None else map_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    result = record_mapping(bag, cfg, out, rate=rate, max_gap_s=max_gap_s, odom_lead_s=odom_lead_s,
+                            max_unpaired=max_unpaired, progress=progress)
+    if not map_path.exists():
+        raise ReplayError(f"the mapping node saved no map at {map_path} (log: {out / 'mapping_node.log'})")
+    db = PlaceDatabase.load(map_path)
+    result.update(bag=str(bag), map=str(map_path), run=cfg.map.run, map_size=len(db), rate=rate,
+                  max_gap_s=max_gap_s, odom_lead_s=odom_lead_s, max_unpaired=max_unpaired,
+                  seconds=time.monotonic() - started)
+    from ..utils.results import write_json
+
+    write_json(out / "mapping.json", result)
+    return result
