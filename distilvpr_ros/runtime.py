@@ -204,6 +204,11 @@ class OdometryBuffer:
         self._t.clear()
         self._poses.clear()
 
+    def awaiting(self, stamp: float) -> bool:
+        """No odometry has reached ``stamp`` yet (empty, or the newest is more than ``tolerance_s`` older):
+        a pair at ``stamp`` should wait rather than be given up."""
+        return not self._t or stamp > self._t[-1] + self.tolerance_s
+
     def pose_at(self, stamp: float) -> np.ndarray | None:
         """Pose interpolated at ``stamp`` (linear + slerp); the nearest end pose when ``stamp`` lies at most
         ``tolerance_s`` outside the buffer; None when there is no odometry close enough."""

@@ -210,13 +210,16 @@ class SensorPublisher:
     def publish(self, with_odom: bool = True):
         t = 100.0 + 0.5 * self.k
         if with_odom:
-            odom = Odometry(header=header(t, "odom"), child_frame_id="base_link")
-            odom.pose.pose = pose_msg(np.array([2.0 * self.k, 0, 0, 0, 0, 0, 1]))
-            self.odom.publish(odom)
+            self.publish_odom(self.k)
         rgb, cloud = frame(self.k % 5)
         self.cam.publish(image_msg(rgb, t, "camera_optical"))
         self.lidar.publish(pointcloud2_msg(cloud, t, "lidar"))
         self.k += 1
+
+    def publish_odom(self, k: int):
+        odom = Odometry(header=header(100.0 + 0.5 * k, "odom"), child_frame_id="base_link")
+        odom.pose.pose = pose_msg(np.array([2.0 * k, 0, 0, 0, 0, 0, 1]))
+        self.odom.publish(odom)
 
 
 def test_mapping_node_builds_and_saves_a_map(ros, assets, tmp_path):
@@ -240,6 +243,24 @@ def test_mapping_node_builds_and_saves_a_map(ros, assets, tmp_path):
     saved = PlaceDatabase.load(tmp_path / "live_map")
     assert len(saved) == len(node.builder.db) and set(saved.spaces) == {TEACHER_SPACE, STUDENT_SPACE}
     np.testing.assert_allclose(np.diff(saved.poses[:, 0]) % 2.0, 0.0, atol=1e-6)  # poses from odometry
+
+
+def test_mapping_node_waits_for_odometry_that_arrives_after_the_images(ros, assets, tmp_path):
+    add, executor = ros
+    params = {"map.path": str(tmp_path / "late_odom_map"), "models.teacher_checkpoint": str(assets["teacher"]),
+              "models.student_checkpoint": str(assets["student"]), "keyframes.min_distance_m": 1.0,
+              "map.save_period_s": 0.0, "qos.sensor_reliability": "reliable"}
+    node = add(MappingNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    sensors = SensorPublisher(Probe(add).node)
+    assert spin_until(executor, lambda: all(pub.get_subscription_count() for pub in
+                                            (sensors.odom, sensors.cam, sensors.lidar)))
+    for k in range(6):  # each frame's odometry arrives after the node has paired its camera and LiDAR
+        sensors.publish(with_odom=False)
+        assert spin_until(executor, lambda: node.counts["pairs"] == k + 1 and node._pending is None)
+        assert len(node.builder.db) == k and len(node._waiting) == 1
+        sensors.publish_odom(k)
+        assert spin_until(executor, lambda: len(node.builder.db) == k + 1)
+    assert node.counts["missing_odometry"] == 0 and not node._waiting
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -6,8 +6,10 @@ Inputs (sensor QoS: best-effort by default, ``qos.sensor_reliability``)
 
 Pipeline
     camera + LiDAR paired by stamp (``ros/sync.py``, ``sync.slop_s``) → the latest pair waits in a one-slot
-    buffer (a newer pair replaces it and counts as a drop) → odometry interpolated at the camera stamp
-    (none close enough: throttled WARN, no keyframe) → :class:`~distilvpr_ros.runtime.Keyframer` gating →
+    buffer (a newer pair replaces it and counts as a drop) → pairs newer than the newest odometry wait for
+    it in a queue of ``sync.queue_size`` (odometry often arrives after the images it brackets; a full queue
+    gives up its oldest pair as missing odometry) → odometry interpolated at the camera stamp (none close
+    enough: throttled WARN, no keyframe) → :class:`~distilvpr_ros.runtime.Keyframer` gating →
     :class:`~distilvpr_ros.runtime.MapBuilder` (teacher + student descriptors, teacher-space loop check).
 
 Outputs
@@ -25,6 +27,7 @@ A missing or mismatching model or map leaves the node alive but idle, with an ER
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from nav_msgs.msg import Odometry
 from rclpy.clock import Clock, ClockType
@@ -64,6 +67,7 @@ class MappingNode(Node):
         self.window = LatencyWindow(cfg.diagnostics.window)
         self.counts = {"pairs": 0, "pending_replaced": 0, "missing_odometry": 0, "loop_closures": 0, "saves": 0}
         self._pending: Pair | None = None
+        self._waiting: deque[Pair] = deque()  # pairs newer than the newest odometry
         self._odom_frame = cfg.frames.map
         self._last_raw = -1e9
         self._last_save = time.monotonic()
@@ -153,19 +157,35 @@ class MappingNode(Node):
             self.problems.report("odom_out_of_order", f"odometry at t={msg_stamp(msg):.6f} dropped: not after the "
                                                       "previous odometry stamp")
         self._odom_frame = msg.header.frame_id or self._odom_frame
+        if self._waiting and not self.odom.awaiting(self._waiting[0].stamp):
+            self._work.trigger()
 
     # ------------------------------------------------------------------ processing
-    def _process(self, publish: bool = True) -> None:
+    def _process(self, publish: bool = True, give_up: bool = False) -> None:
         """Turn the pending pair into a keyframe if the odometry and the gating say so."""
         try:
-            self._process_pending(publish)
+            self._process_pending(publish, give_up)
         except Exception as e:  # a bug or an unforeseen input must not kill the node
             self.problems.report("internal_error", f"keyframe processing failed: {type(e).__name__}: {e}", ERROR)
 
-    def _process_pending(self, publish: bool) -> None:
-        pair, self._pending = self._pending, None
-        if pair is None or self.builder is None:
+    def _process_pending(self, publish: bool, give_up: bool = False) -> None:
+        """Keyframes from the waiting pairs odometry has reached, then from the pending pair (which waits
+        itself when odometry has not reached it; ``give_up``: do not wait, e.g. at shutdown)."""
+        if self.builder is None:
             return
+        while self._waiting and (give_up or not self.odom.awaiting(self._waiting[0].stamp)):
+            self._keyframe(self._waiting.popleft(), publish)
+        pair, self._pending = self._pending, None
+        if pair is None:
+            return
+        if not give_up and self.odom.awaiting(pair.stamp):
+            if len(self._waiting) >= self.cfg.sync.queue_size:
+                self._keyframe(self._waiting.popleft(), publish)  # gives it up as missing odometry
+            self._waiting.append(pair)
+            return
+        self._keyframe(pair, publish)
+
+    def _keyframe(self, pair: Pair, publish: bool) -> None:
         stamp = pair.stamp
         pose = self.odom.pose_at(stamp)
         if pose is None:
@@ -238,6 +258,7 @@ class MappingNode(Node):
         for pair in self.sync.flush():
             self._pending = pair
             self._process(publish=False)
+        self._process(publish=False, give_up=True)  # pairs still waiting for odometry: last chance
         if self.builder is not None and self.builder.unsaved and self.cfg.map.path:
             ok, message = self.save_map()
             print(f"[distilvpr_mapping] shutdown: {message}", flush=True)
@@ -253,6 +274,7 @@ class MappingNode(Node):
             "drops": s.dropped + self.counts["pending_replaced"], "drops_overflow": sum(s.overflow.values()),
             "drops_unpaired": s.unpaired, "drops_duplicate": s.duplicates, "drops_out_of_order": s.out_of_order,
             "pending_replaced": self.counts["pending_replaced"], "missing_odometry": self.counts["missing_odometry"],
+            "waiting_for_odometry": len(self._waiting),
             "loop_closures": self.counts["loop_closures"], "saves": self.counts["saves"],
             "map_path": self.cfg.map.path, "last_error": self.fatal or self.problems.last,
         }
