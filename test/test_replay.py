@@ -145,5 +145,6 @@ def test_fast_replay_drops_frames_instead_of_queueing(assets, tmp_path):
     assert len(rec.sent_stamps) == n
     assert 0 < answered < n and rec.node["processed"] == answered
     assert rec.node["drops"] + (n - rec.node["frames"]) == n - answered  # slot replaced + lost in DDS
+    assert rec.node["drops_transport"] == n - rec.node["frames"]  # the node now sees the DDS losses itself
     assert rec.node["drops"] > 0 or rec.node["frames"] < n
     assert max(rec.node_rss_mb) - rec.node_rss_mb[0] < 50.0, rec.node_rss_mb

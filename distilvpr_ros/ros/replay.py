@@ -95,8 +95,8 @@ WARMUP_LEAD_S = 100.0  # warm-up frames are stamped up to this long before the b
 WARMUP_SENDS = 1000  # at most this many warm-up sends (each waits up to 2 s for its answer)
 RSS_PERIOD_S = 0.2
 #: Cumulative counters of the node's diagnostics, reported for the timed playback only (warm-up removed).
-NODE_COUNTERS = ("frames", "processed", "drops", "drops_duplicate", "drops_out_of_order", "input_errors",
-                 "accepted", "loop_closures")
+NODE_COUNTERS = ("frames", "processed", "drops", "drops_transport", "drops_duplicate", "drops_out_of_order",
+                 "input_errors", "accepted", "loop_closures")
 RECORD_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 OUTPUTS = {"place_match": PoseWithCovarianceStamped, "place_candidates": PoseArray,
            "place_candidates/scores": Float64MultiArray, "loop_closure": Float64MultiArray,
