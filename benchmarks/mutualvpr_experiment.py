@@ -9,7 +9,7 @@ Protocol (all choices are arguments; the defaults are what docs/results/mutualvp
   heading bins (α = 30°, L = 2); MutualVPR K = 3 and K = 6 as the official code does it; MutualVPR
   K = 3 with the three fixes (label alignment, every cell clustered on a group's first visit, new labels
   at once); and DistilVPR-SC distillation from a camera+LiDAR teacher (one per seed) with the triplet
-  and with the MutualVPR task losses;
+  and with the MutualVPR K = 3 task loss (SC with the other task losses did not fit the time budget);
 * reported on the test region (cross-run, every ordered pair of runs): R@1/R@5 for all queries and for
   three query subsets: **same-direction** and **opposite-direction** revisits (query heading vs its
   nearest true match) and **occluded** queries (moving traffic covers > 15 % of the image);
@@ -17,10 +17,12 @@ Protocol (all choices are arguments; the defaults are what docs/results/mutualvp
 
 Scale (2 CPU cores): the world has ~8 training images per 10 m cell, so the class groups use N = 2
 (4 groups, each ~43 cells, one per epoch) instead of the official N = 5 / 8 groups, which would train
-on 1/25 of the cells per epoch. Classification runs get 8 epochs (each group visited twice) of 40 steps
-at batch 32 (10k images seen) with encoder lr 1e-4 (at 1e-3 the validation R@1 of MutualVPR K = 3 fell
+on 1/25 of the cells per epoch. Classification runs get 8 epochs (each group visited twice) of 25 steps
+at batch 32 (6.4k images seen) with encoder lr 1e-4 (at 1e-3 the validation R@1 of MutualVPR K = 3 fell
 every epoch in a calibration run); triplet runs keep the DistilVPR experiment's recipe: 5 epochs over
-all pairs at batch 128 (7k images), lr 1e-3. Run:
+all pairs at batch 128 (7k images), lr 1e-3. The teachers are the DistilVPR experiment's (same recipe,
+trained on the seen conditions), reused when present. Re-running the command trains only what is
+missing and re-evaluates everything. Run:
 
     .venv/bin/python benchmarks/mutualvpr_experiment.py --out docs/results/mutualvpr
 """
@@ -37,7 +39,7 @@ import numpy as np
 from distilvpr_experiment import MemorySequence, slug  # benchmarks/ is on sys.path when run as a script
 from distilvpr_ros.data.synthetic import load_synthetic
 from distilvpr_ros.evaluation.embed import embed_sequences
-from distilvpr_ros.evaluation.evaluate import evaluate_sequences
+from distilvpr_ros.evaluation.evaluate import evaluate_sequences, occluded, opposite_direction, same_direction
 from distilvpr_ros.evaluation.report import mean_std_table, to_jsonable
 from distilvpr_ros.training.checkpoint import load_model
 from distilvpr_ros.training.config import TrainConfig
@@ -58,8 +60,6 @@ VARIANTS: dict[str, tuple[dict, bool]] = {
     "MutualVPR K=3 + fixes": ({**COSFACE, "classify": {"views": 3, **FIXES}}, False),
     "DistilVPR-SC + triplet": ({"distill": {"method": "sc"}}, True),
     "DistilVPR-SC + MutualVPR K=3": ({**COSFACE, "classify": {"views": 3}, "distill": {"method": "sc"}}, True),
-    "DistilVPR-SC + MutualVPR K=3 + fixes": ({**COSFACE, "classify": {"views": 3, **FIXES},
-                                             "distill": {"method": "sc"}}, True),
 }
 
 
@@ -70,9 +70,11 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def test_metrics(model, sequences, gt) -> dict:
+def test_metrics(model, sequences, gt, occlusion: float) -> dict:
     descs = embed_sequences(model, sequences, batch_size=64, progress=False)
-    result = evaluate_sequences(descs, sequences, gt, query_subsets=SUBSETS)
+    subsets = {"same_direction": same_direction, "opposite_direction": opposite_direction,
+               "occluded": occluded(occlusion)}
+    result = evaluate_sequences(descs, sequences, gt, query_subsets=subsets)
     row = {"all/recall@1": result["recall@1"], "all/recall@5": result["recall@5"]}
     for name in SUBSETS:
         row[f"{name}/recall@1"] = result["subsets"][name]["recall@1"]
@@ -120,6 +122,25 @@ def plot_subsets(results: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def train_or_reuse(train, cfg: dict) -> Path:
+    """``train(cfg)``, unless its run folder already holds a finished run of the same config (re-running the
+    command then only re-evaluates)."""
+    run_dir = Path(cfg["out_dir"])
+    config = TrainConfig.from_yaml(None, cfg)
+    history = run_dir / "history.json"
+    if history.is_file() and (run_dir / "best").is_dir():
+        done = json.loads(history.read_text())
+        saved = TrainConfig.from_yaml(run_dir / "config.yaml")
+        if len(done) == config.optim.epochs and saved == config:
+            return run_dir
+    return train(config)
+
+
+def run_seconds(run_dir: Path) -> float:
+    """Training time of a run: the sum of its epochs' seconds (training + validation, no caching)."""
+    return float(sum(r["seconds"] for r in json.loads((run_dir / "history.json").read_text())))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world", type=Path, default=Path("data/world_default"))
@@ -129,13 +150,22 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=8)
     p.add_argument("--triplet-epochs", type=int, default=5)
     p.add_argument("--classify-epochs", type=int, default=8)
-    p.add_argument("--classify-iterations", type=int, default=40, help="steps per classification epoch")
+    p.add_argument("--classify-iterations", type=int, default=25, help="steps per classification epoch")
     p.add_argument("--classify-lr", type=float, default=1e-4,
                    help="encoder lr of the CosFace runs (official 1e-5 over 500k steps; 1e-3 degraded val R@1)")
     p.add_argument("--group-spacing", type=int, default=2)
     p.add_argument("--image-size", type=int, nargs=2, default=[160, 120])
     p.add_argument("--lr-scale", type=float, default=10.0)
+    p.add_argument("--occlusion", type=float, default=0.05,
+                   help="occluded queries: moving traffic covers more than this fraction of the image (the "
+                   "default world has 97 of 555 test frames above 5 %%, 3 above 15 %%)")
     p.add_argument("--variants", nargs="*", default=None, help="subset of variant names (default: all)")
+    p.add_argument("--teachers", type=Path, default=Path("results/experiment_distilvpr"),
+                   help="take <this>/seed<N>/teacher/best (the DistilVPR experiment's teachers) when it exists; "
+                   "else train one under --work")
+    p.add_argument("--report-only", action="store_true",
+                   help="write README and plot from <out>/results.json (e.g. of an interrupted run) without "
+                   "training or evaluating")
     args = p.parse_args()
 
     variants = {k: v for k, v in VARIANTS.items() if args.variants is None or k in args.variants}
@@ -154,19 +184,23 @@ def main() -> None:
     gt = TrainConfig.from_yaml(None, base).ground_truth
     results: dict[str, list[dict]] = {}
     started = time.perf_counter()
-    for seed in args.seeds:
-        teacher_dir = None
+    if args.report_only:
+        saved = json.loads((args.out / "results.json").read_text())
+        results = {name: rows for name, rows in saved["results"].items() if name in variants or "teacher" in name}
+
+    for seed in [] if args.report_only else args.seeds:
+        teacher_dir = args.teachers / f"seed{seed}" / "teacher"
         if any(needs for _, needs in variants.values()):
-            t0 = time.perf_counter()
-            teacher_dir = train_teacher(TrainConfig.from_yaml(None, merge(base, {
-                "seed": seed, "out_dir": str(args.work / f"seed{seed}" / "teacher"),
-                "optim": {"epochs": args.teacher_epochs, "milestones": [max(1, round(args.teacher_epochs * 2 / 3))]}})))
-            row = test_metrics(load_model(teacher_dir / "best"), test, gt)
-            results.setdefault("teacher (camera+LiDAR, triplet)", []).append(
-                row | {"train_seconds": time.perf_counter() - t0})
+            if not (teacher_dir / "best").is_dir():
+                teacher_dir = train_or_reuse(train_teacher, merge(base, {
+                    "seed": seed, "out_dir": str(args.work / f"seed{seed}" / "teacher"),
+                    "optim": {"epochs": args.teacher_epochs,
+                              "milestones": [max(1, round(args.teacher_epochs * 2 / 3))]}}))
+            row = test_metrics(load_model(teacher_dir / "best"), test, gt, args.occlusion)
+            row["train_seconds"] = run_seconds(teacher_dir)
+            results.setdefault("teacher (camera+LiDAR, triplet)", []).append(row)
             print(f"seed {seed} teacher: {row}", flush=True)
         for name, (overrides, needs_teacher) in variants.items():
-            t0 = time.perf_counter()
             classify = overrides.get("loss", {}).get("task") == "cosface"
             epochs = args.classify_epochs if classify else args.triplet_epochs
             cfg = merge(merge(base, overrides), {
@@ -179,16 +213,16 @@ def main() -> None:
             cfg["distill"] = {"method": "none", **cfg.get("distill", {})}
             if needs_teacher:
                 cfg["distill"]["teacher"] = str(teacher_dir / "best")
-            run_dir = train_student(TrainConfig.from_yaml(None, cfg))
-            row = test_metrics(load_model(run_dir / "best"), test, gt)
-            row |= clustering_summary(run_dir) | {"train_seconds": time.perf_counter() - t0}
+            run_dir = train_or_reuse(train_student, cfg)
+            row = test_metrics(load_model(run_dir / "best"), test, gt, args.occlusion)
+            row |= clustering_summary(run_dir) | {"train_seconds": run_seconds(run_dir)}
             results.setdefault(name, []).append(row)
             print(f"seed {seed} {name}: R@1 {row['all/recall@1']:.3f}, same {row['same_direction/recall@1']:.3f}, "
                   f"opposite {row['opposite_direction/recall@1']:.3f}, occluded {row['occluded/recall@1']:.3f} "
                   f"({row['train_seconds']:.0f} s)", flush=True)
             write_json(args.out / "results.json", to_jsonable({"seeds": args.seeds, "results": results}))
 
-    minutes = (time.perf_counter() - started) / 60
+    minutes = saved.get("minutes") if args.report_only else (time.perf_counter() - started) / 60
     recall_keys = [f"{s}/recall@{n}" for s in ("all", *SUBSETS) for n in (1, 5)]
     table = mean_std_table(results, recall_keys + ["train_seconds"])
     cluster_rows = {k: v for k, v in results.items() if any("clustering/churn" in r for r in v)}
@@ -200,16 +234,17 @@ def main() -> None:
                f"--triplet-epochs {args.triplet_epochs} --classify-epochs {args.classify_epochs} "
                f"--classify-iterations {args.classify_iterations} --classify-lr {args.classify_lr} "
                f"--group-spacing {args.group_spacing} --image-size {' '.join(map(str, args.image_size))} "
-               f"--lr-scale {args.lr_scale}")
+               f"--lr-scale {args.lr_scale} --occlusion {args.occlusion}")
     text = [
         "# MutualVPR on the default synthetic world",
         "",
-        f"Command: `{command}` — {minutes:.1f} minutes on this machine (2 CPU cores), seeds {args.seeds}.",
+        f"Command: `{command}` — " + (f"{minutes:.1f} minutes on this machine (2 CPU cores)." if minutes else
+                                      "**interrupted**: the table holds the seeds that finished (column `seeds`)."),
         "",
         "Camera-only students; test region, cross-run R@N averaged over ordered run pairs; query subsets "
         f"(queries summed over pairs): same direction {queries['same_direction']}, opposite direction "
-        f"{queries['opposite_direction']}, occluded {queries['occluded']}. Mean ± std over seeds; model "
-        "selection on the validation region.",
+        f"{queries['opposite_direction']}, occluded (moving traffic > {args.occlusion:.0%} of the image) "
+        f"{queries['occluded']}. Mean ± std over seeds; model selection on the validation region.",
         "",
         table,
         "",
@@ -221,11 +256,12 @@ def main() -> None:
         "",
     ]
     (args.out / "README.md").write_text("\n".join(text))
-    write_json(args.out / "results.json", to_jsonable({"seeds": args.seeds, "minutes": minutes, "command": command,
-                                                       "results": results}))
+    if not args.report_only:
+        write_json(args.out / "results.json", to_jsonable({"seeds": args.seeds, "minutes": minutes, "command": command,
+                                                           "results": results}))
     plot_subsets(results, args.out / "mutualvpr_r1.png")
     print("\n".join(text))
-    print(json.dumps({"minutes": round(minutes, 1)}))
+    print(json.dumps({"minutes": round(minutes, 1) if minutes else None}))
 
 
 if __name__ == "__main__":
