@@ -1,6 +1,7 @@
 """Place-database search: latency, memory, build time and recall of flat, HNSW and IVF-PQ indexes.
 
-For N = 10^3, 10^4, ... up to ``--max-n`` keyframes of ``--dim``-dimensional synthetic descriptors, each
+For N = 10^3, 10^4, ... up to ``--max-n`` (default 10^5; ``--max-n 1000000`` adds 10^6, ~15 min and
+~6 GiB) keyframes of ``--dim``-dimensional synthetic descriptors, each
 index type is built in its own :class:`~distilvpr_ros.mapping.PlaceDatabase` (metric ``ip``, the
 package's default parameters unless overridden) and measured:
 
@@ -22,7 +23,12 @@ draws from the same mixture, so the nearest neighbour is one of ~100 similar key
 search only has to find the right component and then rank within it, which is kinder than real
 descriptors with a continuum of similarities: read the recalls as an upper bound.
 
-    python benchmarks/db_search.py --max-n 100000 --out results/benchmarks/db_search.json
+    .venv/bin/python benchmarks/db_search.py --threads 1 --out $DOCS/db_search.json
+    .venv/bin/python benchmarks/db_search.py --max-n 1000000 --threads 2 --out $DOCS/db_search_1e6.json
+
+(``DOCS=docs/results/benchmarks``.)
+
+Besides the JSON, a markdown table is written next to it (same name, ``.md``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -130,9 +137,32 @@ def print_row(r: dict) -> None:
           f"{r['recall@1']:6.3f} {r['recall@10']:6.3f}", flush=True)
 
 
+def markdown(result: dict) -> str:
+    a = result["args"]
+    lines = [
+        "# Place-database search (single query, k = 10)", "",
+        f"Command: `{result['command']}`", "",
+        f"D = {a['dim']}, metric ip, clustered synthetic descriptors (~{a['cluster_size']} per cluster), "
+        f"{a['queries']} queries for recall and batch time, {a['single']} timed one at a time; faiss "
+        f"{result['faiss']}, {a['threads']} OpenMP thread(s); HNSW M={a['hnsw_m']} efC={a['ef_construction']} "
+        f"efS={a['ef_search']}; IVF-PQ m={a['pq_m']} nprobe={a['nprobe']} (`ivfpq` re-ranks with the stored "
+        f"descriptors, `ivfpq-raw` does not). Recall is against exact (flat) search. Load average before/after: "
+        f"{result['load_average_before'][0]:.2f} / {result['load_average_after'][0]:.2f} on "
+        f"{result['cpu_count']} cores.", "",
+        "| N | index | built as | build s | index MiB | p50 ms | p99 ms | batch ms/query | R@1 | R@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["results"]:
+        lines.append(f"| {r['n']:,} | {r['index']} | {r['built']} | {r['build_s']:.2f} | "
+                     f"{r['memory_bytes'] / 2**20:.1f} | {r['latency_ms_p50']:.3f} | {r['latency_ms_p99']:.3f} | "
+                     f"{r['batch_ms_per_query']:.4f} | {r['recall@1']:.3f} | {r['recall@10']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--max-n", type=int, default=10**6, help="largest database size (powers of 10 from 10^3)")
+    p.add_argument("--max-n", type=int, default=10**5,
+                   help="largest database size (powers of 10 from 10^3; 1000000 adds 10^6)")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--queries", type=int, default=1000, help="queries for the batch and recall measurements")
     p.add_argument("--single", type=int, default=200, help="queries timed one at a time")
@@ -149,6 +179,7 @@ def main() -> None:
 
     faiss.omp_set_num_threads(args.threads)
     result = {
+        "command": ".venv/bin/python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "k": K,
         "cpu_count": os.cpu_count(),
@@ -167,7 +198,8 @@ def main() -> None:
     result["load_average_after"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {args.out}")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(f"-> {args.out}, {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

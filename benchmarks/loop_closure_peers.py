@@ -1,0 +1,518 @@
+"""Cross-run LiDAR loop closure: PRBonn's map-closures next to our teacher and students, same ground truth.
+
+Question (the one our place recognition answers): a robot drives a run under one condition; a map was
+built from another run (another condition, possibly the other direction). For each query frame, which
+place of the map is it at, and how sure is the method? Every ordered pair (database run d, query run
+q != d) of the synthetic world is evaluated, exactly like the package's cross-run evaluation.
+
+* **Database** = the whole database run (every region: the mapping run covered the town).
+* **Queries** = the frames of the query run in ``--query-region`` (default ``test``, the region no
+  model of ours was trained or selected on), every ``--query-stride``-th.
+* **Ground truth** (``GroundTruthConfig``, via ``data.ground_truth.cross_run_pairs``): a query's true
+  matches are the database frames within ``positive_m`` = 10 m (primary) and within ``correct_m`` =
+  25 m (the retrieval radius; reported too). Queries without a true match stay in the PR sweep and can
+  only be false positives.
+* **Scoring** (``evaluation.metrics``, the sole definitions): each query proposes one database frame
+  with a score; ``precision_recall`` sweeps the score: accepted and a true match = TP, accepted and
+  not = FP, recall = TP / (queries that have a true match). PR-AUC, max F1, recall at 100 % precision
+  and ``recall@1`` (= top-1 correct among queries with a match) come from it; all ordered pairs are
+  pooled into one sweep.
+
+**Our models** (checkpoint folders, ``--teacher`` camera+LiDAR fused head, ``--student`` camera
+student, ``--lidar-student``; found under ``results/`` when not given, skipped with a message when
+absent): the proposal is the most similar database frame (cosine of L2-normalised descriptors), the
+score that similarity.
+
+**map-closures** (PRBonn/MapClosures, ``pip install --no-deps map-closures==2.2.0``, its default
+config: 0.5 m density maps, Hamming 50, ORB + HBST + 2D RANSAC): it closes loops between *local maps*
+(scans accumulated over ``--map-range`` = 100 m of travel, its pipeline's ``max_range``) that need
+odometry; we give it the world's **ground-truth poses as odometry** (no KISS-ICP drift; the clouds
+are already motion-compensated), which favours it.
+
+* database: each run cut into local maps exactly as its pipeline does (a new map once the vehicle is
+  more than 100 m from the current map's origin; the points within 100 m carried over). Per query
+  run, a fresh ``MapClosures`` per database run gets that run's maps in driving order (ids 0..M-1);
+* query frame i of run q: the local map of run q's scans over the 100 m of travel up to and including
+  scan i (the map its pipeline would hold at that moment, but ending at every query frame instead of
+  once per 100 m), matched against each database run's instance with a fresh id >= M + 10 (so its
+  "is far enough" index rule never hides a database map). The call also adds the query map to that
+  instance (the API has no match-only call), so run q's earlier query maps stay in it, as its own
+  earlier maps would in its pipeline; closures to anything but the database run's maps are dropped;
+* proposal: the closure with the most inliers; its 2D-RANSAC pose places the query scan in the
+  world (database map pose composed with the closure and the query scan's pose inside its local
+  map) and the proposal is the database frame nearest to that estimate; score = the inlier count
+  (no closure = score 0, never correct). Its own operating point (``inliers > inliers_threshold``
+  = 5, what its pipeline keeps) is reported beside the max-F1 point.
+* ``--single-scan`` adds the same with one scan per local map (no accumulation, no odometry): the
+  single-frame question our models answer (slow: ~2500 database maps).
+
+Timing (no disk reads counted; 2 CPU cores): map-closures ``integrate ms/scan`` (voxel map update),
+``closure ms`` per local map while building a run's database (density map, ORB, HBST match-and-add,
+RANSAC against every candidate: its pipeline's call), ``native ms/scan`` = integrate + closure / scans
+per local map (its pipeline queries once per local map), and ``ms/query`` = building a query map + one
+closure call (this protocol; the instance also holds the run's earlier query maps, which overlap the
+new one and cost RANSAC calls, so an upper bound); our
+models' ``ms/query``: preprocessing (image resize, BEV) + torch forward at batch 1 + flat search of a
+database run.
+
+    .venv/bin/python benchmarks/loop_closure_peers.py --single-scan --out docs/results/benchmarks/loop_closure_peers
+
+(~50 min on 2 busy cores; without ``--single-scan`` about half; ``--query-stride 5`` for a quick look.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from distilvpr_ros.config import GroundTruthConfig
+from distilvpr_ros.data.ground_truth import cross_run_pairs
+from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
+from distilvpr_ros.evaluation.embed import describe, embed_sequences, input_spec_of, model_inputs
+from distilvpr_ros.evaluation.metrics import precision_recall
+from distilvpr_ros.evaluation.plots import plot_pr
+from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
+from distilvpr_ros.training.checkpoint import load_model
+from distilvpr_ros.utils.results import write_json
+
+MC_NAME = "map-closures, 100 m local maps (LiDAR, GT odometry)"
+MC_SINGLE = "map-closures, single scan (LiDAR)"
+MAX_RANGE_M = 100.0  # VoxelMap max_distance in its pipeline (kiss-icp data.max_range, set to 100 m there)
+MODEL_ROWS = {  # option -> (row name, checkpoint kind, preferred run folder names when searching results/)
+    "teacher": ("teacher (camera+LiDAR)", "teacher", ("teacher",)),
+    "student": ("camera student (DistilVPR-SC)", "camera_student", ("camera__DistilVPR_SC", "student")),
+    "lidar_student": ("LiDAR student (DistilVPR-SC)", "lidar_student", ("lidar__DistilVPR_SC",)),
+}
+NO_CLOSURE_SCORE = 0.0
+CURVE_POINTS = 200  # PR points kept per method in the JSON (thinned evenly; the plot uses all)
+QUERY_ID_GAP = 10  # query map ids start this far above the last database map id (> its skip window of 3)
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+def find_checkpoint(results: Path, kind: str, preferred: tuple[str, ...]) -> Path | None:
+    """A ``best`` checkpoint folder under ``results`` holding ``kind``.
+
+    Preferred run names first; among equals the DistilVPR experiment's (``docs/results/distilvpr``, seed 1
+    first) before other runs (e.g. the demo's), then sorted by path.
+    """
+    found = []
+    metas = sorted(results.glob("**/best/checkpoint.json"),
+                   key=lambda m: ("experiment_distilvpr" not in m.as_posix(), m.as_posix()))
+    for meta in metas:
+        try:
+            if json.loads(meta.read_text()).get("kind") == kind:
+                found.append(meta.parent)
+        except (OSError, json.JSONDecodeError):
+            continue
+    for name in preferred:
+        for path in found:
+            if path.parent.name == name:
+                return path
+    return found[0] if found else None
+
+
+# -- map-closures -----------------------------------------------------------------------------------
+
+def inv(T: np.ndarray) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out
+
+
+class CloudCache:
+    """xyz (float64) of a run's scans, read once (disk reads are not timed)."""
+
+    def __init__(self, run):
+        self.run, self.clouds = run, {}
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i not in self.clouds:
+            self.clouds[i] = self.run.cloud(i)[:, :3].astype(np.float64)
+        return self.clouds[i]
+
+
+def native_local_maps(run, clouds: CloudCache, T_base_lidar: np.ndarray, map_range: float | None, voxel: float):
+    """The run cut into local maps as map-closures' pipeline does (GT poses as odometry).
+
+    ``map_range=None``: one map per scan (the single-scan variant). Returns
+    ``[{"points" (float32), "T_world_map", "scans": (first, end)}]`` and the integration time per scan (s).
+    """
+    from map_closures.voxel_map import VoxelMap
+
+    maps, start, T_map, integrate = [], 0, None, 0.0
+    vm = VoxelMap(voxel, MAX_RANGE_M)
+    for i in range(len(run)):
+        T_scan = run.poses[i] @ T_base_lidar
+        T_map = T_scan if T_map is None else T_map
+        rel = inv(T_map) @ T_scan
+        pts = clouds[i]
+        t = time.perf_counter()
+        vm.integrate_frame(pts, rel)
+        integrate += time.perf_counter() - t
+        if map_range is None:
+            maps.append({"points": vm.point_cloud().astype(np.float32), "T_world_map": T_scan, "scans": (i, i + 1)})
+            vm.clear()
+            T_map = None
+        elif np.linalg.norm(rel[:3, 3]) > map_range or i == len(run) - 1:
+            maps.append({"points": vm.point_cloud().astype(np.float32), "T_world_map": T_map.copy(),
+                         "scans": (start, i + 1)})
+            vm.remove_far_away_points(rel[:3, 3])
+            keep = vm.point_cloud()
+            vm.clear()
+            vm.integrate_frame(keep, inv(T_scan) @ T_map)
+            T_map, start = T_scan.copy(), i
+    return maps, integrate / max(len(run), 1)
+
+
+def sliding_local_map(run, clouds: CloudCache, i: int, T_base_lidar: np.ndarray, map_range: float | None,
+                      voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    """Local map of the scans over the last ``map_range`` metres of travel up to scan ``i`` (None: scan i only).
+
+    Expressed in the frame of its oldest scan (as the pipeline's maps are); returns the points and the
+    pose of scan ``i`` in that frame (what odometry knows).
+    """
+    from map_closures.voxel_map import VoxelMap
+
+    xyz = run.poses[:, :3, 3]
+    first = i
+    while map_range is not None and first > 0 and np.linalg.norm(xyz[first - 1] - xyz[i]) <= map_range:
+        first -= 1
+    T_map = run.poses[first] @ T_base_lidar
+    vm = VoxelMap(voxel, MAX_RANGE_M)
+    for j in range(first, i + 1):
+        vm.integrate_frame(clouds[j], inv(T_map) @ (run.poses[j] @ T_base_lidar))
+    return vm.point_cloud(), inv(T_map) @ (run.poses[i] @ T_base_lidar)
+
+
+def run_map_closures(full, queries, map_range: float | None, T_base_lidar) -> tuple[dict, dict]:
+    """Proposals ``{(d, q): (db frame per query, score per query)}`` and timings of map-closures.
+
+    Each run's local maps are first fed in driving order to a ``MapClosures`` of their own (its own
+    pipeline: each new map matched against the earlier ones; these calls give the native timing). Per
+    query run, one fresh instance per database run gets that run's maps, then every query map (built
+    once) is matched against each, keeping closures to the database run's maps only.
+    """
+    from map_closures.config import MapClosuresConfig
+    from map_closures.map_closures import MapClosures
+
+    cfg = MapClosuresConfig()
+    db_maps, integrate, scans_per_map, native_closure_s = [], [], [], []
+    for run in full:
+        maps, t_int = native_local_maps(run, CloudCache(run), T_base_lidar, map_range, cfg.density_map_resolution)
+        mc = MapClosures(cfg)
+        for k, m in enumerate(maps):  # its own pipeline on this run: the native timing
+            t = time.perf_counter()
+            mc.get_top_k_closures(k, m["points"].astype(np.float64), -1)
+            native_closure_s.append(time.perf_counter() - t)
+        db_maps.append(maps)
+        integrate.append(t_int)
+        scans_per_map.append(len(run) / len(maps))
+    db_trees = [cKDTree(run.poses[:, :2, 3]) for run in full]
+    proposals, query_closure_s, sliding_s, build_s = {}, [], [], []
+    for q, qrun in enumerate(full):
+        if not len(queries[q]):
+            continue
+        dbs = [d for d in range(len(full)) if d != q]
+        instances, next_id = {}, {}
+        for d in dbs:  # fresh per query run: the database run's maps, then this run's query maps
+            instances[d] = MapClosures(cfg)
+            for k, m in enumerate(db_maps[d]):
+                instances[d].get_top_k_closures(k, m["points"].astype(np.float64), -1)
+            next_id[d] = len(db_maps[d]) + QUERY_ID_GAP
+        best = {d: np.full(len(queries[q]), -1, dtype=np.int64) for d in dbs}
+        score = {d: np.full(len(queries[q]), NO_CLOSURE_SCORE) for d in dbs}
+        clouds = CloudCache(qrun)
+        for n, i in enumerate(queries[q]):
+            t0 = time.perf_counter()
+            points, T_map_scan = sliding_local_map(qrun, clouds, int(i), T_base_lidar, map_range,
+                                                   cfg.density_map_resolution)
+            build_s.append(time.perf_counter() - t0)
+            for d in dbs:
+                t1 = time.perf_counter()
+                found = [c for c in instances[d].get_top_k_closures(next_id[d], points, -1)
+                         if c.source_id < len(db_maps[d])]
+                next_id[d] += 1
+                query_closure_s.append(time.perf_counter() - t1)
+                sliding_s.append(build_s[-1] + query_closure_s[-1])
+                if not found:
+                    continue
+                c = max(found, key=lambda c: c.number_of_inliers)
+                T_world_scan = db_maps[d][c.source_id]["T_world_map"] @ inv(np.asarray(c.pose)) @ T_map_scan
+                T_world_base = T_world_scan @ inv(T_base_lidar)
+                best[d][n] = int(db_trees[d].query(T_world_base[:2, 3])[1])
+                score[d][n] = float(c.number_of_inliers)
+        for d in dbs:
+            proposals[(d, q)] = (best[d], score[d])
+        print(f"  map-closures queries of {qrun.run:<13}: closures found for "
+              f"{sum(int((score[d] > 0).sum()) for d in dbs)}/{len(dbs) * len(queries[q])} (query, database run)",
+              flush=True)
+    timing = {
+        "integrate_ms_per_scan": 1e3 * float(np.mean(integrate)),
+        "closure_ms_per_local_map_p50": 1e3 * float(np.median(native_closure_s)),
+        "scans_per_local_map": float(np.mean(scans_per_map)),
+        "query_map_build_ms_p50": 1e3 * float(np.median(build_s)),
+        "query_closure_ms_p50": 1e3 * float(np.median(query_closure_s)),
+        "sliding_ms_per_query_p50": 1e3 * float(np.median(sliding_s)),
+    }
+    timing["native_ms_per_scan"] = (timing["integrate_ms_per_scan"]
+                                    + timing["closure_ms_per_local_map_p50"] / timing["scans_per_local_map"])
+    timing["ms_per_query"] = timing["sliding_ms_per_query_p50"]
+    return proposals, timing
+
+
+# -- our models -------------------------------------------------------------------------------------
+
+def run_model(model, full, queries, repeats: int) -> tuple[dict, dict]:
+    """Proposals per ordered pair (most similar database frame, cosine) and ms/frame at batch 1."""
+    descs = embed_sequences(model, full, progress=False)
+    proposals = {}
+    for d in range(len(full)):
+        for q in range(len(full)):
+            if q == d or not len(queries[q]):
+                continue
+            sim = descs[q][queries[q]] @ descs[d].T
+            best = np.argmax(sim, axis=1)
+            proposals[(d, q)] = (best, sim[np.arange(len(best)), best])
+    # batch-1 latency: preprocessing + forward + flat search of one database run (sensor data preloaded)
+    spec = input_spec_of(model)
+    run = full[0]
+    frames = [run[i] for i in range(min(repeats, len(run)))]
+    db = descs[1]
+    times = []
+    for n, s in enumerate([frames[0]] * 3 + frames):
+        t = time.perf_counter()
+        desc = describe(model, model_inputs(spec, [s.image], [s.cloud]))
+        int(np.argmax(db @ desc[0]))
+        if n >= 3:
+            times.append(time.perf_counter() - t)
+    return proposals, {"ms_per_query": 1e3 * float(np.median(times)), "image_size": list(spec.image_size or [])}
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+
+def ground_truth(full, queries, radius: float) -> dict:
+    """Per ordered pair, the true matches (database frames within ``radius``) of each query frame."""
+    cfg = GroundTruthConfig(correct_m=radius)
+    out = {}
+    for d in range(len(full)):
+        for q in range(len(full)):
+            if q == d or not len(queries[q]):
+                continue
+            db = SimpleNamespace(poses=full[d].poses)
+            qs = SimpleNamespace(poses=full[q].poses[queries[q]])
+            pair = next(p for p in cross_run_pairs([db, qs], cfg) if p.database == 0)
+            out[(d, q)] = pair.true_matches
+    return out
+
+
+def score(proposals: dict, truth: dict, same_dir: dict, operating_threshold: float | None = None) -> dict:
+    """Pooled PR metrics over all pairs, and the same on same- / opposite-direction pairs."""
+    def pooled(keys) -> dict:
+        best = np.concatenate([proposals[k][0] for k in keys])
+        scores = np.concatenate([proposals[k][1] for k in keys]).astype(float)
+        tm = [m for k in keys for m in truth[k]]
+        has = np.array([len(m) > 0 for m in tm])
+        correct = np.array([b >= 0 and b in set(m.tolist()) for b, m in zip(best, tm)])
+        pr = precision_recall(scores, correct, has)
+        f1 = 2 * pr["precision"] * pr["recall"] / np.maximum(pr["precision"] + pr["recall"], 1e-12)
+        at = int(np.argmax(f1)) if len(f1) else 0
+        out = {"queries": int(len(has)), "queries_with_match": int(has.sum()),
+               "recall@1": float(correct[has].mean()) if has.any() else float("nan"),
+               "pr_auc": pr["auc"], "max_f1": pr["max_f1"], "recall@100p": pr["recall@100p"],
+               "precision_at_max_f1": float(pr["precision"][at]) if len(f1) else float("nan"),
+               "recall_at_max_f1": float(pr["recall"][at]) if len(f1) else float("nan"),
+               "threshold_at_max_f1": float(pr["thresholds"][at]) if len(f1) else float("nan"),
+               "curve": {"precision": pr["precision"], "recall": pr["recall"]}}
+        if operating_threshold is not None:
+            accepted = scores > operating_threshold
+            tp = int((accepted & correct).sum())
+            p = tp / max(int(accepted.sum()), 1) if accepted.any() else 1.0
+            r = tp / max(int(has.sum()), 1)
+            out.update(operating_threshold=operating_threshold, operating_precision=p, operating_recall=r,
+                       operating_f1=2 * p * r / (p + r) if p + r else 0.0)
+        return out
+
+    keys = sorted(proposals)
+    return {"all": pooled(keys),
+            "same_direction": pooled([k for k in keys if same_dir[k]]),
+            "opposite_direction": pooled([k for k in keys if not same_dir[k]])}
+
+
+# -- report -----------------------------------------------------------------------------------------
+
+def thin_curve(precision: np.ndarray, recall: np.ndarray, points: int = CURVE_POINTS) -> dict:
+    """At most ``points`` evenly spaced operating points of a PR curve (first and last kept), rounded."""
+    keep = np.unique(np.linspace(0, len(recall) - 1, points).astype(int)) if len(recall) else np.zeros(0, int)
+    return {"precision": np.round(np.asarray(precision)[keep], 4), "recall": np.round(np.asarray(recall)[keep], 4)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--world", type=Path, default=Path("data/world_default"))
+    for option, (name, kind, _) in MODEL_ROWS.items():
+        p.add_argument(f"--{option.replace('_', '-')}", type=Path, default=None,
+                       help=f"checkpoint folder of the {name} (default: searched under --results)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="where to look for checkpoints")
+    p.add_argument("--no-models", action="store_true", help="only map-closures")
+    p.add_argument("--no-map-closures", action="store_true", help="only our models")
+    p.add_argument("--query-region", default="test", help="region of the query frames ('all' for every frame)")
+    p.add_argument("--query-stride", type=int, default=1, help="every n-th query frame")
+    p.add_argument("--map-range", type=float, default=100.0, help="map-closures local map extent (m of travel)")
+    p.add_argument("--single-scan", action="store_true",
+                   help="also run map-closures on single scans (no accumulation: the single-frame question)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--latency-frames", type=int, default=40, help="frames timed one at a time per model")
+    p.add_argument("--out", type=Path, default=Path("results/benchmarks/loop_closure_peers"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    gt_cfg = GroundTruthConfig()
+    radii = {"10m": gt_cfg.positive_m, "25m": gt_cfg.correct_m}
+
+    meta = read_world_meta(args.world)
+    T_base_lidar = np.asarray(meta["calibration"]["T_base_lidar"], dtype=float)
+    full = load_synthetic(args.world)
+    queries = []
+    for run in full:
+        keep = np.ones(len(run), bool) if args.query_region == "all" else run._cols["region"] == args.query_region
+        queries.append(np.flatnonzero(keep)[::args.query_stride])
+    direction = [int(run.info.get("direction", 0)) for run in full]
+    pairs = [(d, q) for d in range(len(full)) for q in range(len(full)) if d != q and len(queries[q])]
+    same_dir = {(d, q): direction[d] == direction[q] for d, q in pairs}
+    truth = {name: ground_truth(full, queries, r) for name, r in radii.items()}
+    print(f"world {args.world}: {len(full)} runs, {len(pairs)} ordered pairs, "
+          f"{sum(len(queries[q]) for _, q in pairs)} queries ({args.query_region} region, stride "
+          f"{args.query_stride}); true match within {radii['10m']:g} m (and {radii['25m']:g} m)", flush=True)
+
+    result = {"command": ".venv/bin/python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+              "world": str(args.world), "query_region": args.query_region, "query_stride": args.query_stride,
+              "pairs": len(pairs), "radii_m": radii, "threads": args.threads, "cpu_count": os.cpu_count(),
+              "load_average_before": list(os.getloadavg()), "methods": {}, "skipped": {}}
+    t_start = time.perf_counter()
+    methods: dict[str, tuple[dict, dict, float | None]] = {}
+    if not args.no_models:
+        for option, (name, kind, preferred) in MODEL_ROWS.items():
+            path = getattr(args, option) or find_checkpoint(args.results, kind, preferred)
+            if path is None:
+                msg = f"no {kind} checkpoint given (--{option.replace('_', '-')}) or found under {args.results}"
+                print(f"SKIP {name}: {msg}", flush=True)
+                result["skipped"][name] = msg
+                continue
+            print(f"{name}: {path}", flush=True)
+            t = time.perf_counter()
+            model = load_model(path, expect_kind=kind)
+            props, timing = run_model(model, full, queries, args.latency_frames)
+            timing["checkpoint"] = str(path)
+            timing["wall_s"] = time.perf_counter() - t
+            methods[name] = (props, timing, None)
+    if not args.no_map_closures:
+        try:
+            import map_closures  # noqa: F401
+        except ImportError:
+            msg = "map_closures is not installed: .venv/bin/pip install --no-deps -r benchmarks/requirements.txt"
+            print(f"SKIP map-closures: {msg}", flush=True)
+            result["skipped"]["map-closures"] = msg
+        else:
+            from map_closures.config import MapClosuresConfig
+            variants = [(MC_NAME, args.map_range)] + ([(MC_SINGLE, None)] if args.single_scan else [])
+            for name, map_range in variants:
+                print(f"{name}:", flush=True)
+                t = time.perf_counter()
+                props, timing = run_map_closures(full, queries, map_range, T_base_lidar)
+                timing["wall_s"] = time.perf_counter() - t
+                timing["map_range_m"] = map_range
+                timing["config"] = MapClosuresConfig().model_dump()
+                methods[name] = (props, timing, float(MapClosuresConfig().inliers_threshold))
+
+    rows, curves = [], {}
+    for name, (props, timing, op) in methods.items():
+        scored = {r: score(props, truth[r], same_dir, op) for r in radii}
+        a, b = scored["10m"]["all"], scored["25m"]["all"]
+        curves[name] = (a["curve"]["precision"], a["curve"]["recall"], a["pr_auc"])
+        for blocks in scored.values():
+            for block in blocks.values():
+                block.pop("curve")
+        a["curve"] = thin_curve(*curves[name][:2])  # the JSON keeps one curve per method: the plot's
+        result["methods"][name] = {"timing": timing, **scored}
+        rows.append({"method": name, "r1_10": a["recall@1"], "auc_10": a["pr_auc"], "f1_10": a["max_f1"],
+                     "p_10": a["precision_at_max_f1"], "rec_10": a["recall_at_max_f1"], "r100p_10": a["recall@100p"],
+                     "op": (f"P {a['operating_precision']:.3f} R {a['operating_recall']:.3f} "
+                            f"F1 {a['operating_f1']:.3f}") if op is not None else "–",
+                     "same_f1": scored["10m"]["same_direction"]["max_f1"],
+                     "opp_f1": scored["10m"]["opposite_direction"]["max_f1"],
+                     "r1_25": b["recall@1"], "f1_25": b["max_f1"], "ms": timing["ms_per_query"],
+                     "ms_own": timing.get("native_ms_per_scan", timing["ms_per_query"])})
+    result["load_average_after"] = list(os.getloadavg())
+    result["wall_s"] = time.perf_counter() - t_start
+    columns = {"method": "method", "r1_10": "R@1", "auc_10": "PR-AUC", "f1_10": "max F1", "p_10": "P@maxF1",
+               "rec_10": "R@maxF1", "r100p_10": "R@100P", "op": "own operating point", "same_f1": "max F1 same dir",
+               "opp_f1": "max F1 opp. dir", "r1_25": "R@1 (25 m)", "f1_25": "max F1 (25 m)", "ms": "ms/query",
+               "ms_own": "ms/scan (own pipeline)"}
+    table = markdown_table(rows, columns, fmt={"ms": ".1f", "ms_own": ".1f"})
+    print(table)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "results.json", to_jsonable(result))
+    if curves:
+        plot_pr(curves, args.out / "pr.png", title=f"Cross-run loop closure, {args.query_region} queries, "
+                f"true match within {radii['10m']:g} m", highlight=MC_NAME)
+    write_readme(args.out / "README.md", result, table)
+    print(f"-> {args.out}")
+
+
+def write_readme(path: Path, result: dict, table: str) -> None:
+    lines = [
+        "# Cross-run LiDAR loop closure: map-closures vs the teacher and students",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"{result['pairs']} ordered (database run, query run) pairs of `{result['world']}`; database = the whole "
+        f"database run, queries = the query run's `{result['query_region']}`-region frames "
+        f"(stride {result['query_stride']}). "
+        f"A proposal is correct when the proposed database frame lies within {result['radii_m']['10m']:g} m "
+        f"(`GroundTruthConfig.positive_m`; the 25 m columns use `correct_m`) of the query's true position. "
+        "PR over the proposal's score pooled over all pairs (`evaluation.metrics.precision_recall`); R@1 = "
+        "proposal correct among queries with a true match. map-closures runs on ground-truth poses as "
+        "odometry. Protocol details: the docstring of `benchmarks/loop_closure_peers.py`.",
+        "",
+        table,
+        "![PR curves](pr.png)",
+        "",
+    ]
+    for name, m in result["methods"].items():
+        mc = m["timing"]
+        if "integrate_ms_per_scan" not in mc:
+            continue
+        lines += [
+            f"{name}: integrate {mc['integrate_ms_per_scan']:.1f} ms/scan, closure call "
+            f"{mc['closure_ms_per_local_map_p50']:.0f} ms per local map (p50), {mc['scans_per_local_map']:.1f} "
+            f"scans per local map -> **{mc['native_ms_per_scan']:.1f} ms/scan in its own pipeline** "
+            f"(one answer per local map); this protocol's query: build the query map "
+            f"{mc['query_map_build_ms_p50']:.0f} ms + closure call = {mc['sliding_ms_per_query_p50']:.0f} ms (p50).",
+            "",
+        ]
+    for name, why in result["skipped"].items():
+        lines += [f"Skipped {name}: {why}.", ""]
+    for name, m in result["methods"].items():
+        if "checkpoint" in m["timing"]:
+            size = "x".join(map(str, m["timing"]["image_size"])) or "BEV 64x64"
+            lines.append(f"- {name}: `{m['timing']['checkpoint']}`, input {size} "
+                         f"(ms/query = preprocessing + torch forward at batch 1 + flat search)")
+    lines += ["", f"Load average before/after: {result['load_average_before'][0]:.2f} / "
+              f"{result['load_average_after'][0]:.2f} on {result['cpu_count']} cores; "
+              f"total {result['wall_s']:.0f} s.", ""]
+    path.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
