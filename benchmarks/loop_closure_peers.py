@@ -63,7 +63,6 @@ database run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -83,6 +82,7 @@ from distilvpr_ros.evaluation.plots import plot_pr
 from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
 from distilvpr_ros.training.checkpoint import load_model
 from distilvpr_ros.utils.results import write_json
+from inference import find_checkpoint  # benchmarks/ is on sys.path when run as a script
 
 MC_NAME = "map-closures, 100 m local maps (LiDAR, GT odometry)"
 MC_SINGLE = "map-closures, single scan (LiDAR)"
@@ -98,28 +98,6 @@ QUERY_ID_GAP = 10  # query map ids start this far above the last database map id
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
-
-def find_checkpoint(results: Path, kind: str, preferred: tuple[str, ...]) -> Path | None:
-    """A ``best`` checkpoint folder under ``results`` holding ``kind``.
-
-    Preferred run names first; among equals the DistilVPR experiment's (``docs/results/distilvpr``, seed 1
-    first) before other runs (e.g. the demo's), then sorted by path.
-    """
-    found = []
-    metas = sorted(results.glob("**/best/checkpoint.json"),
-                   key=lambda m: ("experiment_distilvpr" not in m.as_posix(), m.as_posix()))
-    for meta in metas:
-        try:
-            if json.loads(meta.read_text()).get("kind") == kind:
-                found.append(meta.parent)
-        except (OSError, json.JSONDecodeError):
-            continue
-    for name in preferred:
-        for path in found:
-            if path.parent.name == name:
-                return path
-    return found[0] if found else None
-
 
 # -- map-closures -----------------------------------------------------------------------------------
 

@@ -3,8 +3,21 @@
 import os
 import random
 
+import pytest
+
 # Set before rclpy is imported anywhere: discovery only on localhost, one DDS domain per run so
 # concurrent test runs on the same machine never see each other's nodes.
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The ``tiny`` preset world without bags, generated once per test run; tests must not write into it."""
+    from distilvpr_ros.data.world.config import load_world_config
+    from distilvpr_ros.data.world.generate import generate_world
+
+    out = tmp_path_factory.mktemp("world_tiny")
+    generate_world(out, load_world_config("tiny", None, None), write_bags=False, progress=False)
+    return out

@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from distilvpr_ros.data.synthetic import load_synthetic
-from distilvpr_ros.data.world.config import load_world_config
-from distilvpr_ros.data.world.generate import generate_world
 from distilvpr_ros.evaluation.corridor import ZERO_SHOT_LITE0, corridor_model, run_corridor
 from distilvpr_ros.evaluation.embed import embed_images, embed_sequences
 from distilvpr_ros.evaluation.evaluate import RECALL_KEYS, evaluate_sequences, run_evaluate
@@ -31,10 +29,8 @@ STABLE_KEYS = {*RECALL_KEYS, "num_pairs", "num_queries"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world_tiny")
-    generate_world(out, load_world_config("tiny", None, None), write_bags=False, progress=False)
-    return out
+def world(tiny_world):
+    return tiny_world
 
 
 @pytest.fixture(scope="module")

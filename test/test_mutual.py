@@ -7,8 +7,6 @@ import pytest
 import torch
 from pytorch_metric_learning.losses import CosFaceLoss
 
-from distilvpr_ros.data.world.config import load_world_config
-from distilvpr_ros.data.world.generate import generate_world
 from distilvpr_ros.losses.cosface import CosFaceClassifier
 from distilvpr_ros.training import trainer
 from distilvpr_ros.training.checkpoint import load_checkpoint, load_model
@@ -103,10 +101,8 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, load_world_config("tiny", None, None), write_bags=False, progress=False)
-    return out
+def world(tiny_world):
+    return tiny_world
 
 
 def config(world, out_dir, **overrides) -> TrainConfig:

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from distilvpr_ros.data.world.config import load_world_config
-from distilvpr_ros.data.world.generate import generate_world
 from distilvpr_ros.models import build_model
 from distilvpr_ros.training import trainer
 from distilvpr_ros.training.augment import ImageAugment, PointAugment, hsv_to_rgb, rgb_to_hsv
@@ -28,10 +26,8 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, load_world_config("tiny", None, None), write_bags=False, progress=False)
-    return out
+def world(tiny_world):
+    return tiny_world
 
 
 def small_config(world, out_dir, **overrides) -> TrainConfig:
