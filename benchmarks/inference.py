@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from distilvpr_ros.models import ModelConfig, build_model
 from distilvpr_ros.models.export import OnnxRunner, export_onnx
 from distilvpr_ros.models.preprocess import cloud_to_bev, image_to_tensor
-from distilvpr_ros.training.checkpoint import load_model
+from distilvpr_ros.models.checkpoint import load_model
 
 KINDS = {  # kind -> (option, preferred run folder names under results/)
     "camera_student": ("student", ("camera__DistilVPR_SC", "student")),

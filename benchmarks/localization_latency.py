@@ -35,8 +35,11 @@ from distilvpr_ros.data.synthetic import load_synthetic
 from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
 from distilvpr_ros.mapping.database import PlaceDatabase
 from distilvpr_ros.models import BevConfig, ModelConfig, build_model
-from distilvpr_ros.runtime import STUDENT_SPACE, TEACHER_SPACE, Embedder, MapBuilder, export_model
-from distilvpr_ros.training.checkpoint import save_model_checkpoint
+from distilvpr_ros.models.export import export_model
+from distilvpr_ros.pipeline.config import STUDENT_SPACE, TEACHER_SPACE
+from distilvpr_ros.pipeline.embedder import Embedder
+from distilvpr_ros.pipeline.map_builder import MapBuilder
+from distilvpr_ros.models.checkpoint import save_model_checkpoint
 from distilvpr_ros.utils.results import make_run_dir, write_json
 
 TINY_TEACHER = ModelConfig(image_size=(64, 48), pretrained=False, image_backbone="resnet18", cloud_dim=16,

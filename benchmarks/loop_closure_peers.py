@@ -76,11 +76,11 @@ from scipy.spatial import cKDTree
 from distilvpr_ros.config import GroundTruthConfig
 from distilvpr_ros.data.ground_truth import cross_run_pairs
 from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
-from distilvpr_ros.evaluation.embed import describe, embed_sequences, input_spec_of, model_inputs
+from distilvpr_ros.models.inference import describe, embed_sequences, input_spec_of, model_inputs
 from distilvpr_ros.evaluation.metrics import precision_recall
 from distilvpr_ros.evaluation.plots import plot_pr
 from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
-from distilvpr_ros.training.checkpoint import load_model
+from distilvpr_ros.models.checkpoint import load_model
 from distilvpr_ros.utils.results import write_json
 from inference import find_checkpoint  # benchmarks/ is on sys.path when run as a script
 

@@ -38,10 +38,10 @@ import numpy as np
 
 from distilvpr_experiment import MemorySequence, slug  # benchmarks/ is on sys.path when run as a script
 from distilvpr_ros.data.synthetic import load_synthetic
-from distilvpr_ros.evaluation.embed import embed_sequences
+from distilvpr_ros.models.inference import embed_sequences
 from distilvpr_ros.evaluation.evaluate import evaluate_sequences, occluded, opposite_direction, same_direction
 from distilvpr_ros.evaluation.report import mean_std_table, to_jsonable
-from distilvpr_ros.training.checkpoint import load_model
+from distilvpr_ros.models.checkpoint import load_model
 from distilvpr_ros.training.config import TrainConfig
 from distilvpr_ros.training.trainer import train_student, train_teacher
 from distilvpr_ros.utils.results import write_json

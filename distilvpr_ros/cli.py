@@ -103,7 +103,8 @@ def _cmd_corridor(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_map(args: argparse.Namespace) -> int:
-    from .runtime import build_map_from_sequence, load_node_config, open_bag_sequence
+    from .pipeline.config import load_node_config
+    from .pipeline.offline import build_map_from_sequence, open_bag_sequence
 
     overrides = {"map.resume": False} if args.fresh else {}
     cfg = load_node_config(args.config, "distilvpr_mapping", **overrides)
@@ -114,7 +115,7 @@ def _cmd_build_map(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .runtime import export_model
+    from .models.export import export_model
 
     print(export_model(Path(args.checkpoint), Path(args.out)))
     return 0

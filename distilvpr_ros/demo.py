@@ -6,7 +6,7 @@ One command chains the whole pipeline; every setting is in ``config/demo.yaml`` 
  1. world      generate (or reuse) the synthetic camera+LiDAR world; preview, ground-truth summary
  2. teacher    train the camera+LiDAR teacher (``training.trainer.train_teacher``)
  3. student    distil the camera-only student with DistilVPR-SC (``train_student``)
- 4. export     the student to ONNX (``runtime.export_model``): what the localization node deploys
+ 4. export     the student to ONNX (``models.export.export_model``): what the localization node deploys
  5. map        play one run's bag (camera + LiDAR + odometry) into the mapping node over DDS; the node
                builds the place map with teacher and student descriptors (``ros.replay.run_mapping``)
  6. localize   play a bag of another condition into the localization node (camera only, ONNX Runtime) and
@@ -347,7 +347,7 @@ def stage_student(demo: Demo) -> dict:
 
 
 def stage_export(demo: Demo) -> dict:
-    from .runtime import export_model
+    from .models.export import export_model
 
     def build(out: Path) -> dict:
         path = export_model(demo.folder("student") / "best", out / "student.onnx")
@@ -508,7 +508,7 @@ def replay_plots(out: Path, bag: Path, map_bag: Path, map_path: Path, metrics: d
     from .evaluation.plots import plot_latency, plot_match_grid, plot_pr
     from .evaluation.replay_metrics import pick_match_examples
     from .mapping.database import PlaceDatabase
-    from .runtime import open_bag_sequence
+    from .pipeline.offline import open_bag_sequence
 
     q = dict(np.load(out / "replay" / "queries.npz"))
     answered = q["answered"]

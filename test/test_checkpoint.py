@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distilvpr_ros.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from distilvpr_ros.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _trained():
@@ -65,7 +65,7 @@ def test_overwrite_and_corruption(tmp_path):
 def test_model_checkpoint_round_trip(tmp_path):
     from distilvpr_ros.models.config import ModelConfig
     from distilvpr_ros.models.vpr import build_model
-    from distilvpr_ros.training.checkpoint import load_model, save_model_checkpoint
+    from distilvpr_ros.models.checkpoint import load_model, save_model_checkpoint
 
     cfg = ModelConfig(image_backbone="resnet18", pretrained=False, image_size=(64, 48))
     model = build_model("camera_student", cfg).eval()

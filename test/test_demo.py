@@ -70,9 +70,9 @@ def test_demo_runs_every_stage_and_writes_the_report(first):
 def test_demo_recalls_come_from_the_real_evaluation(first):
     """The report's teacher/student Recall@N equal an independent evaluation of the trained checkpoints."""
     from distilvpr_ros.data.synthetic import load_synthetic
-    from distilvpr_ros.evaluation.embed import embed_sequences
+    from distilvpr_ros.models.inference import embed_sequences
     from distilvpr_ros.evaluation.evaluate import evaluate_sequences
-    from distilvpr_ros.training.checkpoint import load_model
+    from distilvpr_ros.models.checkpoint import load_model
 
     ev = first["summary"]["evaluate"]
     test = load_synthetic(first["world"], regions={"test"})

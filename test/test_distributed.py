@@ -11,7 +11,7 @@ import yaml
 
 from distilvpr_ros.data.world.config import load_world_config
 from distilvpr_ros.data.world.generate import generate_world
-from distilvpr_ros.training.checkpoint import load_checkpoint
+from distilvpr_ros.models.checkpoint import load_checkpoint
 from distilvpr_ros.cli import main
 from distilvpr_ros.training.trainer import HISTORY_FILE
 

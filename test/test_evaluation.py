@@ -10,13 +10,14 @@ import torch
 
 from distilvpr_ros.data.synthetic import load_synthetic
 from distilvpr_ros.evaluation.corridor import ZERO_SHOT_LITE0, corridor_model, run_corridor
-from distilvpr_ros.evaluation.embed import embed_images, embed_sequences
+from distilvpr_ros.models.inference import embed_images, embed_sequences
 from distilvpr_ros.evaluation.evaluate import RECALL_KEYS, evaluate_sequences, run_evaluate
-from distilvpr_ros.evaluation.metrics import l2_normalize, similarity_matrix_metrics
+from distilvpr_ros.evaluation.metrics import similarity_matrix_metrics
+from distilvpr_ros.models.vpr import l2_normalize
 from distilvpr_ros.evaluation.plots import plot_bars, plot_match_grid, plot_pr, plot_recall_at_n, plot_trajectory
 from distilvpr_ros.evaluation.report import markdown_table, mean_std_table, to_jsonable
 from distilvpr_ros.models import ModelConfig, build_model, image_to_tensor
-from distilvpr_ros.training.checkpoint import save_model_checkpoint
+from distilvpr_ros.models.checkpoint import save_model_checkpoint
 from tiny_models import TINY
 
 CORRIDOR = Path(__file__).resolve().parents[2] / "shared" / "data" / "corridor"

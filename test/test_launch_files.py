@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distilvpr_ros.runtime import NodeConfig
+from distilvpr_ros.pipeline.config import NodeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = {"mapping.launch.py": ("mapping_node", "distilvpr_mapping", "mapping.yaml"),

@@ -87,7 +87,7 @@ def assets(tmp_path_factory):
     from distilvpr_ros.data.synthetic import load_synthetic
     from distilvpr_ros.data.world.config import load_world_config
     from distilvpr_ros.data.world.generate import generate_world
-    from distilvpr_ros.runtime import build_map_from_sequence
+    from distilvpr_ros.pipeline.offline import build_map_from_sequence
     from tiny_models import tiny_checkpoints
 
     out = tmp_path_factory.mktemp("replay")
@@ -102,7 +102,7 @@ def assets(tmp_path_factory):
 @pytest.mark.ros
 def test_cli_replay_writes_the_report(assets, tmp_path):
     from distilvpr_ros.cli import main
-    from distilvpr_ros.runtime import open_bag_sequence
+    from distilvpr_ros.pipeline.offline import open_bag_sequence
 
     out = tmp_path / "replay"
     assert main(["replay", "--bag", str(assets["bag"]), "--map", str(assets["map"]), "--model",
@@ -130,7 +130,7 @@ def test_fast_replay_drops_frames_instead_of_queueing(assets, tmp_path):
     from distilvpr_ros.data.geometry import pose_from_xyz_yaw
     from distilvpr_ros.data.rosbag_io import BagWriter
     from distilvpr_ros.ros.replay import record_replay, replay_config
-    from distilvpr_ros.runtime import open_bag_sequence
+    from distilvpr_ros.pipeline.offline import open_bag_sequence
 
     n, dt, t0 = 400, 0.005, 0.5  # starts 0.5 s after 0: warm-up stamps must fit before it (no negative /clock)
     rng = np.random.default_rng(0)

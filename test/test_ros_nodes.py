@@ -30,7 +30,9 @@ from distilvpr_ros.ros.conversions import header, image_msg, pointcloud2_msg  # 
 from distilvpr_ros.ros.localization_node import LocalizationNode  # noqa: E402
 from distilvpr_ros.ros.mapping_node import MappingNode  # noqa: E402
 from distilvpr_ros.ros.nodes_common import ERROR, OK, WARN, pose_msg  # noqa: E402
-from distilvpr_ros.runtime import STUDENT_SPACE, TEACHER_SPACE, Embedder, MapBuilder  # noqa: E402
+from distilvpr_ros.pipeline.config import STUDENT_SPACE, TEACHER_SPACE  # noqa: E402
+from distilvpr_ros.pipeline.embedder import Embedder  # noqa: E402
+from distilvpr_ros.pipeline.map_builder import MapBuilder  # noqa: E402
 from tiny_models import tiny_checkpoints  # noqa: E402
 
 pytestmark = pytest.mark.ros

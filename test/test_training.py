@@ -7,7 +7,7 @@ import torch
 from distilvpr_ros.models import build_model
 from distilvpr_ros.training import trainer
 from distilvpr_ros.training.augment import ImageAugment, PointAugment, hsv_to_rgb, rgb_to_hsv
-from distilvpr_ros.training.checkpoint import load_checkpoint, load_model, read_checkpoint_meta
+from distilvpr_ros.models.checkpoint import load_checkpoint, load_model, read_checkpoint_meta
 from distilvpr_ros.training.config import AugmentConfig, TrainConfig
 from distilvpr_ros.training.data import FrameStore, build_feature_cache, open_split
 

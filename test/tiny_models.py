@@ -3,7 +3,7 @@
 import torch
 
 from distilvpr_ros.models import BevConfig, ModelConfig, build_model
-from distilvpr_ros.training.checkpoint import save_model_checkpoint
+from distilvpr_ros.models.checkpoint import save_model_checkpoint
 
 TINY = dict(image_size=(64, 48), pretrained=False, image_backbone="resnet18", student_dim=32, cloud_dim=16,
             image_dim=16, lidar_channels=(8, 16), bev=BevConfig(cells=16))

@@ -31,9 +31,9 @@ from ..data.readers.vprbench import VPRBenchDataset
 from ..models.image import Lite0Trunk, Normalize
 from ..models.pooling import GeM
 from ..models.vpr import InputSpec
-from ..training.checkpoint import load_model
+from ..models.checkpoint import load_model
 from ..utils.results import make_run_dir, write_json
-from .embed import embed_images, input_spec_of
+from ..models.inference import embed_images, input_spec_of
 from .metrics import similarity_matrix_metrics, top1_precision_recall
 from .plots import plot_bars, plot_pr
 from .report import markdown_table, to_jsonable

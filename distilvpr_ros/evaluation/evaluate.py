@@ -37,9 +37,9 @@ from ..config import GroundTruthConfig
 from ..data.ground_truth import RunPair, cross_run_pairs
 from ..data.sample import Sequence as SampleSequence
 from ..data.synthetic import load_synthetic
-from ..training.checkpoint import load_model
+from ..models.checkpoint import load_model
 from ..utils.results import make_run_dir, write_json
-from .embed import embed_sequences
+from ..models.inference import embed_sequences
 from .metrics import RECALL_NS, average_recalls, recall_at_n, top_k
 from .plots import plot_match_grid, plot_recall_at_n
 from .report import markdown_table, to_jsonable

@@ -24,11 +24,6 @@ import numpy as np
 RECALL_NS = (1, 5, 10, 20, 25)
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def top_k(similarity: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k most similar columns per row, best first (stable for ties)."""
     k = min(k, similarity.shape[1])

@@ -1,8 +1,7 @@
 """Place database (faiss + metadata + schema) and the matcher that turns searches into place matches."""
 
-from .database import (EmbeddingSpace, IndexConfig, KeyframeMeta, MapCompatibilityError, MapError, PlaceDatabase,
-                       model_identity)
+from .database import EmbeddingSpace, IndexConfig, KeyframeMeta, MapCompatibilityError, MapError, PlaceDatabase
 from .matcher import Candidate, MatcherConfig, MatchResult, PlaceMatcher
 
 __all__ = ["Candidate", "EmbeddingSpace", "IndexConfig", "KeyframeMeta", "MapCompatibilityError", "MapError",
-           "MatchResult", "MatcherConfig", "PlaceDatabase", "PlaceMatcher", "model_identity"]
+           "MatchResult", "MatcherConfig", "PlaceDatabase", "PlaceMatcher"]

@@ -152,18 +152,6 @@ class EmbeddingSpace:
                    index=IndexConfig(**d["index"]["config"]))
 
 
-def model_identity(checkpoint_dir: str | Path) -> tuple[str, str]:
-    """``(name, sha256)`` of a training checkpoint's weights, for :class:`EmbeddingSpace`.
-
-    The name is the checkpoint kind and folder name; the hash is the one recorded for
-    ``model.safetensors`` in ``checkpoint.json`` (verified when the checkpoint is loaded).
-    """
-    from ..training.checkpoint import MODEL_FILE, read_checkpoint_meta  # imports torch: only when asked
-
-    meta = read_checkpoint_meta(checkpoint_dir)
-    return f"{meta.get('kind', 'model')}:{Path(checkpoint_dir).name}", meta["sha256"][MODEL_FILE]
-
-
 @dataclass(frozen=True)
 class KeyframeMeta:
     id: int

@@ -24,6 +24,8 @@ from torch import nn
 from .vpr import DESCRIPTOR_KEY, VprModel, l2_normalize
 
 OUTPUT_NAME = "descriptor"
+ONNX_CHECKPOINT_NAME = "checkpoint_name"  # metadata: the checkpoint an ONNX file was exported from
+ONNX_CHECKPOINT_SHA = "checkpoint_sha256"
 BATCH_AXIS_NAME = "batch"
 ONNX_OPSET = 17
 
@@ -41,11 +43,13 @@ class _DescriptorGraph(nn.Module):
 
 
 def export_onnx(
-    model: VprModel, path: str | Path, example_inputs: dict[str, torch.Tensor] | None = None
+    model: VprModel, path: str | Path, example_inputs: dict[str, torch.Tensor] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` as ONNX (eval mode; the model's own mode is restored afterwards).
 
     ``example_inputs`` maps input names to example tensors; by default random ones of the spec's shapes.
+    ``metadata`` adds string entries to the model's own (kind, input spec, config) in the same write.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,11 +80,20 @@ def export_onnx(
             )
     finally:
         model.train(was_training)
-    _write_metadata(path, model)
+    _write_metadata(path, model, metadata or {})
     return path
 
 
-def _write_metadata(path: Path, model: VprModel) -> None:
+def export_model(checkpoint: str | Path, out: str | Path) -> Path:
+    """Export a checkpoint folder to ONNX, recording the checkpoint's identity in the ONNX metadata (so a
+    localisation node on ONNX Runtime can check the map without the checkpoint folder)."""
+    from .checkpoint import load_model, model_identity
+
+    name, sha = model_identity(checkpoint)
+    return export_onnx(load_model(checkpoint), out, metadata={ONNX_CHECKPOINT_NAME: name, ONNX_CHECKPOINT_SHA: sha})
+
+
+def _write_metadata(path: Path, model: VprModel, extra: dict[str, str]) -> None:
     spec = model.input_spec
     proto = onnx.load(str(path))
     metadata = {
@@ -90,6 +103,7 @@ def _write_metadata(path: Path, model: VprModel) -> None:
         "image_size": json.dumps(spec.image_size),
         "bev": json.dumps(None if spec.bev is None else spec.bev.model_dump()),
         "model_config": model.cfg.model_dump_json(),
+        **extra,
     }
     onnx.helper.set_model_props(proto, metadata)
     onnx.save(proto, str(path))

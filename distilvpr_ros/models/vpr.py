@@ -19,12 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluation.metrics import l2_normalize
 from .config import BevConfig, ModelConfig, ModelKind
 from .image import make_image_encoder
 from .lidar import CloudInput, LidarEncoder
 
 DESCRIPTOR_KEY = "fused"
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length (float32; all-zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,10 @@ from visualization_msgs.msg import MarkerArray
 
 from ..data import msg_codec
 from ..mapping.database import MapError
-from ..runtime import Embedder, LatencyWindow, Localizer, ModelLoadError, NodeConfig, configure_threads
+from ..pipeline.config import NodeConfig
+from ..pipeline.embedder import Embedder, ModelLoadError, configure_threads
+from ..pipeline.localizer import Localizer
+from .latency import LatencyWindow
 from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, TransportLosses, candidates_msgs,
                            keyframe_markers, loop_closure_msg, match_markers, msg_stamp, place_match_msg, run_node,
                            sensor_qos)

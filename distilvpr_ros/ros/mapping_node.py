@@ -9,8 +9,8 @@ Pipeline
     buffer (a newer pair replaces it and counts as a drop) → pairs newer than the newest odometry wait for
     it in a queue of ``sync.queue_size`` (odometry often arrives after the images it brackets; a full queue
     gives up its oldest pair as missing odometry) → odometry interpolated at the camera stamp (none close
-    enough: throttled WARN, no keyframe) → :class:`~distilvpr_ros.runtime.Keyframer` gating →
-    :class:`~distilvpr_ros.runtime.MapBuilder` (teacher + student descriptors, teacher-space loop check).
+    enough: throttled WARN, no keyframe) → :class:`~distilvpr_ros.pipeline.keyframes.Keyframer` gating →
+    :class:`~distilvpr_ros.pipeline.map_builder.MapBuilder` (teacher + student descriptors, teacher-space loop check).
 
 Outputs
     ``loop_closure`` (std_msgs/Float64MultiArray ``[t_query, t_match]`` s, reliable depth 10; the LIO-SAM
@@ -39,8 +39,11 @@ from visualization_msgs.msg import MarkerArray
 
 from ..data import msg_codec
 from ..mapping.database import MapError
-from ..runtime import (STUDENT_SPACE, TEACHER_SPACE, Embedder, Keyframer, LatencyWindow, MapBuilder,
-                       ModelLoadError, NodeConfig, OdometryBuffer, configure_threads)
+from ..pipeline.config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig
+from ..pipeline.embedder import Embedder, ModelLoadError, configure_threads
+from ..pipeline.keyframes import Keyframer, OdometryBuffer
+from ..pipeline.map_builder import MapBuilder
+from .latency import LatencyWindow
 from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, loop_closure_msg, match_markers,
                            msg_stamp, run_node, sensor_qos)
 from .params import declare_node_config, watch_node_config

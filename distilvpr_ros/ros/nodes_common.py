@@ -1,7 +1,7 @@
 """What both nodes share: QoS profiles, diagnostics, throttled problem reports, output messages, ``main``.
 
 The nodes stay thin: they convert messages here or in ``ros/conversions.py`` / ``data/msg_codec.py`` and
-call :mod:`distilvpr_ros.runtime` for everything else.
+call :mod:`distilvpr_ros.pipeline` for everything else.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ..data import msg_codec
 from ..mapping.matcher import Candidate, MatchResult
-from ..runtime import QosConfig
+from ..pipeline.config import QosConfig
 from .conversions import header, stamp_from_sec  # noqa: F401  (re-exported for the nodes)
 from .params import ParamError
 

@@ -1,4 +1,4 @@
-"""Every :class:`~distilvpr_ros.runtime.NodeConfig` field as a ROS 2 parameter, and back.
+"""Every :class:`~distilvpr_ros.pipeline.config.NodeConfig` field as a ROS 2 parameter, and back.
 
 Names are the dotted YAML paths (``matcher.top_k``, ``map.path``), so a ``ros__parameters`` YAML file
 mirrors the CLI's YAML. Each parameter gets a :class:`ParameterDescriptor` with the field's description,
@@ -26,7 +26,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 
-from ..runtime import NodeConfig
+from ..pipeline.config import NodeConfig
 
 #: Parameters that may change while the node runs (everything else is read-only after start-up).
 DYNAMIC_PREFIXES = ("matcher.", "keyframes.", "frames.", "map.save_period_s")

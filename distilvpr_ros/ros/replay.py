@@ -77,7 +77,8 @@ from ..data.errors import DataError
 from ..data.geometry import interpolate_poses
 from ..evaluation.replay_metrics import Recording, positives, score_replay, write_report
 from ..mapping.database import PlaceDatabase
-from ..runtime import NodeConfig, load_node_config, open_bag_sequence
+from ..pipeline.config import NodeConfig, load_node_config
+from ..pipeline.offline import open_bag_sequence
 from .conversions import image_msg, stamp_from_sec
 from .localization_node import NODE_NAME
 from .mapping_node import NODE_NAME as MAPPING_NODE_NAME

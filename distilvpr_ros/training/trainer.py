@@ -47,7 +47,7 @@ from ..models import build_model, l2_normalize
 from ..models.image import ImageEncoder
 from ..models.vpr import VprModel
 from ..utils.results import make_run_dir, write_json
-from .checkpoint import load_checkpoint, load_model, save_model_checkpoint
+from ..models.checkpoint import load_checkpoint, load_model, save_model_checkpoint
 from .augment import ImageAugment, PointAugment
 from .config import TrainConfig
 from .data import (FrameStore, VprDataset, build_feature_cache, disk_cached, frames_fingerprint, frozen_features_key,

@@ -137,8 +137,8 @@ def save_model_checkpoint(path: str | Path, model, **kw) -> Path:
 
 def load_model(path: str | Path, expect_kind: str | None = None):
     """Rebuild a network from a checkpoint folder (in eval mode); refuses a mismatched kind."""
-    from ..models.config import ModelConfig
-    from ..models.vpr import build_model
+    from .config import ModelConfig
+    from .vpr import build_model
 
     meta, state, _ = load_checkpoint(path)
     if expect_kind is not None and meta["kind"] != expect_kind:
@@ -153,3 +153,13 @@ def load_model(path: str | Path, expect_kind: str | None = None):
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.cfg = ModelConfig(**meta["config"]["model"])
     return model.eval()
+
+
+def model_identity(checkpoint_dir: str | Path) -> tuple[str, str]:
+    """``(name, sha256)`` of a checkpoint's weights: the map's embedding-space tag.
+
+    The name is the checkpoint kind and folder name; the hash is the one recorded for
+    ``model.safetensors`` in ``checkpoint.json`` (verified when the checkpoint is loaded).
+    """
+    meta = read_checkpoint_meta(checkpoint_dir)
+    return f"{meta.get('kind', 'model')}:{Path(checkpoint_dir).name}", meta["sha256"][MODEL_FILE]

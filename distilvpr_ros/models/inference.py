@@ -25,7 +25,7 @@ from ..data.sample import Sequence as SampleSequence
 from ..models.config import BevConfig
 from ..models.preprocess import cloud_to_bev, image_to_tensor
 from ..models.vpr import InputSpec
-from .metrics import l2_normalize
+from .vpr import l2_normalize
 
 DEFAULT_HEAD = "fused"
 

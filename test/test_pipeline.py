@@ -15,9 +15,14 @@ from distilvpr_ros.data.world.generate import generate_world
 from distilvpr_ros.mapping.database import MapCompatibilityError, MapError, PlaceDatabase
 from distilvpr_ros.mapping.matcher import MatcherConfig
 from distilvpr_ros.ros.sync import ApproxTimeSync, StampGuard
-from distilvpr_ros.runtime import (STUDENT_SPACE, TEACHER_SPACE, Embedder, KeyframeConfig, Keyframer, LatencyWindow,
-                                   Localizer, MapBuilder, ModelLoadError, NodeConfig, OdometryBuffer,
-                                   build_map_from_sequence, export_model, load_node_config, open_bag_sequence)
+from distilvpr_ros.models.export import export_model
+from distilvpr_ros.pipeline.config import STUDENT_SPACE, TEACHER_SPACE, KeyframeConfig, NodeConfig, load_node_config
+from distilvpr_ros.pipeline.embedder import Embedder, ModelLoadError
+from distilvpr_ros.pipeline.keyframes import Keyframer, OdometryBuffer
+from distilvpr_ros.pipeline.localizer import Localizer
+from distilvpr_ros.pipeline.map_builder import MapBuilder
+from distilvpr_ros.pipeline.offline import build_map_from_sequence, open_bag_sequence
+from distilvpr_ros.ros.latency import LatencyWindow
 from tiny_models import tiny_checkpoints
 
 torch.set_num_threads(1)
