@@ -38,7 +38,6 @@ def test_ament_index_share_directory(tmp_path, monkeypatch):
         package_data.share_path("config", "demo.yaml")
 
 
-@pytest.mark.slow
 def test_demo_settings_resolve_in_a_non_editable_install(tmp_path):
     """``pip install .`` (no -e) puts config/ under <prefix>/share/distilvpr_ros; the installed demo finds its
     settings there (it used to look beside the source tree, which an install does not have)."""
