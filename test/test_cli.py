@@ -1,8 +1,9 @@
-"""The `distilvpr` command end to end on the tiny world: generate, inspect, demo, clear errors."""
+"""The `distilvpr` command end to end on the tiny world: generate, inspect, clear errors; how `demo` is wired."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,18 +40,36 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert r.returncode == 2 and "not a generated world" in r.stderr
 
 
-def test_demo_quick_writes_a_report(tmp_path):
-    from test_demo import write_settings  # tiny models: the chain itself is tested in test_demo.py
+def test_demo_command_wiring(tmp_path, monkeypatch, capsys):
+    """`distilvpr demo` hands its options to run_demo (the chain itself runs once, in test_demo.py), exits 0 when
+    it finishes and 1 with the message when a stage fails (a ROS node died)."""
+    import distilvpr_ros.demo as demo
+    from distilvpr_ros.cli import main
 
-    config = write_settings(tmp_path / "demo.yaml")
-    r = cli("demo", "--quick", "--config", config, "--results", tmp_path / "results", "--data", tmp_path / "data")
-    assert r.returncode == 0, r.stderr
-    latest = tmp_path / "results" / "demo" / "latest"
-    summary = json.loads((latest / "summary.json").read_text())
-    assert summary["ground_truth"]["test"]["frames"] > 0
-    assert (latest / "report.md").read_text().startswith("# distilvpr demo")
-    again = cli("demo", "--quick", "--config", config, "--results", tmp_path / "results", "--data", tmp_path / "data")
-    assert "reusing" in again.stdout  # resumes from the generated world
+    calls = []
+
+    def fake_run_demo(**kwargs):
+        calls.append(kwargs)
+        if kwargs["fresh"]:
+            raise demo.DemoError("map stage: the mapping node exited with code 1 (log: x.log)")
+        return tmp_path / "report"
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    config = tmp_path / "demo.yaml"
+    assert main(["demo", "--quick", "--config", str(config), "--results", str(tmp_path / "results"),
+                 "--data", str(tmp_path / "data")]) == 0
+    assert calls == [{"quick": True, "results_root": tmp_path / "results", "data_root": tmp_path / "data",
+                      "config": str(config), "fresh": False}]
+    assert main(["demo", "--fresh"]) == 1
+    assert calls[-1] == {"quick": False, "results_root": Path("results"), "data_root": Path("data"), "config": None,
+                         "fresh": True}
+    assert capsys.readouterr().err.strip() == (
+        "distilvpr demo: map stage: the mapping node exited with code 1 (log: x.log)")
+
+
+def test_demo_command_is_installed():
+    r = cli("demo", "--help")
+    assert r.returncode == 0 and "--quick" in r.stdout and "--fresh" in r.stdout and "config/demo.yaml" in r.stdout
 
 
 def test_example_world_config_is_valid():

@@ -7,12 +7,13 @@ Corridor folder is pointed at a missing path, so the stage must be skipped with 
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from distilvpr_ros.demo import STAGE_FILE, STAGES, Demo, DemoSettings, frame_windows, load_demo_settings, run_demo
+from distilvpr_ros.demo import STAGE_FILE, STAGES, Demo, DemoSettings, Stage, load_demo_settings, run_demo
 
 TINY_MODEL = {"model.image_size": [64, 48], "model.pretrained": False, "model.image_backbone": "resnet18",
               "model.student_dim": 32, "model.cloud_dim": 16, "model.image_dim": 16, "model.lidar_channels": [8, 16],
@@ -53,9 +54,10 @@ def first(tmp_path_factory):
 def test_demo_runs_every_stage_and_writes_the_report(first):
     out, summary = first["out"], first["summary"]
     assert (out.parent / "latest").resolve() == out.resolve()
-    assert [s["stage"] for s in summary["stages"]] == [name for name, _, _ in STAGES]
+    assert [s["stage"] for s in summary["stages"]] == [stage.name for stage in STAGES]
+    assert summary["ground_truth"]["test"]["frames"] > 0
     status = {s["stage"]: s["status"] for s in summary["stages"]}
-    assert status == {**{name: "ran" for name, _, _ in STAGES}, "corridor": "skipped"}
+    assert status == {**{stage.name: "ran" for stage in STAGES}, "corridor": "skipped"}
     report = (out / "report.md").read_text()
     assert report.startswith("# distilvpr demo (quick: tiny world)")
     for name in ("preview.png", "recall_at_n.png", "matches_offline.png", "pr.png", "trajectory.png",
@@ -116,7 +118,7 @@ def test_demo_maps_and_localizes_through_the_nodes(first):
 @pytest.mark.ros
 def test_demo_resumes_and_reruns_only_what_changed(first, capsys):
     work = first["work"]
-    built = {name: (work / name / STAGE_FILE).stat().st_mtime_ns for name, _, _ in STAGES if name != "corridor"}
+    built = {s.name: (work / s.name / STAGE_FILE).stat().st_mtime_ns for s in STAGES if s.name != "corridor"}
     common = dict(quick=True, results_root=first["root"] / "results", data_root=first["root"] / "data",
                   progress=False)
     again = run_demo(config=first["config"], **common)
@@ -138,25 +140,114 @@ def test_stage_runner_rebuilds_downstream_of_a_rebuilt_stage(tmp_path):
     demo = Demo("quick", DemoSettings.model_validate(settings()["quick"]), tmp_path, tmp_path / "work")
     builds = []
 
-    def run(stage, inputs):
-        demo.current = stage
-        return demo.cached(inputs, lambda out: builds.append(stage) or {"n": len(builds)})
+    def build(demo, out):
+        builds.append(out.name)
+        return {"n": len(builds)}
 
-    run("a", {"x": 1})
-    run("b", {"a": demo.ids["a"]})
-    run("a", {"x": 1})
-    run("b", {"a": demo.ids["a"]})
+    a = Stage("a", "first", build, inputs=lambda demo: {"x": 1})
+    b = Stage("b", "uses a", build, needs=("a",))
+    demo.run_stage(a)
+    demo.run_stage(b)
+    demo.run_stage(a)
+    demo.run_stage(b)
     assert builds == ["a", "b"]  # both reused
+    assert demo.results == {"a": {"n": 1}, "b": {"n": 2}}
     (tmp_path / "work" / "a" / STAGE_FILE).unlink()  # a's outputs lost: rebuilt, and b with it
-    run("a", {"x": 1})
-    run("b", {"a": demo.ids["a"]})
+    demo.run_stage(a)
+    demo.run_stage(b)
     assert builds == ["a", "b", "a", "b"]
     assert [e["status"] for e in demo.log] == ["ran", "ran", "reused", "reused", "ran", "ran"]
+    # a changed input rebuilds the stage and what needs it; fresh rebuilds everything
+    demo.run_stage(Stage("a", "first", build, inputs=lambda demo: {"x": 2}))
+    demo.run_stage(b)
+    assert builds == ["a", "b"] * 3
+    demo.fresh = True
+    demo.run_stage(Stage("a", "first", build, inputs=lambda demo: {"x": 2}))
+    assert builds == ["a", "b"] * 3 + ["a"]
 
 
-def test_frame_windows_merge_consecutive_frames():
-    assert frame_windows(np.array([3, 4, 5, 9, 10, 20]), np.array([1.0, 1.5, 2.0, 4.0, 4.5, 9.0])) == [
-        (1.0, 2.0), (4.0, 4.5), (9.0, 9.0)]
+def test_stage_runner_skips_what_needs_a_skipped_stage_and_checks_declared_outputs(tmp_path):
+    demo = Demo("quick", DemoSettings.model_validate(settings()["quick"]), tmp_path, tmp_path / "work")
+    builds = []
+
+    def build(demo, out):
+        builds.append(out.name)
+        (out / "model.bin").write_bytes(b"x")
+        return {}
+
+    a = Stage("a", "first", build, outputs=("model.bin",))
+    off = Stage("off", "cannot run", build, unavailable=lambda demo: "no data")
+    assert demo.run_stage(off) == {"skipped": "no data"}
+    assert demo.run_stage(Stage("c", "needs off", build, needs=("off",))) == {"skipped": "no off"}
+    assert builds == []
+    demo.run_stage(a)
+    demo.run_stage(a)
+    assert builds == ["a"]  # an empty result is reused too
+    (tmp_path / "work" / "a" / "model.bin").unlink()
+    demo.run_stage(a)
+    assert builds == ["a", "a"]
+    assert [e["status"] for e in demo.log] == ["skipped", "skipped", "ran", "reused", "ran"]
+
+
+def test_stage_with_a_fingerprint_is_rebuilt_when_its_content_changed(tmp_path):
+    """Like the world stage: the build id is the content's fingerprint, so content made again identically
+    rebuilds nothing downstream; changed or gone, the stage is rebuilt."""
+    demo = Demo("quick", DemoSettings.model_validate(settings()["quick"]), tmp_path, tmp_path / "work")
+    content = tmp_path / "content.txt"
+    builds = []
+
+    def build(demo, out):
+        builds.append(out.name)
+        if not content.exists():
+            content.write_text("v1")
+        return {"path": str(content)}
+
+    def fingerprint(demo, result):
+        path = Path(result["path"])
+        return path.read_text() if path.is_file() else None
+
+    src = Stage("src", "content", build, fingerprint=fingerprint)
+    use = Stage("use", "uses src", build, needs=("src",))
+    demo.run_stage(src)
+    demo.run_stage(use)
+    assert demo.ids["src"] == "v1" and builds == ["src", "use"]
+    content.unlink()  # gone: rebuilt (made again, identically), and what uses it is still valid
+    demo.run_stage(src)
+    demo.run_stage(use)
+    assert builds == ["src", "use", "src"] and demo.log[-1]["status"] == "reused"
+    content.write_text("v2")  # changed: rebuilt with the new id, and what uses it too
+    demo.run_stage(src)
+    demo.run_stage(use)
+    assert demo.ids["src"] == "v2" and builds == ["src", "use", "src", "src", "use"]
+
+
+@pytest.mark.ros
+def test_world_stage_time_includes_making_the_world(first, monkeypatch, tmp_path):
+    """The stage table's seconds are what the stage really did: the world stage's include checking or generating
+    the world (ensure_world), and a reused stage shows the time it was built in."""
+    import time
+
+    from distilvpr_ros.demo import stages
+
+    real = stages.ensure_world
+
+    def slow_ensure_world(*args, **kwargs):
+        time.sleep(2.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "ensure_world", slow_ensure_world)
+    demo = Demo("quick", load_demo_settings(first["config"], "quick"), first["root"] / "data", tmp_path / "work",
+                progress=False)
+    world = next(s for s in STAGES if s.name == "world")
+    started = time.perf_counter()
+    demo.run_stage(world)
+    wall = time.perf_counter() - started
+    ran = demo.log[-1]
+    assert ran["status"] == "ran" and ran["seconds"] >= 2.0 and wall - ran["seconds"] < 1.0, (ran, wall)
+    # the same world again: the same id as in the first run, so nothing downstream would be rebuilt
+    assert demo.ids["world"] == json.loads((first["work"] / "world" / STAGE_FILE).read_text())["id"]
+    demo.run_stage(world)
+    assert demo.log[-1]["status"] == "reused" and demo.log[-1]["built_in_s"] == ran["seconds"]
 
 
 def test_demo_config_sections_are_valid():
