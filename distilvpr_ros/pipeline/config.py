@@ -63,6 +63,11 @@ class KeyframeConfig(Section):
     odom_tolerance_s: float = Field(
         0.1, ge=0.0, description="a keyframe stamp may lie this far outside the odometry received (s)")
     odom_buffer_s: float = Field(10.0, gt=0.0, description="odometry history kept for interpolation (s)")
+    max_position_m: float = Field(
+        1.0e6, gt=0.0, le=1.0e9, description="odometry farther than this from the origin is not physical: rejected (m)")
+    max_speed_mps: float = Field(
+        60.0, gt=0.0, le=1.0e4, description="odometry jumping faster than this since the previous pose is rejected "
+                                            "(m/s; a jump that persists for 10 messages is taken as an odometry reset)")
 
 
 class ModelsConfig(Section):
