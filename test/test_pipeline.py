@@ -19,6 +19,7 @@ from distilvpr_ros.models.export import export_model
 from distilvpr_ros.pipeline.config import STUDENT_SPACE, TEACHER_SPACE, KeyframeConfig, NodeConfig, load_node_config
 from distilvpr_ros.pipeline.embedder import Embedder, ModelLoadError
 from distilvpr_ros.pipeline.keyframes import Keyframer, OdometryBuffer
+from distilvpr_ros.pipeline.image_quality import LowQualityImage
 from distilvpr_ros.pipeline.localizer import Localizer
 from distilvpr_ros.pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from distilvpr_ros.pipeline.offline import build_map_from_sequence, open_bag_sequence
@@ -205,6 +206,12 @@ def test_map_builder_and_localizer_on_the_tiny_world(world, checkpoints, tmp_pat
     assert out.match.loop_closure == (pytest.approx(run.timestamps[7] + 1e6), pytest.approx(run.timestamps[7]))
     with pytest.raises(ValueError):
         loc.localize(run.timestamps[8] + 1e6, np.zeros((2, 2, 3), np.uint8))
+    # frames that carry no place are not matched at all (without the gate a black frame matched with
+    # sequence_length 1); every frame of the world passes the gate
+    for blank in (np.zeros((96, 128, 3), np.uint8), np.full((96, 128, 3), 200, np.uint8)):
+        with pytest.raises(LowQualityImage, match="quality"):
+            loc.localize(run.timestamps[8] + 1e6, blank)
+    assert all(loc.localize(run.timestamps[i] + 2e6, run[i].image).match.best is not None for i in range(len(run)))
 
     other = Embedder.from_checkpoint(checkpoints["other"], STUDENT_SPACE)
     with pytest.raises(MapCompatibilityError, match="camera_student"):

@@ -15,6 +15,7 @@ from pydantic import Field
 from ..config import Section, load_yaml
 from ..mapping.database import IndexConfig
 from ..mapping.matcher import MatcherConfig
+from .image_quality import ImageQualityConfig
 
 TEACHER_SPACE = "teacher"
 STUDENT_SPACE = "camera_student"
@@ -109,6 +110,7 @@ class NodeConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     map: MapConfig = Field(default_factory=MapConfig)
     matcher: MatcherConfig = Field(default_factory=MatcherConfig)
+    image_quality: ImageQualityConfig = Field(default_factory=ImageQualityConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
