@@ -137,3 +137,16 @@ def test_config_validation_and_unknown_space(db):
     empty = PlaceDatabase([EmbeddingSpace("camera_student", DIM, "student", "0" * 64)])
     res = PlaceMatcher(empty, "camera_student").match(np.ones(DIM), 1.0)
     assert not res.accepted and res.reason == "empty map" and res.best is None and res.covariance is None
+
+
+def test_distinct_place_margin_rejects_frames_that_resemble_many_places(db):
+    """A query halfway between two far-apart places (as noise or a blank wall resembles many places) passes
+    min_score but not the distinct-place margin; a clean revisit passes both."""
+    codes = db.descriptors("camera_student")
+    mixed = codes[10] / np.linalg.norm(codes[10]) + codes[60] / np.linalg.norm(codes[60])
+    plain = matcher(db, min_score=0.3).match(mixed, stamp=1000.0)
+    assert plain.accepted and plain.best.id in (10, 60)  # without the test: a confident wrong-or-right guess
+    strict = matcher(db, min_score=0.3, min_distinct_margin=0.1).match(mixed, stamp=1000.0)
+    assert not strict.accepted and strict.reason.startswith("ambiguous") and strict.loop_closure is None
+    clean = matcher(db, min_distinct_margin=0.1).match(query(db, 40), stamp=1000.0)
+    assert clean.accepted and clean.best.id == 40

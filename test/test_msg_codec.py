@@ -125,6 +125,33 @@ def test_compressed_png_exact_and_jpeg_close():
     assert np.abs(mc.compressed_to_rgb(NS(**jpeg)).astype(int) - smooth).mean() < 3
 
 
+def test_encoded_size_read_from_headers():
+    img = np.zeros((37, 53, 3), np.uint8)
+    for fmt in ("png", "jpeg"):
+        data = mc._as_uint8(mc.rgb_compressed_fields(img, fmt)["data"])
+        assert mc.encoded_size(data) == (53, 37)
+    assert mc.encoded_size(np.frombuffer(b"not an image", np.uint8)) is None
+
+
+def test_huge_declared_image_refused_before_decoding():
+    """A small PNG whose header declares 30000 x 30000 pixels is refused without decoding it (the
+    decoder would take ~15 s and gigabytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    rows = zlib.compress(b"\x00" * (30000 * 3 + 1) * 64)  # only the first rows: decoding would still allocate
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match="30000x30000"):
+        mc.compressed_to_rgb(NS(format="png", data=png))
+    small = mc.rgb_compressed_fields(np.zeros((20, 30, 3), np.uint8), "jpeg")
+    with pytest.raises(ValueError, match="30x20"):
+        mc.encoded_to_rgb(small["data"], max_pixels=100)
+
+
 def test_compressed_errors():
     with pytest.raises(ValueError, match="could not decode"):
         mc.compressed_to_rgb(NS(format="jpeg", data=b"not an image"))

@@ -19,8 +19,9 @@ from distilvpr_ros.models.export import export_model
 from distilvpr_ros.pipeline.config import STUDENT_SPACE, TEACHER_SPACE, KeyframeConfig, NodeConfig, load_node_config
 from distilvpr_ros.pipeline.embedder import Embedder, ModelLoadError
 from distilvpr_ros.pipeline.keyframes import Keyframer, OdometryBuffer
+from distilvpr_ros.pipeline.image_quality import LowQualityImage
 from distilvpr_ros.pipeline.localizer import Localizer
-from distilvpr_ros.pipeline.map_builder import MapBuilder
+from distilvpr_ros.pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from distilvpr_ros.pipeline.offline import build_map_from_sequence, open_bag_sequence
 from distilvpr_ros.ros.latency import LatencyWindow
 from tiny_models import tiny_checkpoints
@@ -77,6 +78,24 @@ def test_odometry_buffer_interpolates_and_refuses_gaps():
     assert buf.add(0.0, np.eye(4)) and len(buf) == 1  # a big jump back (bag restart) resets
     with pytest.raises(ValueError):
         buf.add(10.0, np.full((4, 4), np.nan))
+
+
+def test_odometry_buffer_rejects_poses_that_are_not_physical():
+    buf = OdometryBuffer(horizon_s=100.0, max_position_m=1e6, max_speed_mps=30.0)
+    assert buf.add(0.0, pose_from_xyz_yaw(0, 0, 0, 0))
+    with pytest.raises(ValueError, match="max_position_m"):
+        buf.add(0.1, pose_from_xyz_yaw(1e300, 0, 0, 0))
+    with pytest.raises(ValueError, match="jumped"):
+        buf.add(0.1, pose_from_xyz_yaw(500, 0, 0, 0))  # 5 km/s
+    assert len(buf) == 1 and buf.add(0.2, pose_from_xyz_yaw(5, 0, 0, 0))  # 25 m/s is fine
+    # a jump that persists is an odometry reset: after JUMP_RESET_COUNT messages the new track is taken
+    t = 0.2
+    for i in range(OdometryBuffer.JUMP_RESET_COUNT - 1):
+        t += 0.1
+        with pytest.raises(ValueError, match="jumped"):
+            buf.add(t, pose_from_xyz_yaw(9000, 0, 0, 0))
+    assert buf.add(t + 0.1, pose_from_xyz_yaw(9000, 0, 0, 0)) and len(buf) == 1
+    np.testing.assert_allclose(buf.pose_at(t + 0.1)[:3, 3], [9000, 0, 0])
 
 
 # --- synchroniser ------------------------------------------------------------------------------------
@@ -171,6 +190,9 @@ def test_map_builder_and_localizer_on_the_tiny_world(world, checkpoints, tmp_pat
         result = builder.add_keyframe(s.timestamp, s.pose, s.image, s.cloud)
         assert result.id == i and result.match.loop_closure is None  # all excluded: same run, recent
     assert builder.unsaved == len(run)
+    with pytest.raises(DuplicateKeyframe):  # the same data again (a bag played twice): refused, nothing added
+        builder.add_keyframe(run[0].timestamp, run[0].pose, run[0].image, run[0].cloud)
+    assert len(builder.db) == len(run)
     builder.save(tmp_path / "map")
     assert builder.unsaved == 0
     db = PlaceDatabase.load(tmp_path / "map")
@@ -184,6 +206,12 @@ def test_map_builder_and_localizer_on_the_tiny_world(world, checkpoints, tmp_pat
     assert out.match.loop_closure == (pytest.approx(run.timestamps[7] + 1e6), pytest.approx(run.timestamps[7]))
     with pytest.raises(ValueError):
         loc.localize(run.timestamps[8] + 1e6, np.zeros((2, 2, 3), np.uint8))
+    # frames that carry no place are not matched at all (without the gate a black frame matched with
+    # sequence_length 1); every frame of the world passes the gate
+    for blank in (np.zeros((96, 128, 3), np.uint8), np.full((96, 128, 3), 200, np.uint8)):
+        with pytest.raises(LowQualityImage, match="quality"):
+            loc.localize(run.timestamps[8] + 1e6, blank)
+    assert all(loc.localize(run.timestamps[i] + 2e6, run[i].image).match.best is not None for i in range(len(run)))
 
     other = Embedder.from_checkpoint(checkpoints["other"], STUDENT_SPACE)
     with pytest.raises(MapCompatibilityError, match="camera_student"):
@@ -214,6 +242,9 @@ def test_build_map_from_bag_equals_the_map_from_the_run(world, checkpoints, tmp_
     more = build_map_from_sequence(second, checkpoints["teacher"], checkpoints["student"], tmp_path / "bag_map", cfg)
     assert more["map_size"] == len(run) + len(second)
     assert set(PlaceDatabase.load(tmp_path / "bag_map").runs) == {run.run, second.run}
+    # the same run played again into the saved map adds nothing: its stamps are already there
+    again = build_map_from_sequence(second, checkpoints["teacher"], checkpoints["student"], tmp_path / "bag_map", cfg)
+    assert again["map_size"] == len(run) + len(second) and again["skipped"]["duplicate"] == len(second)
     with pytest.raises(MapCompatibilityError):
         build_map_from_sequence(second, checkpoints["teacher"], checkpoints["other"], tmp_path / "bag_map", cfg)
 

@@ -165,13 +165,46 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def encoded_to_rgb(data: Any, bayer: str | None = None) -> np.ndarray:
+MAX_DECODED_PIXELS = 8192 * 8192  # 67 MP: larger than any camera a robot carries; 200+ MB decoded
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def encoded_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` read from a PNG or JPEG header without decoding; None for other data or a
+    header that cannot be parsed (the decoder then reports the problem)."""
+    b = buf.tobytes() if buf.size <= 64 else buf[: min(buf.size, 1 << 16)].tobytes()
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) >= 24 and b[12:16] == b"IHDR":
+        return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
+    if b[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(b):  # walk the JPEG segments up to the frame header (SOFn)
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(b[i + 2:i + 4], "big")
+        if marker in _JPEG_SOF:
+            return int.from_bytes(b[i + 7:i + 9], "big"), int.from_bytes(b[i + 5:i + 7], "big")
+        i += 2 + length
+    return None
+
+
+def encoded_to_rgb(data: Any, bayer: str | None = None, max_pixels: int = MAX_DECODED_PIXELS) -> np.ndarray:
     """Decode PNG/JPEG bytes to ``H x W x 3`` uint8 RGB (16-bit scaled, grey replicated, alpha dropped).
 
     ``bayer`` names the mosaic pattern of single-channel images that are raw Bayer data (Oxford RobotCar's
-    stereo camera stores ``"gbrg"``); without it single-channel images are treated as grey.
+    stereo camera stores ``"gbrg"``); without it single-channel images are treated as grey. An image whose
+    header declares more than ``max_pixels`` pixels is refused before decoding (a few kB of PNG can
+    declare gigabytes of pixels).
     """
     buf = _as_uint8(data)
+    size = encoded_size(buf) if buf.size else None
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ValueError(f"encoded image declares {size[0]}x{size[1]} pixels, more than the limit of "
+                         f"{max_pixels} ({buf.size} bytes; refused before decoding)")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is None:
         raise ValueError(f"could not decode {buf.size} bytes as an image (corrupt or not PNG/JPEG)")

@@ -10,7 +10,9 @@ For each query keyframe (descriptor in the matcher's embedding space + stamp), :
    exact search the ``top_k`` survivors are the true top-k of the rest.
 2. **Candidates.** The ``top_k`` remaining keyframes in rank order (best first), whatever their score;
    ``best`` is the first one.
-3. **Threshold.** The best score must be ``>= min_score``.
+3. **Threshold.** The best score must be ``>= min_score``. With ``min_distinct_margin > 0`` it must also beat
+   the best candidate of a *distinct* place (farther than ``same_place_radius_m`` from the best) by that
+   margin: a frame that resembles many places equally (noise, a blank wall) is no match.
 4. **Sequence consistency.** The last ``sequence_length`` query frames (this one included) must *all*
    have a best match above ``min_score``, and every two consecutive ones must agree: their database
    keyframes are within ``sequence_radius_m`` of each other (planar distance between map positions)
@@ -64,6 +66,9 @@ class MatcherConfig(Section):
         5.0, ge=0.0, description="at most one loop closure per place within this query time (s)")
     same_place_radius_m: float = Field(
         10.0, gt=0.0, description="matches within this distance (m) count as the same place for de-duplication")
+    min_distinct_margin: float = Field(
+        0.0, ge=0.0, le=2.0, description="best score must exceed the best distinct place's (farther than "
+                                         "same_place_radius_m) by this margin (0 = off)")
     cov_sigma_xy_m: float = Field(1.0, gt=0.0, description="position sigma (m) at score 1")
     cov_sigma_xy_slope_m: float = Field(20.0, ge=0.0, description="extra position sigma (m) per unit of 1 - score")
     cov_sigma_rot_rad: float = Field(math.pi, gt=0.0, description="roll/pitch/yaw sigma (rad)")
@@ -140,7 +145,7 @@ class PlaceMatcher:
         elif not passes:
             result.reason = f"best score {best.score:.3f} < min_score {self.cfg.min_score:g}"
         else:
-            result.reason = self._sequence_problem()
+            result.reason = self._ambiguity(cands) or self._sequence_problem()
         if result.reason:
             return result
         result.accepted = True
@@ -149,6 +154,21 @@ class PlaceMatcher:
             result.loop_closure = (stamp, best.stamp)
             self._emitted.append((stamp, best.pose[:2].copy()))
         return result
+
+    def _ambiguity(self, cands: list[Candidate]) -> str:
+        """'' when the best candidate beats every distinct place by ``min_distinct_margin`` (or the test is
+        off), else the margin it got."""
+        margin = self.cfg.min_distinct_margin
+        if margin <= 0:
+            return ""
+        best = cands[0]
+        for c in cands[1:]:
+            if float(np.hypot(*(c.pose[:2] - best.pose[:2]))) > self.cfg.same_place_radius_m:
+                if best.score - c.score < margin:
+                    return (f"ambiguous: keyframe {c.id}, {float(np.hypot(*(c.pose[:2] - best.pose[:2]))):.0f} m "
+                            f"away, scores {c.score:.3f} vs {best.score:.3f} (min_distinct_margin {margin:g})")
+                break
+        return ""
 
     def _sequence_problem(self) -> str:
         """'' when the last ``sequence_length`` best matches agree, else what disagrees."""

@@ -15,6 +15,7 @@ from pydantic import Field
 from ..config import Section, load_yaml
 from ..mapping.database import IndexConfig
 from ..mapping.matcher import MatcherConfig
+from .image_quality import ImageQualityConfig
 
 TEACHER_SPACE = "teacher"
 STUDENT_SPACE = "camera_student"
@@ -63,6 +64,11 @@ class KeyframeConfig(Section):
     odom_tolerance_s: float = Field(
         0.1, ge=0.0, description="a keyframe stamp may lie this far outside the odometry received (s)")
     odom_buffer_s: float = Field(10.0, gt=0.0, description="odometry history kept for interpolation (s)")
+    max_position_m: float = Field(
+        1.0e6, gt=0.0, le=1.0e9, description="odometry farther than this from the origin is not physical: rejected (m)")
+    max_speed_mps: float = Field(
+        60.0, gt=0.0, le=1.0e4, description="odometry jumping faster than this since the previous pose is rejected "
+                                            "(m/s; a jump that persists for 10 messages is taken as an odometry reset)")
 
 
 class ModelsConfig(Section):
@@ -104,6 +110,7 @@ class NodeConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     map: MapConfig = Field(default_factory=MapConfig)
     matcher: MatcherConfig = Field(default_factory=MatcherConfig)
+    image_quality: ImageQualityConfig = Field(default_factory=ImageQualityConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 

@@ -18,12 +18,22 @@ class OdometryBuffer:
 
     Stamps must increase; an older or equal stamp is ignored (``add`` returns False). A stamp more than
     ``reset_jump_s`` before the newest (a bag replay restarting) clears the buffer first.
+
+    Poses must be physical: farther than ``max_position_m`` from the origin, or a jump from the previous
+    pose faster than ``max_speed_mps``, raises ValueError (nothing stored). A jump that persists for
+    ``JUMP_RESET_COUNT`` consecutive messages is an odometry reset (the driver restarted at a new origin):
+    the buffer is cleared and the new track accepted.
     """
 
-    def __init__(self, horizon_s: float = 10.0, tolerance_s: float = 0.1, reset_jump_s: float = 1.0) -> None:
+    JUMP_RESET_COUNT = 10
+
+    def __init__(self, horizon_s: float = 10.0, tolerance_s: float = 0.1, reset_jump_s: float = 1.0,
+                 max_position_m: float = 1.0e6, max_speed_mps: float = 60.0) -> None:
         self.horizon_s, self.tolerance_s, self.reset_jump_s = float(horizon_s), float(tolerance_s), reset_jump_s
+        self.max_position_m, self.max_speed_mps = float(max_position_m), float(max_speed_mps)
         self._t: deque[float] = deque()
         self._poses: deque[np.ndarray] = deque()
+        self._jumps = 0  # consecutive rejected jumps
 
     def __len__(self) -> int:
         return len(self._t)
@@ -37,10 +47,24 @@ class OdometryBuffer:
         pose = np.asarray(pose, dtype=np.float64)
         if pose.shape != (4, 4) or not np.isfinite(pose).all():
             raise ValueError(f"odometry pose must be a finite 4x4 transform, got shape {pose.shape}")
+        distance = float(np.linalg.norm(pose[:3, 3]))
+        if distance > self.max_position_m:
+            raise ValueError(f"odometry position {distance:.3g} m from the origin exceeds "
+                             f"max_position_m {self.max_position_m:g}: not physical")
         if self._t and stamp <= self._t[-1]:
             if self._t[-1] - stamp <= self.reset_jump_s:
                 return False
             self.clear()
+        if self._t:
+            dt = stamp - self._t[-1]
+            jump = float(np.linalg.norm(pose[:3, 3] - self._poses[-1][:3, 3]))
+            if jump > self.max_speed_mps * dt + 0.5:  # 0.5 m of slack for stamp jitter
+                self._jumps += 1
+                if self._jumps < self.JUMP_RESET_COUNT:
+                    raise ValueError(f"odometry jumped {jump:.3g} m in {dt:.3g} s (more than max_speed_mps "
+                                     f"{self.max_speed_mps:g}): rejected")
+                self.clear()  # the jump persisted: an odometry reset, accept the new track
+        self._jumps = 0
         self._t.append(float(stamp))
         self._poses.append(pose)
         while self._t and self._t[0] < stamp - self.horizon_s:

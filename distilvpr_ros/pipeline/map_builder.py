@@ -16,6 +16,10 @@ from .config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig, default_run_name
 from .embedder import Embedder
 
 
+class DuplicateKeyframe(ValueError):
+    """A keyframe stamp that this run of the map already holds (nothing added)."""
+
+
 @dataclass
 class KeyframeResult:
     """One keyframe added by :meth:`MapBuilder.add_keyframe` and its teacher-space loop-closure check."""
@@ -45,6 +49,9 @@ class MapBuilder:
         self.frame_id = frame_id
         self.matcher = PlaceMatcher(self.db, TEACHER_SPACE, matcher)
         self.unsaved = 0  # keyframes added since the last save
+        # stamps of this run already in the map: a bag played again (clock jumping back) must not add
+        # its keyframes a second time
+        self._run_stamps = {float(t) for t, r in zip(self.db.stamps, self.db.runs) if r == self.run}
 
     @classmethod
     def open(cls, teacher: Embedder, student: Embedder, cfg: NodeConfig, frame_id: str = "map") -> "MapBuilder":
@@ -66,11 +73,15 @@ class MapBuilder:
         pose = np.asarray(pose, dtype=np.float64)
         if pose.shape != (4, 4) or not np.isfinite(pose).all():
             raise ValueError(f"keyframe pose must be a finite 4x4 transform, got {pose.shape}")
+        if float(stamp) in self._run_stamps:
+            raise DuplicateKeyframe(f"run {self.run!r} already has a keyframe at t={float(stamp):.6f} "
+                                    "(the same data played again?)")
         teacher_desc = self.teacher(image=image, cloud=cloud)
         student_desc = self.student(image=image)
         match = self.matcher.match(teacher_desc, stamp, run=self.run)
         kf_id = self.db.add(stamp, pose, frame_id or self.frame_id, self.run,
                             {TEACHER_SPACE: teacher_desc, STUDENT_SPACE: student_desc})
+        self._run_stamps.add(float(stamp))
         self.unsaved += 1
         return KeyframeResult(kf_id, float(stamp), pose, match, time.perf_counter() - t0)
 

@@ -11,7 +11,7 @@ import numpy as np
 from .config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig, default_run_name
 from .embedder import Embedder
 from .keyframes import Keyframer
-from .map_builder import MapBuilder
+from .map_builder import DuplicateKeyframe, MapBuilder
 
 
 def open_bag_sequence(path: str | Path, cfg: NodeConfig | None = None, run: str | None = None):
@@ -51,7 +51,7 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
     student = Embedder.from_checkpoint(student_ckpt, STUDENT_SPACE, cfg.models.num_threads)
     builder = MapBuilder.open(teacher, student, cfg, cfg.frames.map)
     keyframer = Keyframer(cfg.keyframes)
-    skipped = {"no_pose": 0, "no_cloud": 0, "invalid": 0}
+    skipped = {"no_pose": 0, "no_cloud": 0, "invalid": 0, "duplicate": 0}
     loops: list[list[float]] = []
     first = len(builder.db)
     for i in tqdm(range(len(sequence)), desc=f"build map {builder.run}", unit="frame", disable=not progress):
@@ -67,6 +67,9 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
             continue
         try:
             result = builder.add_keyframe(stamp, pose, sample.image, sample.cloud)
+        except DuplicateKeyframe:
+            skipped["duplicate"] += 1
+            continue
         except ValueError:
             skipped["invalid"] += 1
             continue

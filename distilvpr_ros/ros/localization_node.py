@@ -43,6 +43,7 @@ from ..data import msg_codec
 from ..mapping.database import MapError
 from ..pipeline.config import NodeConfig
 from ..pipeline.embedder import Embedder, ModelLoadError, configure_threads
+from ..pipeline.image_quality import LowQualityImage
 from ..pipeline.localizer import Localizer
 from .latency import LatencyWindow
 from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, TransportLosses, candidates_msgs,
@@ -69,7 +70,8 @@ class LocalizationNode(Node):
         self.diag = Diagnostics(self, "localization")
         self.guard = StampGuard(cfg.sync.reset_jump_s)
         self.window = LatencyWindow(cfg.diagnostics.window)
-        self.counts = {"frames": 0, "processed": 0, "dropped": 0, "accepted": 0, "loop_closures": 0}
+        self.counts = {"frames": 0, "processed": 0, "dropped": 0, "accepted": 0, "loop_closures": 0,
+                       "low_quality": 0}
         self.localizer: Localizer | None = None
         self.fatal = ""
         self.last_reason = ""
@@ -100,7 +102,7 @@ class LocalizationNode(Node):
         cfg = self.cfg
         try:
             student = Embedder.student_from_config(cfg.models)
-            self.localizer = Localizer.load(student, cfg.map.path, cfg.matcher, cfg.map.run or None)
+            self.localizer = Localizer.load(student, cfg.map.path, cfg.matcher, cfg.map.run or None, cfg.image_quality)
         except (ModelLoadError, MapError) as e:
             self.localizer, self.fatal = None, str(e)
             self.get_logger().error(f"localisation idle: {e}")
@@ -120,6 +122,7 @@ class LocalizationNode(Node):
     def _on_config(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         if self.localizer is not None:
+            self.localizer.quality = cfg.image_quality
             self.localizer.matcher.cfg = cfg.matcher
             self.localizer.matcher.reset()
 
@@ -162,6 +165,10 @@ class LocalizationNode(Node):
         try:
             image = msg_codec.image_to_rgb(msg) if isinstance(msg, Image) else msg_codec.compressed_to_rgb(msg)
             out = self.localizer.localize(stamp, image)
+        except LowQualityImage as e:
+            self.counts["low_quality"] += 1
+            self.problems.report("low_quality_image", f"camera frame at t={stamp:.6f} not matched: {e}")
+            return
         except ValueError as e:
             self.problems.report("bad_image", f"camera frame at t={stamp:.6f} unusable: {e}")
             return
@@ -197,6 +204,7 @@ class LocalizationNode(Node):
             "rate_hz": self.window.rate_hz(), "latency_ms_p50": self.window.percentile_ms(50),
             "latency_ms_p99": self.window.percentile_ms(99), "frames": self.counts["frames"],
             "processed": self.counts["processed"], "drops": self.counts["dropped"],
+            "rejected_low_quality": self.counts["low_quality"],
             "drops_transport": self.lost[True].lost + self.lost[False].lost,
             "drops_duplicate": self.guard.duplicates, "drops_out_of_order": self.guard.out_of_order,
             "input_errors": self.problems.counts.get("bad_image", 0), "accepted": self.counts["accepted"],

@@ -42,7 +42,7 @@ from ..mapping.database import MapError
 from ..pipeline.config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig
 from ..pipeline.embedder import Embedder, ModelLoadError, configure_threads
 from ..pipeline.keyframes import Keyframer, OdometryBuffer
-from ..pipeline.map_builder import MapBuilder
+from ..pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from .latency import LatencyWindow
 from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, loop_closure_msg, match_markers,
                            msg_stamp, run_node, sensor_qos)
@@ -65,7 +65,9 @@ class MappingNode(Node):
         self.problems = ProblemLog(self.get_logger())
         self.diag = Diagnostics(self, "mapping")
         self.sync = ApproxTimeSync(cfg.sync.slop_s, cfg.sync.queue_size, cfg.sync.reset_jump_s)
-        self.odom = OdometryBuffer(cfg.keyframes.odom_buffer_s, cfg.keyframes.odom_tolerance_s, cfg.sync.reset_jump_s)
+        k = cfg.keyframes
+        self.odom = OdometryBuffer(k.odom_buffer_s, k.odom_tolerance_s, cfg.sync.reset_jump_s, k.max_position_m,
+                                   k.max_speed_mps)
         self.keyframer = Keyframer(cfg.keyframes)
         self.window = LatencyWindow(cfg.diagnostics.window)
         self.counts = {"pairs": 0, "pending_replaced": 0, "missing_odometry": 0, "loop_closures": 0, "saves": 0}
@@ -209,6 +211,9 @@ class MappingNode(Node):
         try:
             cloud = msg_codec.cloud_from_pointcloud2(pair.lidar)
             result = self.builder.add_keyframe(stamp, pose, image, cloud, self._odom_frame)
+        except DuplicateKeyframe as e:
+            self.problems.report("duplicate_keyframe", f"keyframe refused: {e}")
+            return
         except ValueError as e:
             self.problems.report("bad_cloud", f"LiDAR scan at t={pair.lidar_stamp:.6f} unusable: {e}")
             return
