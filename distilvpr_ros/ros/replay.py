@@ -79,11 +79,12 @@ from ..evaluation.replay_metrics import Recording, positives, score_replay, writ
 from ..mapping.database import PlaceDatabase
 from ..pipeline.config import NodeConfig, load_node_config
 from ..pipeline.offline import open_bag_sequence
-from .conversions import image_msg, stamp_from_sec
 from .localization_node import NODE_NAME
 from .mapping_node import NODE_NAME as MAPPING_NODE_NAME
-from .nodes_common import ERROR, OK, msg_stamp, sensor_qos
+from .diagnostics import ERROR, OK
+from .messages import image_msg, msg_stamp, stamp_from_sec
 from .params import flatten
+from .qos import sensor_qos
 
 try:  # rosgraph_msgs comes with rclpy (its TimeSource subscribes to /clock)
     from rosgraph_msgs.msg import Clock
