@@ -457,7 +457,8 @@ def stage_map(demo: Demo) -> dict:
     info = _run_info(demo, s.run)
 
     def build(out: Path) -> dict:
-        from .ros.replay import ReplayError, run_mapping
+        from .ros.node_process import ReplayError
+        from .ros.replay_mapping import run_mapping
 
         bag = region_bag(_world(demo), s.run, s.region, out / "bags")
         try:
@@ -483,7 +484,8 @@ def stage_localize(demo: Demo) -> dict:
     info = _run_info(demo, s.run)
 
     def build(out: Path) -> dict:
-        from .ros.replay import ReplayError, run_replay
+        from .ros.node_process import ReplayError
+        from .ros.replay_localization import run_replay
 
         bag = region_bag(_world(demo), s.run, s.region, out / "bags")
         try:

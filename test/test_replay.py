@@ -129,7 +129,7 @@ def test_fast_replay_drops_frames_instead_of_queueing(assets, tmp_path):
     node answers fewer frames than it was sent (latest-frame policy) and its memory stays flat."""
     from distilvpr_ros.data.geometry import pose_from_xyz_yaw
     from distilvpr_ros.data.rosbag_io import BagWriter
-    from distilvpr_ros.ros.replay import record_replay, replay_config
+    from distilvpr_ros.ros.replay_localization import record_replay, replay_config
     from distilvpr_ros.pipeline.offline import open_bag_sequence
 
     n, dt, t0 = 400, 0.005, 0.5  # starts 0.5 s after 0: warm-up stamps must fit before it (no negative /clock)
