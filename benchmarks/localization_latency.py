@@ -1,8 +1,8 @@
 """End-to-end latency of the localisation node: a camera stream replayed at 20 Hz over DDS (ONNX Runtime).
 
-What is measured: ``distilvpr_ros.ros.replay`` starts the localisation node as its own process (ONNX Runtime
-backend, ``--threads`` intra-op threads), plays a bag's camera images into it evenly at ``--hz`` (their bag
-stamps kept) and records its outputs. Latency = receive time of a frame's ``place_candidates/scores`` minus
+What is measured: ``distilvpr_ros.ros.replay_localization`` starts the localisation node as its own process
+(ONNX Runtime backend, ``--threads`` intra-op threads), plays a bag's camera images into it evenly at ``--hz``
+(their bag stamps kept) and records its outputs. Latency = receive time of a frame's ``place_candidates/scores`` minus
 the publish time of its image (one monotonic clock): DDS in, decoding, resize, inference, map search,
 matching, DDS out. Also the achieved output rate, dropped frames (published, never answered) and the node's
 own processing time (its diagnostics).
@@ -118,7 +118,7 @@ def main() -> None:
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached map")
     p.add_argument("--out", type=Path, default=None, help="default: results/benchmarks/localization_latency/<time>")
     args = p.parse_args()
-    from distilvpr_ros.ros.replay import run_replay  # rclpy only here
+    from distilvpr_ros.ros.replay_localization import run_replay  # rclpy only here
 
     args.assets.mkdir(parents=True, exist_ok=True)
     world = world_folder(args.world, args.assets)

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from .config import CORRECT_M
 from .data.errors import DataError
 
 
@@ -123,7 +124,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from .evaluation.replay_metrics import REPLAY_KEYS
-    from .ros.replay import ReplayError, run_replay
+    from .ros.node_process import ReplayError
+    from .ros.replay_localization import run_replay
 
     try:
         metrics = run_replay(args.bag, args.map, args.model, rate=args.rate, backend=args.backend, config=args.config,
@@ -231,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=["torch", "onnxruntime"], default=None,
                    help="student backend (default: onnxruntime for a .onnx model, else torch)")
     r.add_argument("--config", default=None, help="node YAML (e.g. config/localization.yaml): matcher, QoS, topics")
-    r.add_argument("--correct-m", type=float, default=25.0, help="a match is correct within this distance (m)")
+    r.add_argument("--correct-m", type=float, default=CORRECT_M, help="a match is correct within this distance (m)")
     r.add_argument("--out", default=None, help="output folder (default: results/replay/<timestamp>)")
     r.add_argument("--results", default="results", help="results root (default: results)")
     r.set_defaults(func=_cmd_replay)

@@ -17,6 +17,10 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: A retrieval is correct within this distance (m): the protocol's radius, shared by evaluation and replay.
+CORRECT_M = 25.0
+
+
 class GroundTruthConfig(Section):
     """Place ground truth from poses (PointNetVLAD / DistilVPR protocol)."""
 
@@ -24,7 +28,7 @@ class GroundTruthConfig(Section):
     non_negative_m: float = Field(
         50.0, gt=0, description="training non-negatives: within this distance (m); farther = negative"
     )
-    correct_m: float = Field(25.0, gt=0, description="a retrieval is correct within this distance (m)")
+    correct_m: float = Field(CORRECT_M, gt=0, description="a retrieval is correct within this distance (m)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "GroundTruthConfig":

@@ -295,6 +295,7 @@ def test_stamps():
     sec, nanosec = mc.sec_to_stamp(1_700_000_000.123456789)
     assert sec == 1_700_000_000 and abs(nanosec - 123_456_789) < 250  # float64 resolution at 1.7e9 s
     assert mc.sec_to_ns(2.000000001) == 2_000_000_001
+    assert mc.ns_to_sec(2_500_000_000) == 2.5 and mc.ns_to_sec(mc.sec_to_ns(12.25)) == 12.25
     assert mc.stamp_to_sec(NS(sec=3, nanosec=250_000_000)) == 3.25
     idx, dt = mc.nearest_stamps(np.array([-1.0, 0.4, 0.6, 5.0]), np.array([0.0, 1.0]))
     np.testing.assert_array_equal(idx, [0, 0, 1, 1])

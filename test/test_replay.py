@@ -96,7 +96,8 @@ def assets(tmp_path_factory):
     teacher, student = ckpt["teacher"], ckpt["student"]
     runs = load_synthetic(out / "world")
     build_map_from_sequence(runs[0], teacher, student, out / "map")
-    return {"root": out, "student": student, "map": out / "map", "bag": out / "world" / "bags" / runs[1].run}
+    return {"root": out, "teacher": teacher, "student": student, "map": out / "map",
+            "bag": out / "world" / "bags" / runs[1].run}
 
 
 @pytest.mark.ros
@@ -129,7 +130,8 @@ def test_fast_replay_drops_frames_instead_of_queueing(assets, tmp_path):
     node answers fewer frames than it was sent (latest-frame policy) and its memory stays flat."""
     from distilvpr_ros.data.geometry import pose_from_xyz_yaw
     from distilvpr_ros.data.rosbag_io import BagWriter
-    from distilvpr_ros.ros.replay import record_replay, replay_config
+    from distilvpr_ros.ros.messages import msg_stamp
+    from distilvpr_ros.ros.replay_localization import OUTPUTS_BAG, record_replay, replay_config
     from distilvpr_ros.pipeline.offline import open_bag_sequence
 
     n, dt, t0 = 400, 0.005, 0.5  # starts 0.5 s after 0: warm-up stamps must fit before it (no negative /clock)
@@ -148,3 +150,88 @@ def test_fast_replay_drops_frames_instead_of_queueing(assets, tmp_path):
     assert rec.node["drops_transport"] == n - rec.node["frames"]  # the node now sees the DDS losses itself
     assert rec.node["drops"] > 0 or rec.node["frames"] < n
     assert max(rec.node_rss_mb) - rec.node_rss_mb[0] < 50.0, rec.node_rss_mb
+
+    # what the node published is in the outputs bag as the recorder got it, logged at the /clock of its arrival
+    back = read_bag_back(tmp_path / OUTPUTS_BAG)
+    scores = back["/distilvpr_replay/place_candidates/scores"]
+    assert [list(msg.data) for _, msg in scores] == [data for _, data in rec.scores]
+    matches = back.get("/distilvpr_replay/place_match", [])
+    assert [msg_stamp(msg) for _, msg in matches] == [stamp for _, stamp, _ in rec.matches]
+    assert len(back.get("/distilvpr_replay/loop_closure", [])) == len(rec.loop_closures)
+    log_times = np.array([t for t, _ in scores])
+    assert (np.diff(log_times) >= 0).all() and log_times[-1] <= rec.sent_stamps[-1] + 1e-6
+    assert (log_times >= np.array([msg.data[0] for _, msg in scores]) - 1e-6).all()  # answered after its frame
+    assert len(back["/distilvpr_replay/place_candidates"]) == len(scores)
+
+
+def read_bag_back(path):
+    """``{topic: [(log time s, message), ...]}`` of a bag, read with rosbags (as Foxglove or ros2 bag would)."""
+    from rosbags.highlevel import AnyReader
+
+    from distilvpr_ros.data.rosbag_io import ros2_typestore
+
+    out = {}
+    with AnyReader([path], default_typestore=ros2_typestore()) as reader:
+        for conn, t_ns, raw in reader.messages():
+            out.setdefault(conn.topic, []).append((t_ns * 1e-9, reader.deserialize(raw, conn.msgtype)))
+    return out
+
+
+def test_outputs_bag_round_trip(tmp_path):
+    """The recorder's bag writer: rclpy messages in, the same messages (types, stamps, data, log times) read
+    back by rosbags in log-time order; a bag already there is replaced, anything else refused."""
+    pytest.importorskip("rclpy")
+    from distilvpr_ros.mapping.matcher import Candidate, MatchResult
+    from distilvpr_ros.ros.messages import candidates_msgs, loop_closure_msg, place_match_msg
+    from distilvpr_ros.ros.recorder import write_bag
+
+    pose = np.array([1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 1.0])
+    cands = [Candidate(id=4, score=0.9, stamp=7.5, pose=pose), Candidate(id=2, score=0.5, stamp=3.25, pose=pose + 1)]
+    result = MatchResult(stamp=12.5, candidates=cands, best=cands[0], accepted=True, reason="",
+                         covariance=np.eye(6), loop_closure=(12.5, 7.5))
+    poses, scores = candidates_msgs(result, "map")
+    entries = [(12.6, "/ns/place_candidates/scores", scores), (12.55, "/ns/place_candidates", poses),
+               (12.7, "/ns/place_match", place_match_msg(result, "map")), (12.7, "/ns/loop_closure",
+                                                                           loop_closure_msg(12.5, 7.5))]
+    write_bag(tmp_path / "out", entries)
+    back = read_bag_back(tmp_path / "out")
+    assert sorted(back) == sorted(e[1] for e in entries) and all(len(v) == 1 for v in back.values())
+    (t_scores, scores_back), = back["/ns/place_candidates/scores"]
+    assert t_scores == pytest.approx(12.6, abs=1e-9) and scores_back.layout.data_offset == 1
+    assert list(scores_back.data) == list(scores.data) == [12.5, 4, 0.9, 7.5, 2, 0.5, 3.25]
+    match = back["/ns/place_match"][0][1]
+    assert (match.header.stamp.sec, match.header.stamp.nanosec, match.header.frame_id) == (12, 500_000_000, "map")
+    assert match.pose.pose.position.y == 2.0 and match.pose.covariance.reshape(6, 6).tolist() == np.eye(6).tolist()
+    assert [p.position.x for p in back["/ns/place_candidates"][0][1].poses] == [1.0, 2.0]
+    assert list(back["/ns/loop_closure"][0][1].data) == [12.5, 7.5]
+
+    write_bag(tmp_path / "out", entries[:1])  # a second run into the same folder replaces its bag
+    assert list(read_bag_back(tmp_path / "out")) == ["/ns/place_candidates/scores"]
+    (tmp_path / "notabag").mkdir()
+    with pytest.raises(FileExistsError):
+        write_bag(tmp_path / "notabag", entries)
+
+
+@pytest.mark.ros
+def test_mapping_replay_forwards_the_bag_and_records_the_node(assets, tmp_path):
+    """The tiny world's bag played into the mapping node: every camera, LiDAR and odometry message of the bag
+    is published as recorded, the node saves a map, and the bag of its outputs holds what it published."""
+    from distilvpr_ros.data.rosbag_io import bag_summary
+    from distilvpr_ros.pipeline.config import NodeConfig
+    from distilvpr_ros.ros.replay_mapping import OUTPUTS_BAG, mapping_topics, run_mapping
+
+    result = run_mapping(assets["bag"], assets["teacher"], assets["student"], tmp_path / "map", rate=8.0,
+                         odom_lead_s=1.0, max_unpaired=0, out_dir=tmp_path,
+                         overrides={"diagnostics.period_s": 0.2})  # frames are held until diagnostics say paired
+    counts = bag_summary(assets["bag"])["topics"]
+    topics = mapping_topics(assets["bag"], NodeConfig())
+    assert result["published"] == {node: counts[topic]["count"] for topic, (node, _) in topics.items()}
+    assert result["exit_code"] == 0 and 0 < result["node"]["keyframes"] <= result["map_size"]
+    assert json.loads((tmp_path / "mapping.json").read_text())["map_size"] == result["map_size"]
+
+    back = read_bag_back(tmp_path / OUTPUTS_BAG)
+    assert {topic: len(kept) for topic, kept in back.items()} == result["outputs_bag"]["messages"]
+    assert [list(msg.data) for _, msg in back.get("/distilvpr_mapping_replay/loop_closure", [])] == \
+        result["loop_closures"]
+    node = "/distilvpr_mapping_replay/distilvpr_mapping"
+    assert any(s.hardware_id == node for _, msg in back["/diagnostics"] for s in msg.status)

@@ -34,7 +34,7 @@ PUBLISHER = textwrap.dedent(
     sys.path.insert(0, {str(Path(__file__).parent)!r})
     import rclpy
     from sensor_msgs.msg import Image, PointCloud2
-    from distilvpr_ros.ros.conversions import image_msg, pointcloud2_msg
+    from distilvpr_ros.ros.messages import image_msg, pointcloud2_msg
     from test_ros_dds import make_data
 
     rclpy.init()

@@ -26,10 +26,10 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from distilvpr_ros.data.geometry import pose_from_xyz_yaw  # noqa: E402
 from distilvpr_ros.mapping.database import PlaceDatabase  # noqa: E402
-from distilvpr_ros.ros.conversions import header, image_msg, pointcloud2_msg  # noqa: E402
+from distilvpr_ros.ros.diagnostics import ERROR, OK, WARN  # noqa: E402
 from distilvpr_ros.ros.localization_node import LocalizationNode  # noqa: E402
 from distilvpr_ros.ros.mapping_node import MappingNode  # noqa: E402
-from distilvpr_ros.ros.nodes_common import ERROR, OK, WARN, pose_msg  # noqa: E402
+from distilvpr_ros.ros.messages import header, image_msg, pointcloud2_msg, pose_msg  # noqa: E402
 from distilvpr_ros.pipeline.config import STUDENT_SPACE, TEACHER_SPACE  # noqa: E402
 from distilvpr_ros.pipeline.embedder import Embedder  # noqa: E402
 from distilvpr_ros.pipeline.map_builder import MapBuilder  # noqa: E402
@@ -310,7 +310,7 @@ def test_mapping_node_saves_on_shutdown_signal(assets, tmp_path, sig):
 
 
 def test_transport_losses_count_sequence_gaps_per_publisher():
-    from distilvpr_ros.ros.nodes_common import TransportLosses
+    from distilvpr_ros.ros.diagnostics import TransportLosses
 
     def info(seq, gid):
         return {"publication_sequence_number": seq, "publisher_gid": {"data": bytes([gid])}}

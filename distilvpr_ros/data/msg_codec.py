@@ -57,6 +57,11 @@ def sec_to_ns(t: float) -> int:
     return sec * 1_000_000_000 + nanosec
 
 
+def ns_to_sec(t_ns: int) -> float:
+    """Integer nanoseconds (a bag log time) to float seconds."""
+    return t_ns * 1e-9
+
+
 def nearest_stamps(query: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of the nearest stamp in sorted, non-empty ``ref`` for each ``query`` stamp, and |difference|."""
     query, ref = np.asarray(query), np.asarray(ref)

@@ -20,10 +20,10 @@ class MappingSettings(Section):
     region: Region = Field("test", description="only this region's frames (a trimmed bag), or all")
     rate: float = Field(2.0, gt=0, description="playback speed, x real time")
     max_gap_s: float = Field(1.0, gt=0, description="pauses in the bag longer than this are shortened to it (s)")
-    odom_lead_s: float = Field(0.0, ge=0, description="odometry is sent this much bag time early (ros/replay.py)")
+    odom_lead_s: float = Field(0.0, ge=0, description="odometry is sent this much bag time early (ros/bag_player.py)")
     max_unpaired: int | None = Field(
         None, ge=0, description="hold each camera frame until the node has paired all but this many of the frames "
-                                "before it (None: play on schedule; ros/replay.py)")
+                                "before it (None: play on schedule; ros/bag_player.py)")
     node: dict[str, Any] = Field(default_factory=dict, description="NodeConfig overrides of the mapping node")
 
 

@@ -5,9 +5,9 @@
  3. student    distil the camera-only student with DistilVPR-SC (``train_student``)
  4. export     the student to ONNX (``models.export.export_model``): what the localization node deploys
  5. map        play one run's bag (camera + LiDAR + odometry) into the mapping node over DDS; the node
-               builds the place map with teacher and student descriptors (``ros.replay.run_mapping``)
+               builds the place map with teacher and student descriptors (``ros.replay_mapping.run_mapping``)
  6. localize   play a bag of another condition into the localization node (camera only, ONNX Runtime) and
-               score what it publishes (``ros.replay.run_replay``)
+               score what it publishes (``ros.replay_localization.run_replay``)
  7. evaluate   offline cross-run Recall@N of teacher and student (``evaluation.evaluate.run_evaluate``)
  8. corridor   the student on the real Corridor images beside 10 published methods (skipped, with a line
                in the report, where the data is absent)
@@ -185,7 +185,8 @@ def _run_info(demo: Demo, run: str) -> dict:
 
 
 def build_map(demo: Demo, out: Path) -> dict:
-    from ..ros.replay import ReplayError, run_mapping
+    from ..ros.node_process import ReplayError
+    from ..ros.replay_mapping import run_mapping
 
     s = demo.settings.mapping
     info = _run_info(demo, s.run)
@@ -201,7 +202,8 @@ def build_map(demo: Demo, out: Path) -> dict:
 
 
 def build_localize(demo: Demo, out: Path) -> dict:
-    from ..ros.replay import ReplayError, run_replay
+    from ..ros.node_process import ReplayError
+    from ..ros.replay_localization import run_replay
     from .plots import replay_plots
 
     s = demo.settings.localization

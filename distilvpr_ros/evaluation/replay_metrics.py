@@ -1,6 +1,6 @@
 """Scores of a bag replayed through the localisation node (``distilvpr replay``); numpy only, no ROS.
 
-``distilvpr_ros.ros.replay`` fills a :class:`Recording` (what the player published, what the recorder
+``distilvpr_ros.ros.replay_localization`` fills a :class:`Recording` (what the player published, what the recorder
 received, both with monotonic wall times); :func:`score_replay` turns it into metrics against the bag's
 ground-truth poses and the map's keyframe poses; :func:`write_report` writes JSON, a markdown table and
 plots.
@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import CORRECT_M
 from .metrics import precision_recall, recall_at_n
 
 #: Metric keys every replay writes (``metrics.json``), in table order.
@@ -104,7 +105,7 @@ def _operating_point(pr: dict, threshold: float) -> tuple[float, float]:
 
 
 def score_replay(rec: Recording, query_xy: np.ndarray, map_xy: np.ndarray, truth: Sequence[np.ndarray],
-                 correct_m: float = 25.0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                 correct_m: float = CORRECT_M) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics of a replay (module docstring) and per-query details for plots.
 
     ``query_xy``: ground-truth planar position of each published frame (aligned with ``rec.sent_stamps``);

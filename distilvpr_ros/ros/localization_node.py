@@ -46,10 +46,12 @@ from ..pipeline.embedder import Embedder, ModelLoadError, configure_threads
 from ..pipeline.image_quality import LowQualityImage
 from ..pipeline.localizer import Localizer
 from .latency import LatencyWindow
-from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, TransportLosses, candidates_msgs,
-                           keyframe_markers, loop_closure_msg, match_markers, msg_stamp, place_match_msg, run_node,
-                           sensor_qos)
+from .diagnostics import ERROR, Diagnostics, ProblemLog, TransportLosses
+from .messages import (candidates_msgs, keyframe_markers, loop_closure_msg, match_markers, msg_stamp,
+                       place_match_msg)
+from .node_runner import run_node
 from .params import declare_node_config, watch_node_config
+from .qos import OUTPUT_QOS, sensor_qos
 from .sync import StampGuard
 
 NODE_NAME = "distilvpr_localization"

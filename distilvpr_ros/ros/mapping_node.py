@@ -44,9 +44,11 @@ from ..pipeline.embedder import Embedder, ModelLoadError, configure_threads
 from ..pipeline.keyframes import Keyframer, OdometryBuffer
 from ..pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from .latency import LatencyWindow
-from .nodes_common import (ERROR, OUTPUT_QOS, Diagnostics, ProblemLog, loop_closure_msg, match_markers,
-                           msg_stamp, run_node, sensor_qos)
+from .diagnostics import ERROR, Diagnostics, ProblemLog
+from .messages import loop_closure_msg, match_markers, msg_stamp
+from .node_runner import run_node
 from .params import declare_node_config, watch_node_config
+from .qos import OUTPUT_QOS, sensor_qos
 from .sync import ApproxTimeSync, Pair
 
 NODE_NAME = "distilvpr_mapping"
