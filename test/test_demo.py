@@ -105,6 +105,9 @@ def test_demo_maps_and_localizes_through_the_nodes(first):
     assert s["map"]["map_size"] == len(db) == len(day) and s["map"]["published"]["camera/image_raw"] == len(day)
     assert s["map"]["node"]["drops"] == 0 and s["map"]["exit_code"] == 0
     assert (first["work"] / "map" / "mapping_node.log").is_file()
+    score = s["map"]["loop_closure_score"]  # scored against the map's poses, not only counted
+    assert score["published"] == len(s["map"]["loop_closures"]) == score["correct"] + score["wrong"]
+    assert len(score["distances_m"]) == score["scored"]
     loc = s["localize"]
     assert loc["frames"] == len(night) and loc["answered"] == len(night) and loc["map_size"] == len(day)
     assert loc["backend"] == "onnxruntime" and loc["model"].endswith("student.onnx")

@@ -143,7 +143,22 @@ def _mapping_section(demo: Demo) -> list[str]:
                  "keyframe latency p50 / p99 (ms)", "loop closures (teacher space)", "node memory (MB)"),
         _row(m["map_size"], int(node.get("pairs", 0)), int(node.get("drops", 0)), int(node.get("missing_odometry", 0)),
              f"{fmt(node.get('latency_ms_p50'), '.1f')} / {fmt(node.get('latency_ms_p99'), '.1f')}",
-             len(m["loop_closures"]), fmt(m.get("node_rss_mb_max"), ".0f")), ""]
+             len(m["loop_closures"]), fmt(m.get("node_rss_mb_max"), ".0f")), "",
+        *_loop_score_lines(m.get("loop_closure_score"))]
+
+
+def _loop_score_lines(score: dict | None) -> list[str]:
+    """The mapping node's loop closures scored against the map's poses (not only counted)."""
+    if not score:
+        return []
+    wrong = [f"{d:.0f}" for d in score["distances_m"] if d > score["correct_m"]]
+    recall = ("no keyframe had an earlier place to close with (the run does not revisit itself)"
+              if score["recall"] is None else f"recall {score['recall']:.3f} of {score['possible']} keyframes "
+                                              "that could close a loop")
+    return [f"Loop closures scored against the map's poses (correct within {score['correct_m']:g} m): "
+            f"{score['correct']} correct, {score['wrong']} wrong"
+            + (f" ({', '.join(wrong)} m apart)" if wrong else "")
+            + f", precision {fmt(score['precision'], '.3f')}; {recall}.", ""]
 
 
 def _localization_section(demo: Demo, figures: _Figures) -> list[str]:

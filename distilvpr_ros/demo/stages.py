@@ -198,7 +198,22 @@ def build_map(demo: Demo, out: Path) -> dict:
                               overrides={**s.node, "map.resume": False}, out_dir=out, progress=demo.progress)
     except ReplayError as e:
         raise DemoError(f"map stage: {e}") from None
-    return {**summary, "condition": info["condition"], "direction": info["direction"], "region": s.region}
+    return {**summary, "condition": info["condition"], "direction": info["direction"], "region": s.region,
+            "loop_closure_score": score_map_loop_closures(out / "map", summary["loop_closures"], s.node)}
+
+
+def score_map_loop_closures(map_path: Path, loops: list, node: dict) -> dict:
+    """The mapping node's loop closures scored against its map's keyframe poses (the world's odometry is
+    its ground truth): correct within the training-positive radius, recall over the keyframes that had an
+    earlier place to close with."""
+    from ..evaluation.loop_closures import score_loop_closures
+    from ..mapping.database import PlaceDatabase
+    from ..mapping.matcher import MatcherConfig
+
+    db = PlaceDatabase.load(map_path)
+    exclude = float(node.get("matcher.exclude_recent_s", MatcherConfig().exclude_recent_s))
+    return score_loop_closures(loops, db.stamps, db.positions, correct_m=GroundTruthConfig().positive_m,
+                               exclude_recent_s=exclude)
 
 
 def build_localize(demo: Demo, out: Path) -> dict:
