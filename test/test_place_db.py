@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from distilvpr_ros.data.geometry import make_pose
-from distilvpr_ros.mapping import database
+from distilvpr_ros.mapping import map_io
 from distilvpr_ros.mapping.database import (EmbeddingSpace, IndexConfig, MapCompatibilityError, MapError,
                                             PlaceDatabase)
+from distilvpr_ros.utils import fileio
 from distilvpr_ros.utils.fileio import sha256_file
 
 TEACHER_SHA = "a" * 64
@@ -218,14 +219,14 @@ def test_save_replaces_old_map_and_crash_keeps_it_loadable(saved, monkeypatch):
             raise OSError("disk full (simulated)")
         real_save(*args, **kwargs)
 
-    monkeypatch.setattr(database.np, "save", crash_on_second_file)
+    monkeypatch.setattr(map_io.np, "save", crash_on_second_file)
     with pytest.raises(OSError, match="simulated"):
         db.save(path)
     monkeypatch.undo()
     assert len(PlaceDatabase.load(path)) == 2600
     assert sorted(p.name for p in path.parent.iterdir()) == ["map"]  # no temporary folder left behind
 
-    real_replace = database.os.replace
+    real_replace = fileio.os.replace
     calls["n"] = 0
 
     def crash_between_renames(src, dst):
@@ -234,7 +235,7 @@ def test_save_replaces_old_map_and_crash_keeps_it_loadable(saved, monkeypatch):
             raise OSError("power cut (simulated)")
         real_replace(src, dst)
 
-    monkeypatch.setattr(database.os, "replace", crash_between_renames)
+    monkeypatch.setattr(fileio.os, "replace", crash_between_renames)
     with pytest.raises(OSError, match="simulated"):
         db.save(path)
     monkeypatch.undo()
