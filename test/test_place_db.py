@@ -373,21 +373,22 @@ def test_schema_numbers_and_types_are_checked_before_anything_is_allocated(small
         PlaceDatabase.load(path)
 
 
-def test_dimension_is_checked_against_the_descriptor_file_header(small):
-    _, path = small
-    _edit_schema(path, lambda s: s["spaces"]["teacher"].update(dim=4096))
-    with pytest.raises(MapError, match=r"descriptors_teacher.npy: expected float32 100 x 4096, got float32 "
-                                       r"\(100, 64\)"):
-        PlaceDatabase.load(path)
-
-
-def test_descriptor_header_is_checked_against_the_file_size(small):
-    _, path = small
+def _truncate_descriptors(path) -> None:
+    """Drop the last float of descriptors_teacher.npy and record the new sha256."""
     f = path / "descriptors_teacher.npy"
     f.write_bytes(f.read_bytes()[:-4])
     _edit_schema(path, lambda s: s["spaces"]["teacher"]["descriptors"].update(sha256=sha256_file(f)))
-    with pytest.raises(MapError, match=r"descriptors_teacher.npy: holds 25596 bytes of data, but float32 "
-                                       r"100 x 64 needs 25600 \(truncated or padded\)"):
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda path: _edit_schema(path, lambda s: s["spaces"]["teacher"].update(dim=4096)),
+     r"expected float32 100 x 4096, got float32 \(100, 64\)"),  # the schema against the .npy header
+    (_truncate_descriptors, r"holds 25596 bytes of data, but float32 100 x 64 needs 25600 \(truncated or padded\)"),
+])
+def test_descriptor_header_is_checked_against_schema_and_file_size(small, corrupt, message):
+    _, path = small
+    corrupt(path)
+    with pytest.raises(MapError, match=r"descriptors_teacher.npy: " + message):
         PlaceDatabase.load(path)
 
 
