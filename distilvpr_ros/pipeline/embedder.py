@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..mapping.database import EmbeddingSpace, IndexConfig
+from ..utils.fileio import backup_path
 from .config import STUDENT_SPACE, ModelsConfig
 
 
@@ -40,7 +41,7 @@ class Embedder:
         from ..models.checkpoint import CheckpointError, load_model, model_identity
 
         path = Path(path)
-        if not str(path) or not path.is_dir():
+        if not str(path) or not (path.is_dir() or backup_path(path).is_dir()):  # .bak: an interrupted save
             raise ModelLoadError(f"{kind} checkpoint not found: {str(path) or '(not set)'}")
         torch.set_num_threads(num_threads)
         try:
