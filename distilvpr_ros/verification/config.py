@@ -44,6 +44,9 @@ class LidarVerificationConfig(Section):
         0.5, gt=0, description="a source point with a target point this near is an inlier (m)")
     min_inlier_ratio: float = Field(0.5, ge=0, le=1, description="accept: fraction of source points that are inliers")
     max_fitness: float = Field(0.3, gt=0, description="accept: mean squared inlier distance at most (m^2; LIO-SAM 0.3)")
+    min_constraint: float = Field(
+        0.02, ge=0, le=1, description="accept: smallest/largest eigenvalue of the inliers' normal information "
+        "(rejects corridors and open fields, where a translation slides freely)")
     min_points: int = Field(50, ge=3, description="clouds with fewer points (after downsampling) are rejected")
 
 
