@@ -78,7 +78,7 @@ class PlaneScene:
             dn = dirs @ n
             with np.errstate(divide="ignore", invalid="ignore"):
                 t = ((p.origin - origin) @ n) / dn
-            hit = origin + dirs * t[:, None]
+                hit = origin + dirs * t[:, None]
             s = (hit - p.origin) @ p.a
             r = (hit - p.origin) @ p.b
             ok = np.isfinite(t) & (t > 1e-3) & (s >= 0) & (s < p.size[0]) & (r >= 0) & (r < p.size[1]) & (t < best_t)

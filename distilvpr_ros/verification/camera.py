@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from ..data.geometry import invert, transform_points
@@ -94,7 +95,7 @@ class CameraVerifier:
         timings: dict[str, float] = {}
         try:
             result = self._verify(query, keyframe, query_calibration or keyframe.calibration, timings)
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as e:  # malformed arrays: reject, never crash
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError, cv2.error) as e:  # malformed arrays: reject
             result = CameraVerification(False, f"verification failed: {type(e).__name__}: {e}")
         timings["total"] = (time.perf_counter() - t0) * 1e3
         result.timings_ms = timings

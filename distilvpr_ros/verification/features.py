@@ -40,6 +40,8 @@ def to_gray(image: np.ndarray | None) -> np.ndarray | None:
     if image is None:
         return None
     img = np.asarray(image)
+    if img.size == 0 or img.ndim not in (2, 3) or min(img.shape[:2]) < 8:
+        return None
     if img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(np.ascontiguousarray(img.astype(np.uint8, copy=False)), cv2.COLOR_RGB2GRAY)
     elif img.ndim == 3 and img.shape[2] == 1:
