@@ -24,6 +24,9 @@ class CameraVerificationConfig(Section):
     depth_min_samples: int = Field(3, ge=1, description="LiDAR returns needed in that window to give a depth")
     depth_max_residual: float = Field(
         0.03, gt=0, description="largest relative depth residual of the window's plane fit (else: a depth edge)")
+    min_point_height_m: float | None = Field(
+        0.3, description="2D-3D correspondences lower than this above the keyframe's base frame are not used "
+        "(road markings repeat along a street and make consistent wrong fixes); None keeps all")
     pnp_backend: Literal["auto", "poselib", "opencv"] = Field(
         "auto", description="PnP + RANSAC solver; auto: poselib when installed, else OpenCV")
     ransac_threshold_px: float = Field(4.0, gt=0, description="RANSAC inlier threshold on reprojection error (px)")
