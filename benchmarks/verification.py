@@ -119,7 +119,27 @@ def percentile(values, q) -> float | None:
 # -- camera ---------------------------------------------------------------------------------------
 
 
-def camera_benchmark(pairs, map_run, calib: CameraCalibration, features: list[str], backends: list[str]) -> dict:
+def camera_variants(backends: list[str]) -> dict[str, CameraVerificationConfig]:
+    """Features x PnP backend at the defaults, then single-knob variations (feature count, road filter)."""
+    out = {f"{kind}+{b}": CameraVerificationConfig(features=kind, pnp_backend=b)
+           for kind in ("sift", "orb") for b in backends}
+    b = backends[0]
+    for kind in ("sift", "orb"):
+        for n in (500, 1000, 2000):
+            out[f"{kind}+{b} max_features={n}"] = CameraVerificationConfig(
+                features=kind, pnp_backend=b, max_features=n)
+        out[f"{kind}+{b} road kept"] = CameraVerificationConfig(features=kind, pnp_backend=b, min_point_height_m=None)
+    # Identical configs (a variation equal to the default) are measured once.
+    seen, unique = set(), {}
+    for name, cfg in out.items():
+        key = cfg.model_dump_json()
+        if key not in seen:
+            seen.add(key)
+            unique[name] = cfg
+    return unique
+
+
+def camera_benchmark(pairs, map_run, calib: CameraCalibration, variants: dict[str, CameraVerificationConfig]) -> dict:
     images: dict[tuple[str, int], np.ndarray] = {}
     depth: dict[int, np.ndarray] = {}
     for p in pairs:
@@ -127,33 +147,36 @@ def camera_benchmark(pairs, map_run, calib: CameraCalibration, features: list[st
         images.setdefault((map_run.run, p["mi"]), map_run.image(p["mi"]))
         if p["mi"] not in depth:
             depth[p["mi"]] = sparse_depth(map_run.cloud(p["mi"]), calib)
+    features: dict[tuple[str, int], tuple[dict, list]] = {}  # (kind, max_features) -> (features, extract ms)
     out = {}
-    for kind in features:
-        verifiers = {b: CameraVerifier(CameraVerificationConfig(features=kind, pnp_backend=b)) for b in backends}
-        ext = next(iter(verifiers.values())).extractor
-        feats, extract_ms = {}, []
-        for key, img in tqdm(images.items(), desc=f"{kind} features", leave=False):
-            t = time.perf_counter()
-            feats[key] = ext.extract(img)
-            extract_ms.append((time.perf_counter() - t) * 1e3)
-        for backend, v in verifiers.items():
-            rows = []
-            for p in tqdm(pairs, desc=f"camera {kind}+{backend}", leave=False):
-                kf = KeyframeView(map_run.poses[p["mi"]], calib, images[(map_run.run, p["mi"])], depth[p["mi"]],
-                                  feats[(map_run.run, p["mi"])])
-                r = v.verify(feats[(p["run"].run, p["qi"])], kf)
-                truth = p["run"].poses[p["qi"]]
-                dt, dr = pose_error(r.pose, truth) if r.pose is not None else (None, None)
-                correct = bool(r.accepted and p["positive"] and dt <= CORRECT_M and dr <= CORRECT_DEG)
-                rows.append(dict(condition=p["run"].meta(p["qi"])["condition"], positive=p["positive"],
-                                 accepted=r.accepted, correct=correct, inliers=r.inliers, matches=r.matches,
-                                 correspondences=r.correspondences, reproj=r.reprojection_error_px, dt=dt, dr=dr,
-                                 ms=r.timings_ms["total"], reason=r.reason))
-            out[f"{kind}+{backend}"] = summarize_camera(rows, extract_ms, kind, backend)
+    for name, cfg in variants.items():
+        v = CameraVerifier(cfg)
+        fkey = (cfg.features, cfg.max_features)
+        if fkey not in features:
+            feats, extract_ms = {}, []
+            for key, img in tqdm(images.items(), desc=f"{fkey} features", leave=False):
+                t = time.perf_counter()
+                feats[key] = v.extractor.extract(img)
+                extract_ms.append((time.perf_counter() - t) * 1e3)
+            features[fkey] = (feats, extract_ms)
+        feats, extract_ms = features[fkey]
+        rows = []
+        for p in tqdm(pairs, desc=f"camera {name}", leave=False):
+            kf = KeyframeView(map_run.poses[p["mi"]], calib, images[(map_run.run, p["mi"])], depth[p["mi"]],
+                              feats[(map_run.run, p["mi"])])
+            r = v.verify(feats[(p["run"].run, p["qi"])], kf)
+            truth = p["run"].poses[p["qi"]]
+            dt, dr = pose_error(r.pose, truth) if r.pose is not None else (None, None)
+            correct = bool(r.accepted and p["positive"] and dt <= CORRECT_M and dr <= CORRECT_DEG)
+            rows.append(dict(condition=p["run"].meta(p["qi"])["condition"], positive=p["positive"],
+                             accepted=r.accepted, correct=correct, inliers=r.inliers, matches=r.matches,
+                             correspondences=r.correspondences, reproj=r.reprojection_error_px, dt=dt, dr=dr,
+                             ms=r.timings_ms["total"], reason=r.reason))
+        out[name] = dict(variant=name, **summarize_camera(rows, extract_ms, cfg))
     return out
 
 
-def summarize_camera(rows, extract_ms, kind, backend) -> dict:
+def summarize_camera(rows, extract_ms, cfg: CameraVerificationConfig) -> dict:
     pos = [r for r in rows if r["positive"]]
     neg = [r for r in rows if not r["positive"]]
     acc = [r for r in rows if r["accepted"]]
@@ -173,7 +196,8 @@ def summarize_camera(rows, extract_ms, kind, backend) -> dict:
             key = r["reason"].split("(")[0].strip()
             reasons[key] = reasons.get(key, 0) + 1
     return dict(
-        features=kind, pnp_backend=backend, positives=len(pos), negatives=len(neg), accepted=len(acc),
+        features=cfg.features, pnp_backend=cfg.pnp_backend, max_features=cfg.max_features,
+        min_point_height_m=cfg.min_point_height_m, positives=len(pos), negatives=len(neg), accepted=len(acc),
         correct=len(correct), false_accepts=len(acc) - len(correct),
         false_accepts_on_negatives=sum(r["accepted"] for r in neg),
         precision=precision, recall=len(correct) / len(pos) if pos else None,
@@ -182,6 +206,8 @@ def summarize_camera(rows, extract_ms, kind, backend) -> dict:
         rotation_error_deg_median=percentile([r["dr"] for r in acc_pos], 50),
         rotation_error_deg_p90=percentile([r["dr"] for r in acc_pos], 90),
         inliers_positive_median=percentile([r["inliers"] for r in pos], 50),
+        matches_positive_median=percentile([r["matches"] for r in pos], 50),
+        correspondences_positive_median=percentile([r["correspondences"] for r in pos], 50),
         inliers_negative_max=max((r["inliers"] for r in neg), default=0),
         reprojection_px_median=percentile([r["reproj"] for r in acc], 50),
         extract_ms_median=float(np.median(extract_ms)), pair_ms_median=float(np.median(pair_ms)),
@@ -230,6 +256,7 @@ def lidar_benchmark(pairs, map_run, calib: CameraCalibration, backends: list[str
             inlier_ratio_positive_p10=percentile([r["inlier_ratio"] for r in pos if r["near"]], 10),
             inlier_ratio_negative_max=max((r["inlier_ratio"] for r in neg), default=None),
             fitness_positive_p90=percentile([r["fitness"] for r in pos if r["near"]], 90),
+            fitness_negative_min=min((r["fitness"] for r in neg), default=None),
             constraint_positive_p10=percentile([r["constraint"] for r in pos if r["near"]], 10),
             ms_median=percentile(ms, 50), ms_p90=percentile(ms, 90),
             align_ms_median=percentile([r["align_ms"] for r in rows if r["align_ms"] is not None], 50),
@@ -245,9 +272,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world", type=Path, default=None, help="a generated world (default: generate a small one)")
     p.add_argument("--assets", type=Path, default=Path("data/benchmarks"), help="where the world is generated")
-    p.add_argument("--queries", type=int, default=48, help="query frames (each: 1 positive + negatives)")
+    p.add_argument("--queries", type=int, default=90, help="query frames (each: 1 positive + negatives)")
     p.add_argument("--negatives", type=int, default=2, help="far-away map frames per query")
-    p.add_argument("--lidar-queries", type=int, default=30, help="query frames for the LiDAR part")
+    p.add_argument("--lidar-queries", type=int, default=60, help="query frames for the LiDAR part")
     p.add_argument("--positive-m", type=float, default=5.0, help="a positive map frame is within this (m)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("docs/results/verification"))
@@ -266,11 +293,13 @@ def main() -> None:
     from distilvpr_ros.verification.pnp import poselib
 
     backends = ["poselib", "opencv"] if poselib is not None else ["opencv"]
-    camera = camera_benchmark(pairs, map_run, calib, ["sift", "orb"], backends)
+    camera = camera_benchmark(pairs, map_run, calib, camera_variants(backends))
     lidar_pairs = make_pairs(map_run, query_runs, args.lidar_queries, 1, args.positive_m, rng)
     lidar = lidar_benchmark(lidar_pairs, map_run, calib, ["small_gicp", "open3d"], rng)
 
-    best_camera = max(camera.values(), key=lambda r: (r["precision_per_ms"], r["recall"] or 0))
+    # Features and PnP backend are chosen among the default-setting combinations.
+    best_camera = max((camera[f"{k}+{b}"] for k in ("sift", "orb") for b in backends),
+                      key=lambda r: (r["precision_per_ms"], r["recall"] or 0))
     best_lidar = max(lidar.values(), key=lambda r: r["success_per_ms"])
     result = dict(
         world=str(world), map_run=map_run.run, query_runs=[r.run for r in query_runs],
@@ -290,10 +319,11 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "verification.json", to_jsonable(result))
-    cam_cols = {"features": "features", "pnp_backend": "PnP", "precision": "precision", "recall": "recall",
+    cam_cols = {"variant": "variant", "precision": "precision", "recall": "recall",
                 "false_accepts": "false acc.", "translation_error_m_median": "t err med (m)",
                 "rotation_error_deg_median": "r err med (deg)", "inliers_positive_median": "inliers pos (med)",
-                "inliers_negative_max": "inliers neg (max)", "extract_ms_median": "extract ms",
+                "correspondences_positive_median": "2D-3D pos (med)", "inliers_negative_max": "inliers neg (max)",
+                "extract_ms_median": "extract ms",
                 "pair_ms_median": "pair ms", "ms_per_verification": "ms/verif.", "precision_per_ms": "prec./ms"}
     lid_cols = {"backend": "backend", "success_rate": "success", "precision": "precision",
                 "false_accepts_on_negatives": "false acc. (neg)", "translation_error_m_median": "t err med (m)",
