@@ -317,6 +317,9 @@ def check_outputs(args: argparse.Namespace) -> None:
         if value is None:
             continue
         path, flag = Path(value), "--" + name
+        blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise ConfigError(f"{flag} {path}: {blocked} is an existing file, not a folder")
         if (args.command, name) in FILE_OUTPUTS:
             if path.is_dir():
                 raise ConfigError(f"{flag} {path} is an existing folder; give the file to write")

@@ -305,7 +305,8 @@ def load_world_config(preset: str = "default", config_file: Path | None = None, 
         try:
             override = load_yaml(config_file)
         except (OSError, ValueError) as e:
-            raise DataError(config_file, f"cannot read the world config: {e}") from e
+            problem = str(e).removeprefix(f"{config_file}: ")
+            raise DataError(config_file, f"cannot read the world config: {problem}") from None
         data = merge_config(data, override)
     if seed is not None:
         data["seed"] = int(seed)
