@@ -1,5 +1,7 @@
 """Place matcher: temporal exclusion, threshold, top-k order, sequence consistency, de-duplication, covariance."""
 
+import math
+
 import faiss
 import numpy as np
 import pytest
@@ -137,3 +139,13 @@ def test_config_validation_and_unknown_space(db):
     empty = PlaceDatabase([EmbeddingSpace("camera_student", DIM, "student", "0" * 64)])
     res = PlaceMatcher(empty, "camera_student").match(np.ones(DIM), 1.0)
     assert not res.accepted and res.reason == "empty map" and res.best is None and res.covariance is None
+
+
+@pytest.mark.parametrize("field, value", [
+    ("min_score", math.nan), ("min_score", 5.0), ("min_score", -math.inf), ("min_score", math.inf),
+    ("sequence_length", 10**9), ("top_k", 2**62), ("top_k", 0), ("exclude_recent_s", 1e300),
+    ("sequence_radius_m", math.nan), ("cov_sigma_rot_rad", math.inf)])
+def test_matcher_bounds_are_finite(field, value):
+    """Each was accepted before: -inf made every frame a match, 5.0 no frame; NaN compares false everywhere."""
+    with pytest.raises(ValidationError):
+        MatcherConfig(**{field: value})
