@@ -258,11 +258,11 @@ def test_mapping_node_waits_for_odometry_that_arrives_after_the_images(ros, asse
                                             (sensors.odom, sensors.cam, sensors.lidar)))
     for k in range(6):  # each frame's odometry arrives after the node has paired its camera and LiDAR
         sensors.publish(with_odom=False)
-        assert spin_until(executor, lambda: node.counts["pairs"] == k + 1 and node._pending is None)
-        assert len(node.builder.db) == k and len(node._waiting) == 1
+        assert spin_until(executor, lambda: node.counts["pairs"] == k + 1)
+        assert len(node.builder.db) == k and len(node._pairs) == 1  # the pair waits in the queue
         sensors.publish_odom(k)
         assert spin_until(executor, lambda: len(node.builder.db) == k + 1)
-    assert node.counts["missing_odometry"] == 0 and not node._waiting
+    assert node.counts["missing_odometry"] == 0 and not node._pairs
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

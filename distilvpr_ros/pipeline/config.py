@@ -63,6 +63,9 @@ class KeyframeConfig(Section):
     odom_tolerance_s: float = Field(
         0.1, ge=0.0, description="a keyframe stamp may lie this far outside the odometry received (s)")
     odom_buffer_s: float = Field(10.0, gt=0.0, description="odometry history kept for interpolation (s)")
+    queue_size: int = Field(
+        20, ge=1, le=1000, description="camera+LiDAR pairs waiting for odometry or the networks (mapping node); "
+                                       "when full the oldest is dropped and counted")
 
 
 class ModelsConfig(Section):
