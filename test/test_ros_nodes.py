@@ -51,8 +51,11 @@ def frame(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.mktemp("ros_assets"))
+
+
+def make_assets(out: Path) -> dict:
     """Tiny teacher/student checkpoints, another student, and a map of N_KEYFRAMES places 5 m apart."""
-    out = tmp_path_factory.mktemp("ros_assets")
     ckpt = tiny_checkpoints(out)
     teacher, student, other = ckpt["teacher"], ckpt["student"], ckpt["other"]
     builder = MapBuilder(Embedder.from_checkpoint(teacher, TEACHER_SPACE),
