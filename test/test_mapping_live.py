@@ -25,8 +25,9 @@ from test_ros_nodes import frame, make_assets  # noqa: E402
 pytestmark = pytest.mark.ros
 
 PAIR_HZ, ODOM_HZ, METRES_PER_PAIR = 10.0, 20.0, 1.0
-INFERENCE_S = 0.25  # artificial extra time per keyframe in the networks
-MIN_DISTANCE_M = 3.5  # a keyframe every 4th pair: 0.25 s of networks per 0.4 s of sensor data
+INFERENCE_S = 0.15  # artificial extra time per keyframe in the networks
+MIN_DISTANCE_M = 1.5  # a keyframe every 2nd pair: 0.15 s of networks (+ the real tiny ones) per 0.2 s of data
+ODOM_LAG_S = 0.03  # odometry is published this long after its stamp (it is computed from the scans)
 SECONDS = 6.0
 
 
@@ -66,19 +67,21 @@ def wait_for(condition, timeout: float) -> bool:
 
 
 def live_stream(node, sensors) -> int:
-    """Publish SECONDS of odometry (ODOM_HZ) and camera+LiDAR pairs (PAIR_HZ) in real time, each message when its
-    stamp is due (best-effort, depth 5, as drivers do); returns the number of pairs sent."""
+    """Publish SECONDS of odometry (ODOM_HZ, ODOM_LAG_S late) and camera+LiDAR pairs (PAIR_HZ) in real time, each
+    message when it is due (best-effort, depth 5, as drivers do); returns the number of pairs sent."""
     odom_pub = sensors.create_publisher(Odometry, "odom", qos_profile_sensor_data)
     cam_pub = sensors.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
     lidar_pub = sensors.create_publisher(PointCloud2, "lidar/points", qos_profile_sensor_data)
     assert wait_for(lambda: all(p.get_subscription_count() for p in (odom_pub, cam_pub, lidar_pub)), 10)
     speed = METRES_PER_PAIR * PAIR_HZ
-    events = sorted([(k / ODOM_HZ, "odom") for k in range(int(SECONDS * ODOM_HZ) + 3)]
-                    + [(k / PAIR_HZ, "pair") for k in range(int(SECONDS * PAIR_HZ))], key=lambda e: (e[0], e[1]))
+    events = sorted([(k / ODOM_HZ + ODOM_LAG_S, "odom") for k in range(int(SECONDS * ODOM_HZ) + 3)]
+                    + [(k / PAIR_HZ, "pair") for k in range(int(SECONDS * PAIR_HZ))])
     frames = [frame(k) for k in range(8)]
     t0, pairs = time.monotonic(), 0
     for t, kind in events:
         time.sleep(max(0.0, t0 + t - time.monotonic()))
+        if kind == "odom":
+            t -= ODOM_LAG_S
         stamp = 500.0 + t
         if kind == "odom":
             msg = Odometry(header=header(stamp, "odom"), child_frame_id="base_link")

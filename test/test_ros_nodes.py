@@ -325,3 +325,21 @@ def test_transport_losses_count_sequence_gaps_per_publisher():
     lost.update({})  # middleware without sequence numbers
     lost.update(None)
     assert lost.lost == 3
+
+
+def test_standard_qos_overrides_win_over_the_qos_parameters(ros, assets, tmp_path):
+    """``qos.*`` set every sensor subscription; ``qos_overrides.<topic>.<entity>.<policy>`` win per topic."""
+    from rclpy.qos import ReliabilityPolicy
+
+    add, _ = ros
+    params = {"map.path": str(tmp_path / "qos_map"), "models.teacher_checkpoint": str(assets["teacher"]),
+              "models.student_checkpoint": str(assets["student"]), "qos.sensor_reliability": "best_effort",
+              "qos.sensor_depth": 5, "qos_overrides./camera/image_raw.subscription.reliability": "reliable",
+              "qos_overrides./camera/image_raw.subscription.depth": 2,
+              "qos_overrides./loop_closure.publisher.depth": 50}
+    node = add(MappingNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    subs = {s.topic_name: s.qos_profile for s in node.subscriptions}
+    assert subs["/camera/image_raw"].reliability == ReliabilityPolicy.RELIABLE and subs["/camera/image_raw"].depth == 2
+    assert subs["/lidar/points"].reliability == ReliabilityPolicy.BEST_EFFORT and subs["/lidar/points"].depth == 5
+    assert node.loop_pub.qos_profile.depth == 50 and node.marker_pub.qos_profile.depth == 10
+    assert node.get_parameter("qos_overrides./odom.subscription.reliability").value == "best_effort"

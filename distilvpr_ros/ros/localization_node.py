@@ -48,7 +48,7 @@ from ..pipeline.config import NodeConfig
 from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.localizer import Localizer
 from .latency import LatencyWindow
-from .managed_node import SUCCESS, ManagedNode, qos_overrides, run_managed
+from .managed_node import SUCCESS, ManagedNode, run_managed
 from .nodes_common import (ERROR, OUTPUT_QOS, TransportLosses, candidates_msgs, keyframe_markers, loop_closure_msg,
                            match_markers, msg_stamp, place_match_msg, sensor_qos)
 from .sync import StampGuard
@@ -74,7 +74,6 @@ class LocalizationNode(ManagedNode):
         self._pending = None
         self._last_raw = -1e9
         self.lost = {True: TransportLosses(), False: TransportLosses()}  # raw, compressed
-        self._pubs: list = []
         self.match_pub = self.cand_pub = self.score_pub = self.loop_pub = self.marker_pub = None
         self._work = self.create_guard_condition(self._process)
         self.create_service(Trigger, "~/reload", self._on_reload)
@@ -98,10 +97,7 @@ class LocalizationNode(ManagedNode):
         for name, msg_type in (("match_pub", PoseWithCovarianceStamped), ("cand_pub", PoseArray),
                                ("score_pub", Float64MultiArray), ("loop_pub", Float64MultiArray),
                                ("marker_pub", MarkerArray)):
-            pub = self.create_lifecycle_publisher(msg_type, OUTPUT_TOPICS[name], OUTPUT_QOS,
-                                                  qos_overriding_options=qos_overrides())
-            setattr(self, name, pub)
-            self._pubs.append(pub)
+            setattr(self, name, self.add_output(msg_type, OUTPUT_TOPICS[name], OUTPUT_QOS))
         return ""
 
     def activate(self) -> None:
@@ -119,8 +115,6 @@ class LocalizationNode(ManagedNode):
 
     def cleanup(self, reason: str) -> None:
         self.localizer = None
-        while self._pubs:
-            self.destroy_lifecycle_publisher(self._pubs.pop())
         self.match_pub = self.cand_pub = self.score_pub = self.loop_pub = self.marker_pub = None
 
     def reload(self) -> tuple[bool, str]:

@@ -29,6 +29,7 @@ Shutdown
 
 from __future__ import annotations
 
+import copy
 import signal
 import sys
 import threading
@@ -65,8 +66,9 @@ class ManagedNode(LifecycleNode):
 
     Subclasses implement :meth:`configure` (return "" or why it failed), :meth:`activate`,
     :meth:`deactivate`, :meth:`cleanup` and :meth:`diagnostics_values` / :meth:`ok_message`, create their
-    inputs and timers in :meth:`activate` through :meth:`add_subscription` / :meth:`add_timer` (destroyed by
-    the base on deactivate), and call :meth:`autostart` at the end of their ``__init__``.
+    outputs in :meth:`configure` with :meth:`add_output` (destroyed by the base on cleanup) and their inputs
+    and timers in :meth:`activate` with :meth:`add_subscription` / :meth:`add_timer` (destroyed by the base on
+    deactivate), and call :meth:`autostart` at the end of their ``__init__``.
     """
 
     def __init__(self, node_name: str, what: str, **kwargs) -> None:
@@ -82,6 +84,7 @@ class ManagedNode(LifecycleNode):
         self.fatal = ""  # why the node cannot work (configure failed), shown as an ERROR diagnostic
         self.steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers keep running when sim time is paused
         self._inputs: list[tuple[Callable, object]] = []  # (destroy, entity) of the active state
+        self._outputs: list = []  # lifecycle publishers of the configured states
         self.create_timer(self.cfg.diagnostics.period_s, self.publish_diagnostics, clock=self.steady)
 
     # ------------------------------------------------------------------ state
@@ -119,7 +122,7 @@ class ManagedNode(LifecycleNode):
         """Called after the inputs were destroyed, before the publishers are disabled: finish work in hand."""
 
     def cleanup(self, reason: str) -> None:
-        """Release what :meth:`configure` loaded and destroy the publishers."""
+        """Release what :meth:`configure` loaded (the base then destroys the publishers)."""
 
     def config_changed(self, cfg: NodeConfig) -> None:
         """A runtime parameter change was accepted."""
@@ -131,10 +134,22 @@ class ManagedNode(LifecycleNode):
     def ok_message(self, values: dict) -> str:
         return "ok"
 
-    # ------------------------------------------------------------------ inputs of the active state
+    # ------------------------------------------------------------------ outputs and inputs
+    def add_output(self, msg_type, topic: str, qos):
+        """A lifecycle publisher (publishes only while active) with standard QoS overrides; destroyed on cleanup."""
+        pub = self.create_lifecycle_publisher(msg_type, topic, copy.copy(qos),  # overrides edit the profile
+                                              qos_overriding_options=qos_overrides())
+        self._outputs.append(pub)
+        return pub
+
+    def _destroy_outputs(self) -> None:
+        while self._outputs:
+            self.destroy_lifecycle_publisher(self._outputs.pop())
+
     def add_subscription(self, msg_type, topic: str, callback, qos, **kwargs):
-        sub = self.create_subscription(msg_type, topic, callback, qos, qos_overriding_options=qos_overrides(),
-                                       **kwargs)
+        """A subscription of the active state with standard QoS overrides; destroyed on deactivate."""
+        sub = self.create_subscription(msg_type, topic, callback, copy.copy(qos),  # overrides edit the profile
+                                       qos_overriding_options=qos_overrides(), **kwargs)
         self._inputs.append((self.destroy_subscription, sub))
         return sub
 
@@ -160,6 +175,7 @@ class ManagedNode(LifecycleNode):
                 self.fatal = error
                 self.get_logger().error(f"configure failed, staying unconfigured: {error}")
                 self.cleanup("configure failed")
+                self._destroy_outputs()
                 self.publish_diagnostics()
                 return FAILURE
             self.fatal = ""
@@ -180,6 +196,7 @@ class ManagedNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self.lock:
             self.cleanup("cleanup")
+            self._destroy_outputs()
             return SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -190,6 +207,7 @@ class ManagedNode(LifecycleNode):
                 super().on_deactivate(state)
             if state.label in ("active", "inactive"):
                 self.cleanup("shutdown")
+                self._destroy_outputs()
             return SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -198,6 +216,7 @@ class ManagedNode(LifecycleNode):
             self._destroy_inputs()
             super().on_deactivate(state)
             self.cleanup("error")
+            self._destroy_outputs()
             return SUCCESS  # back to unconfigured
 
     # ------------------------------------------------------------------ diagnostics

@@ -57,7 +57,7 @@ from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.keyframes import Keyframer, OdometryBuffer
 from ..pipeline.map_builder import MapBuilder
 from .latency import LatencyWindow
-from .managed_node import SUCCESS, ManagedNode, qos_overrides, run_managed
+from .managed_node import SUCCESS, ManagedNode, run_managed
 from .nodes_common import ERROR, OUTPUT_QOS, keyframe_markers, loop_closure_msg, match_markers, msg_stamp, sensor_qos
 from .sync import ApproxTimeSync, Pair
 
@@ -90,7 +90,6 @@ class MappingNode(ManagedNode):
         self._last_raw = -1e9
         self._last_save = time.monotonic()
         self.builder: MapBuilder | None = None
-        self._pubs: list = []
         self.loop_pub = self.marker_pub = None
         self._work = self.create_guard_condition(self._process, callback_group=self.work_group)
         self.create_service(Trigger, "~/save_map", self._on_save_map, callback_group=self.work_group)
@@ -121,11 +120,8 @@ class MappingNode(ManagedNode):
             self.builder = self._open(cfg)
         except (ModelLoadError, MapError) as e:
             return str(e)
-        self.loop_pub = self.create_lifecycle_publisher(Float64MultiArray, "loop_closure", OUTPUT_QOS,
-                                                        qos_overriding_options=qos_overrides())
-        self.marker_pub = self.create_lifecycle_publisher(MarkerArray, "markers", OUTPUT_QOS,
-                                                          qos_overriding_options=qos_overrides())
-        self._pubs = [self.loop_pub, self.marker_pub]
+        self.loop_pub = self.add_output(Float64MultiArray, "loop_closure", OUTPUT_QOS)
+        self.marker_pub = self.add_output(MarkerArray, "markers", OUTPUT_QOS)
         self._last_save = time.monotonic()
         return ""
 
@@ -153,8 +149,6 @@ class MappingNode(ManagedNode):
             ok, message = self.save_map()
             print(f"[{NODE_NAME}] {reason}: {message}", flush=True)
         self.builder = None
-        while self._pubs:
-            self.destroy_lifecycle_publisher(self._pubs.pop())
         self.loop_pub = self.marker_pub = None
 
     def reload(self) -> tuple[bool, str]:
