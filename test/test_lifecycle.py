@@ -49,8 +49,11 @@ class LifecycleClient:
         return self._call(self.change, ChangeState.Request(transition=Transition(id=transition_id))).success
 
 
+NAMESPACE = "lifecycle_test"  # its own namespace: no service name shared with the nodes of earlier tests
+
+
 def start_node(module: str, params: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", module, "--ros-args", "-p", "autostart:=false"]
+    cmd = [sys.executable, "-m", module, "--ros-args", "-r", f"__ns:=/{NAMESPACE}", "-p", "autostart:=false"]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={v}"]
     return subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
@@ -60,7 +63,7 @@ def start_node(module: str, params: dict) -> subprocess.Popen:
 @pytest.fixture
 def ros_context():
     rclpy.init()
-    node = rclpy.create_node("lifecycle_probe")
+    node = rclpy.create_node("lifecycle_probe", namespace=NAMESPACE)
     executor = SingleThreadedExecutor()
     nodes = [node]
 
@@ -94,7 +97,7 @@ def test_localization_node_transitions(ros_context, assets):
         "map.path": assets["map"], "models.student_checkpoint": assets["student"], "matcher.sequence_length": 1,
         "diagnostics.period_s": 0.2})
     try:
-        probe = Probe(add)
+        probe = Probe(add, NAMESPACE)
         lc = LifecycleClient(node, executor, "distilvpr_localization")
         rgb, _ = frame(4)
         stamps = iter(1000.0 + 0.1 * i for i in range(10000))
@@ -132,11 +135,11 @@ def test_localization_node_transitions(ros_context, assets):
 
 def test_localization_configure_fails_cleanly_without_a_map(ros_context, assets, tmp_path):
     node, executor, add = ros_context
-    loc = add(LocalizationNode(parameter_overrides=[
+    loc = add(LocalizationNode(namespace=NAMESPACE, parameter_overrides=[
         Parameter("autostart", value=False), Parameter("map.path", value=str(tmp_path / "nowhere")),
         Parameter("models.student_checkpoint", value=str(assets["student"])),
         Parameter("diagnostics.period_s", value=0.2)]))
-    probe = Probe(add)
+    probe = Probe(add, NAMESPACE)
     lc = LifecycleClient(node, executor, "distilvpr_localization")
     assert lc.state() == "unconfigured" and loc.localizer is None
     assert not lc.transition(Transition.TRANSITION_CONFIGURE)
@@ -152,7 +155,7 @@ def test_mapping_node_transitions_and_saves_on_shutdown(ros_context, assets, tmp
         "models.student_checkpoint": assets["student"], "keyframes.min_distance_m": 1.0, "map.save_period_s": 0.0,
         "diagnostics.period_s": 0.2, "qos.sensor_reliability": "reliable"})
     try:
-        probe = Probe(add)
+        probe = Probe(add, NAMESPACE)
         sensors = SensorPublisher(probe.node)
         lc = LifecycleClient(node, executor, "distilvpr_mapping")
 

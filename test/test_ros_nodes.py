@@ -101,8 +101,8 @@ def spin_until(executor, condition, timeout=10.0, each=None, period=0.1):
 class Probe:
     """A test node publishing camera frames and recording everything the localisation node outputs."""
 
-    def __init__(self, add):
-        self.node = add(rclpy.create_node("probe"))
+    def __init__(self, add, namespace: str = ""):
+        self.node = add(rclpy.create_node("probe", namespace=namespace))
         self.got: dict[str, list] = {k: [] for k in ("match", "cands", "scores", "loop", "markers", "diag")}
         subs = {"match": (PoseWithCovarianceStamped, "place_match"), "cands": (PoseArray, "place_candidates"),
                 "scores": (Float64MultiArray, "place_candidates/scores"), "loop": (Float64MultiArray, "loop_closure"),
