@@ -79,6 +79,9 @@ class KeyframeConfig(Section):
     max_speed_mps: float = Field(
         60.0, gt=0.0, le=1.0e4, description="odometry jumping faster than this since the previous pose is rejected "
                                             "(m/s; a jump that persists for 10 messages is taken as an odometry reset)")
+    queue_size: int = Field(
+        20, ge=1, le=1000, description="camera+LiDAR pairs waiting for odometry or the networks (mapping node); "
+                                       "when full the oldest is dropped and counted")
 
 
 class ModelsConfig(Section):
