@@ -51,4 +51,5 @@ def generate_launch_description():
             ("odom", LaunchConfiguration("odom_topic")),
         ],
     )
-    return LaunchDescription(common.declare_arguments(ARGUMENTS) + [node] + common.optional_actions())
+    return LaunchDescription(common.declare_arguments(ARGUMENTS) + common.environment_actions() + [node]
+                             + common.optional_actions())

@@ -118,6 +118,10 @@ def test_shared_launch_options_are_consistent():
     rviz = _node_calls(tree)
     assert len(rviz) == 1 and ast.literal_eval(_kw(rviz[0], "executable")) == "rviz2"
     assert "'rviz'" in ast.unparse(_kw(rviz[0], "condition"))
+    # dds_profile:=large_frames points Fast DDS at a shipped, installed profile
+    for file in launch_options.DDS_PROFILES.values():
+        assert (ROOT / "config" / file).is_file() and "config/*.xml" in (ROOT / "setup.py").read_text()
+    assert "dds_profile" in names and all("environment_actions" in (ROOT / "launch" / f).read_text() for f in LAUNCH)
 
 
 def test_rviz_config_shows_the_node_outputs_in_the_map_frame():

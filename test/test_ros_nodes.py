@@ -343,3 +343,36 @@ def test_standard_qos_overrides_win_over_the_qos_parameters(ros, assets, tmp_pat
     assert subs["/lidar/points"].reliability == ReliabilityPolicy.BEST_EFFORT and subs["/lidar/points"].depth == 5
     assert node.loop_pub.qos_profile.depth == 50 and node.marker_pub.qos_profile.depth == 10
     assert node.get_parameter("qos_overrides./odom.subscription.reliability").value == "best_effort"
+
+
+def test_diagnostics_warn_when_a_camera_with_publishers_delivers_nothing(ros, assets):
+    """Large best-effort frames can be lost in transport for good: nothing arrives and nothing counts a gap.
+    The node must not stay OK while a camera publisher exists and no frame comes through."""
+    add, executor = ros
+    localization_node(add, assets["map"], assets["student"], **{"diagnostics.input_timeout_s": 0.5})
+    probe = Probe(add)  # creates a camera publisher that never publishes
+    assert spin_until(executor, lambda: probe.has_status("distilvpr_localization", WARN, "no message on"),
+                      timeout=8), [s.message for s in probe.statuses("distilvpr_localization")][-3:]
+    # frames arriving again clear the warning
+    rgb, _ = frame(3)
+    stamps = iter(4000.0 + 0.1 * i for i in range(1000))
+    n = len(probe.statuses("distilvpr_localization"))
+
+    def ok_again() -> bool:
+        return any(s.level == bytes([OK]) for s in probe.statuses("distilvpr_localization")[n:])
+
+    assert spin_until(executor, ok_again, each=lambda: probe.image_pub.publish(image_msg(rgb, next(stamps), "cam")),
+                      timeout=8)
+
+
+def test_input_watch_reports_transport_loss_rate():
+    from distilvpr_ros.ros.diagnostics import InputWatch
+
+    w = InputWatch("camera/image_raw", timeout_s=1.0, max_loss=0.05)
+    gid = {"data": b"p1"}
+    for seq in (1, 2, 3, 10):  # 6 lost of 10 sent
+        w.update({"publication_sequence_number": seq, "publisher_gid": gid})
+    assert "6 of 10 messages (60 %) lost" in w.problem(publishers=1)
+    assert w.problem(publishers=1) == ""  # only what happened since the previous check counts
+    assert "no message" in w.problem(publishers=1, now=w._last + 2.0)
+    assert w.problem(publishers=0, now=w._last + 2.0) == ""  # nobody publishes: silence is fine

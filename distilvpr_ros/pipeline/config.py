@@ -111,6 +111,12 @@ class DiagnosticsConfig(Section):
 
     period_s: float = Field(1.0, gt=0.0, le=60.0, description="publish period (s)")
     window: int = Field(200, ge=2, le=100000, description="frames in the rate / latency window")
+    input_timeout_s: float = Field(
+        3.0, ge=0.0, le=3600.0, description="WARN when a sensor topic with publishers delivers nothing for this long "
+                                            "(s, 0 = off)")
+    max_transport_loss: float = Field(
+        0.05, ge=0.0, le=1.0, description="WARN when more than this share of a sensor topic's messages is lost in "
+                                          "transport between two statuses (1 = off)")
 
 
 class NodeConfig(Section):

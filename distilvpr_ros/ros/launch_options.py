@@ -2,14 +2,18 @@
 
 Shared arguments: ``namespace``, ``use_sim_time``, ``autostart``, ``camera_topic``, ``loop_closure_topic``,
 ``rviz`` (start RViz with ``config/distilvpr.rviz``), ``bag`` (play a rosbag2 with ``ros2 bag play --clock``;
-playing a bag also turns ``use_sim_time`` on) and ``bag_rate``. ``launch`` and ``launch_ros`` are imported
-inside the functions, so this module (and its tables, which the tests check) imports without them.
+playing a bag also turns ``use_sim_time`` on), ``bag_rate`` and ``dds_profile`` (``large_frames``: the shipped
+Fast DDS profile ``config/fastdds_large_frames.xml`` for 720p/1080p best-effort frames; or a profile file's
+path). ``launch`` and ``launch_ros`` are imported inside the functions, so this module (and its tables, which the
+tests check) imports without them.
 """
 
 from __future__ import annotations
 
 PACKAGE = "distilvpr_ros"
 RVIZ_CONFIG = "distilvpr.rviz"  # under share/distilvpr_ros/config
+DDS_PROFILES = {"large_frames": "fastdds_large_frames.xml"}  # dds_profile:=<name> -> share/distilvpr_ros/config
+DDS_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # Fast DDS 3.x, 2.x
 
 #: ``(name, default, description)`` of the launch arguments both launch files declare.
 COMMON_ARGUMENTS = [
@@ -21,6 +25,8 @@ COMMON_ARGUMENTS = [
     ("rviz", "false", "start RViz with config/" + RVIZ_CONFIG),
     ("bag", "", "rosbag2 to play into the node (ros2 bag play --clock); empty: none"),
     ("bag_rate", "1.0", "playback rate of bag"),
+    ("dds_profile", "", "Fast DDS profile for the node and the bag player: large_frames (shipped, for 720p/1080p "
+                        "best-effort frames on one host) or a profile file; empty: the environment's"),
 ]
 
 #: Node parameters set from the shared arguments: ``{parameter: launch argument}`` (both booleans).
@@ -85,3 +91,22 @@ def optional_actions() -> list:
         cmd=["ros2", "bag", "play", bag, "--clock", "--rate", LaunchConfiguration("bag_rate")],
         output="screen", condition=IfCondition(PythonExpression(["'", bag, "' != ''"])))
     return [rviz, player]
+
+
+def environment_actions() -> list:
+    """Before the node: point Fast DDS at the profile ``dds_profile`` names (a shipped one or a file), so the
+    node and the bag player it starts use it. Nothing when the argument is empty."""
+    from launch.actions import SetEnvironmentVariable
+    from launch.conditions import IfCondition
+    from launch.substitutions import LaunchConfiguration, PythonExpression
+
+    name = LaunchConfiguration("dds_profile")
+    shipped = [(key, config_file(file)) for key, file in DDS_PROFILES.items()]
+    actions = []
+    for variable in DDS_PROFILE_VARIABLES:
+        for key, path in shipped:
+            actions.append(SetEnvironmentVariable(variable, path, condition=IfCondition(
+                PythonExpression(["'", name, f"' == '{key}'"]))))
+        actions.append(SetEnvironmentVariable(variable, name, condition=IfCondition(
+            PythonExpression(["'", name, "' not in ('', " + ", ".join(repr(k) for k in DDS_PROFILES) + ")"]))))
+    return actions

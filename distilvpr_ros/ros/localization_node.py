@@ -108,10 +108,11 @@ class LocalizationNode(ManagedNode):
     def activate(self) -> None:
         cfg = self.cfg
         qos = sensor_qos(cfg.qos)
-        self.add_subscription(Image, cfg.topics.camera, lambda m, info: self._on_camera(m, True, info), qos)
+        self.add_subscription(Image, cfg.topics.camera, lambda m, info: self._on_camera(m, True, info), qos,
+                              watch=True)
         if cfg.topics.camera_compressed:
             self.add_subscription(CompressedImage, cfg.topics.camera_compressed,
-                                  lambda m, info: self._on_camera(m, False, info), qos)
+                                  lambda m, info: self._on_camera(m, False, info), qos, watch=True)
         self.add_timer(KEYFRAME_MARKERS_PERIOD_S, self._publish_keyframes)
         self._publish_keyframes()
 

@@ -30,6 +30,7 @@ Shutdown
 from __future__ import annotations
 
 import copy
+import inspect
 import signal
 import sys
 import threading
@@ -45,7 +46,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from ..pipeline.config import NodeConfig
 from ..pipeline.embedder import configure_threads
-from .diagnostics import Diagnostics, ProblemLog
+from .diagnostics import Diagnostics, InputWatch, ProblemLog
 from .params import ParamError, declare_node_config, node_config_from_parameters, watch_node_config
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -84,6 +85,7 @@ class ManagedNode(LifecycleNode):
         self.fatal = ""  # why the node cannot work (configure failed), shown as an ERROR diagnostic
         self.steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers keep running when sim time is paused
         self._inputs: list[tuple[Callable, object]] = []  # (destroy, entity) of the active state
+        self._watches: list[tuple[object, InputWatch]] = []  # watched subscriptions of the active state
         self._outputs: list = []  # lifecycle publishers of the configured states
         self.create_timer(self.cfg.diagnostics.period_s, self.publish_diagnostics, clock=self.steady)
 
@@ -146,12 +148,35 @@ class ManagedNode(LifecycleNode):
         while self._outputs:
             self.destroy_lifecycle_publisher(self._outputs.pop())
 
-    def add_subscription(self, msg_type, topic: str, callback, qos, **kwargs):
-        """A subscription of the active state with standard QoS overrides; destroyed on deactivate."""
-        sub = self.create_subscription(msg_type, topic, callback, copy.copy(qos),  # overrides edit the profile
-                                       qos_overriding_options=qos_overrides(), **kwargs)
+    def add_subscription(self, msg_type, topic: str, callback, qos, watch: bool = False, **kwargs):
+        """A subscription of the active state with standard QoS overrides; destroyed on deactivate. ``watch``:
+        diagnostics warn when the topic goes silent while it has publishers, or loses messages in transport
+        (``diagnostics.input_timeout_s``, ``diagnostics.max_transport_loss``)."""
+        if watch:
+            takes_info = len(inspect.signature(callback).parameters) >= 2
+            input_watch = InputWatch(topic, self.cfg.diagnostics.input_timeout_s,
+                                     self.cfg.diagnostics.max_transport_loss)
+
+            def watched(msg, info, callback=callback):
+                input_watch.update(info)
+                return callback(msg, info) if takes_info else callback(msg)
+
+            sub = self.create_subscription(msg_type, topic, watched, copy.copy(qos),  # overrides edit the profile
+                                           qos_overriding_options=qos_overrides(), **kwargs)
+            self._watches.append((sub, input_watch))
+        else:
+            sub = self.create_subscription(msg_type, topic, callback, copy.copy(qos),
+                                           qos_overriding_options=qos_overrides(), **kwargs)
         self._inputs.append((self.destroy_subscription, sub))
         return sub
+
+    def input_warning(self) -> str:
+        """The first watched input that went silent or loses messages ('' when all are fine)."""
+        for sub, input_watch in self._watches:
+            problem = input_watch.problem(self.count_publishers(sub.topic_name))
+            if problem:
+                return problem
+        return ""
 
     def add_timer(self, period_s: float, callback, **kwargs):
         timer = self.create_timer(period_s, callback, clock=self.steady, **kwargs)
@@ -159,6 +184,7 @@ class ManagedNode(LifecycleNode):
         return timer
 
     def _destroy_inputs(self) -> None:
+        self._watches.clear()
         while self._inputs:
             destroy, entity = self._inputs.pop()
             destroy(entity)
@@ -223,7 +249,8 @@ class ManagedNode(LifecycleNode):
     def publish_diagnostics(self) -> None:
         values = {"state": self.state, **self.diagnostics_values()}
         ok = self.ok_message(values) if self.state == "active" else f"{self.state}: waiting for activation"
-        self.diag.publish_status(self.fatal, self.problems, ok, values)
+        warning = self.input_warning() if self.state == "active" else ""
+        self.diag.publish_status(self.fatal, self.problems, ok, values, warning)
 
 
 def run_managed(make_node: Callable[[], ManagedNode], args: list[str] | None = None,

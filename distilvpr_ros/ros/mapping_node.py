@@ -132,13 +132,13 @@ class MappingNode(ManagedNode):
     def activate(self) -> None:
         cfg = self.cfg
         qos, t = sensor_qos(cfg.qos), cfg.topics
-        sensors = dict(callback_group=self.sensor_group)
+        sensors = dict(callback_group=self.sensor_group, watch=True)
         self.add_subscription(Image, t.camera, lambda m: self._on_camera(m, raw=True), qos, **sensors)
         if t.camera_compressed:
             self.add_subscription(CompressedImage, t.camera_compressed, lambda m: self._on_camera(m, raw=False), qos,
                                   **sensors)
         self.add_subscription(PointCloud2, t.lidar, self._on_lidar, qos, **sensors)
-        self.add_subscription(Odometry, t.odom, self._on_odom, qos, callback_group=self.odom_group)
+        self.add_subscription(Odometry, t.odom, self._on_odom, qos, callback_group=self.odom_group, watch=True)
         self.add_timer(1.0, self._maybe_autosave, callback_group=self.work_group)
         self.add_timer(KEYFRAME_MARKERS_PERIOD_S, self._publish_keyframes, callback_group=self.work_group)
         self.get_logger().info(
