@@ -268,7 +268,8 @@ def test_mapping_node_waits_for_odometry_that_arrives_after_the_images(ros, asse
     assert node.counts["missing_odometry"] == 0 and not node._pairs
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, (signal.SIGINT,) * 3],
+                         ids=["SIGINT", "SIGTERM", "SIGINT_three_times"])
 def test_mapping_node_saves_on_shutdown_signal(assets, tmp_path, sig):
     map_path = tmp_path / "sigint_map"
     cmd = [sys.executable, "-m", "distilvpr_ros.ros.mapping_node", "--ros-args",
@@ -298,7 +299,10 @@ def test_mapping_node_saves_on_shutdown_signal(assets, tmp_path, sig):
         spin_until(executor, lambda: len(diag) > n + 2, timeout=3)  # let the last keyframes settle
         reported = keyframes()
         assert not map_path.exists()  # autosave is off: only the shutdown save writes it
-        proc.send_signal(sig)
+        for i, one in enumerate(sig if isinstance(sig, tuple) else (sig,)):
+            if i:
+                time.sleep(0.05 if i == 1 else 0.25)  # Ctrl-C pressed again while the map is being saved
+            proc.send_signal(one)
         out, _ = proc.communicate(timeout=15)
         executor.remove_node(node)
         node.destroy_node()

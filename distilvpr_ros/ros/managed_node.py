@@ -281,6 +281,9 @@ def run_managed(make_node: Callable[[], ManagedNode], args: list[str] | None = N
             node.finish()
             node.destroy_node()
         rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # previous handlers are not restored: this is the process's main() and it exits next, so a signal
+        # repeated while the interpreter winds down (torch takes a while) must not turn a clean, saved
+        # shutdown into a death by signal (SIG_IGN: Python resets its own handlers to the default at exit)
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
     return code
