@@ -11,8 +11,8 @@ from distilvpr_ros.losses.cosface import CosFaceClassifier
 from distilvpr_ros.training import trainer
 from distilvpr_ros.models.checkpoint import load_checkpoint, load_model
 from distilvpr_ros.training.config import TrainConfig
-from distilvpr_ros.training.mutual import (align_to_rows, group_places, heading_bins, initial_split, kmeans_views,
-                                           partition_changes, place_cells, purity)
+from distilvpr_ros.training.tasks.geo_classes import (align_to_rows, group_places, heading_bins, initial_split,
+                                                      kmeans_views, partition_changes, place_cells, purity)
 
 
 def test_cosface_equals_pytorch_metric_learning():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from distilvpr_ros.models import build_model
+from distilvpr_ros.training import data as training_data
 from distilvpr_ros.training import trainer
 from distilvpr_ros.training.augment import ImageAugment, PointAugment, hsv_to_rgb, rgb_to_hsv
 from distilvpr_ros.models.checkpoint import load_checkpoint, load_model, read_checkpoint_meta
@@ -172,7 +173,7 @@ def test_teacher_cache_is_computed_once(world, teacher_run, tmp_path, monkeypatc
 
 def test_disk_cache_is_reused_and_changes_nothing(world, teacher_run, tmp_path, monkeypatch):
     calls = {"features": 0, "teacher": 0}
-    build, embed = trainer.build_feature_cache, trainer._embed_teacher
+    build, embed = training_data.build_feature_cache, trainer._embed_teacher
 
     def counting_build(*args, **kwargs):
         calls["features"] += 1
@@ -182,7 +183,7 @@ def test_disk_cache_is_reused_and_changes_nothing(world, teacher_run, tmp_path, 
         calls["teacher"] += 1
         return embed(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "build_feature_cache", counting_build)
+    monkeypatch.setattr(training_data, "build_feature_cache", counting_build)
     monkeypatch.setattr(trainer, "_embed_teacher", counting_embed)
     common = {"distill.teacher": str(teacher_run / "best"), "distill.method": "s", "optim.epochs": 1}
     plain = trainer.train_student(small_config(world, tmp_path / "plain", **common))
