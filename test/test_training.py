@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from distilvpr_ros.losses import make_distill_loss
 from distilvpr_ros.models import build_model
 from distilvpr_ros.training import data as training_data
 from distilvpr_ros.training import trainer
@@ -116,7 +117,7 @@ def test_teacher_training_lowers_loss_and_selects_on_validation(teacher_run):
 
 def test_validation_frames_come_from_the_validation_region(world):
     cfg = small_config(world, "unused")
-    data = trainer.TrainingData(cfg, build_model("camera_student", cfg.model))
+    data = training_data.TrainingData(cfg, build_model("camera_student", cfg.model))
     regions = {seq.meta(i)["region"] for seq in data.val_sequences for i in range(len(seq))}
     assert regions == {"val"}
 
@@ -144,16 +145,54 @@ def test_resume_equals_uninterrupted(world, tmp_path):
 # --- distillation ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def student_runs(world, teacher_run, tmp_path_factory):
+    """``get(student, method) -> (config, run folder)``: one epoch of distillation, trained once per module."""
+    runs = {}
+
+    def get(student, method):
+        if (student, method) not in runs:
+            cfg = small_config(world, tmp_path_factory.mktemp(f"{student}_{method}"), **{
+                "distill.teacher": str(teacher_run / "best"), "distill.method": method, "distill.student": student,
+                "optim.epochs": 1})
+            runs[student, method] = cfg, trainer.train_student(cfg)
+        return runs[student, method]
+    return get
+
+
 @pytest.mark.parametrize("student, method", [("camera_student", "sc"), ("camera_student", "none"),
                                              ("lidar_student", "c")])
-def test_distillation_writes_loadable_checkpoints(world, teacher_run, tmp_path, student, method):
-    cfg = small_config(world, tmp_path, **{"distill.teacher": str(teacher_run / "best"), "distill.method": method,
-                                           "distill.student": student, "optim.epochs": 1})
-    run = trainer.train_student(cfg)
+def test_distillation_writes_loadable_checkpoints(student_runs, student, method):
+    cfg, run = student_runs(student, method)
     model = load_model(run / "best", expect_kind=student)
     assert model.input_spec.descriptor_dim == cfg.model.student_out_dim
     history = trainer.json.loads((run / trainer.HISTORY_FILE).read_text())
     assert ("train/distill" in history[0]) == (method in ("sc", "c"))
+
+
+def test_distillation_moves_the_student_towards_the_teacher(student_runs, teacher_run):
+    """The DistilVPR (sc) relational loss between teacher and student, on a fixed batch of training frames:
+    lower after a distillation epoch than at the student's initialisation, and lower than after the same
+    epoch without distillation (same seed, same batches)."""
+    (cfg, kd_run), (_, plain_run) = student_runs("camera_student", "sc"), student_runs("camera_student", "none")
+    torch.manual_seed(cfg.seed)  # as train_student: the seeded RNG builds the teacher, then the student
+    teacher = load_model(teacher_run / "best", expect_kind="teacher")
+    initial = build_model("camera_student", cfg.model)
+    data = training_data.TrainingData(cfg, initial)
+    indices = list(range(0, len(data.train), max(1, len(data.train) // 16)))[:16]
+    pos, neg = (torch.from_numpy(m) for m in data.ground_truth.batch_masks(indices))
+    assert pos.any() and neg.any()
+    target = training_data.TrainingData(cfg, teacher).embed(teacher, indices, 8)["fused"]
+    relational = make_distill_loss("sc", **cfg.distill.loss_kwargs())
+
+    def kd_loss(model):
+        return float(relational(data.embed(model, indices, 8)["fused"], target, pos, neg)[0])
+
+    start = kd_loss(initial)
+    distilled = kd_loss(load_model(kd_run / "last", expect_kind="camera_student"))
+    plain = kd_loss(load_model(plain_run / "last", expect_kind="camera_student"))
+    assert distilled < 0.9 * start, (start, distilled)
+    assert distilled < 0.9 * plain, (plain, distilled)
 
 
 def test_teacher_cache_is_computed_once(world, teacher_run, tmp_path, monkeypatch):
