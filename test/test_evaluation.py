@@ -231,6 +231,24 @@ def test_run_evaluate_writes_every_file(world, tiny_student, tmp_path):
     assert default["recall@1"] == pytest.approx(returned["recall@1"])
 
 
+def test_evaluate_command_reads_bags(tiny_student, tmp_path):
+    """``distilvpr evaluate --source bags``: the same frames driven twice; every query finds its own frame."""
+    from distilvpr_ros.cli import main
+    from test_rosbag_io import write_basic_bag
+
+    for name in ("drive_a", "drive_b"):
+        write_basic_bag(tmp_path / "bags" / name, "mcap")
+    checkpoint = save_model_checkpoint(tmp_path / "ckpt", tiny_student)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--source", "bags", "--root", str(tmp_path / "bags"),
+                 "--sequences", "drive_a", "drive_b", "--out", str(out), "--batch-size", "3"]) == 0
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["config"]["source"] == "bags" and written["config"]["runs"] == ["drive_a", "drive_b"]
+    assert written["num_pairs"] == 2 and written["num_queries"] == 8
+    assert written["recall@1"] == 1.0 and written["subsets"] == {}
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--source", "bags", "--root", str(tmp_path)]) == 2
+
+
 # --- Corridor --------------------------------------------------------------------------------------
 
 needs_corridor = pytest.mark.skipif(not CORRIDOR.is_dir(), reason="shared/data/corridor is not present")
