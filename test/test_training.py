@@ -122,6 +122,22 @@ def test_validation_frames_come_from_the_validation_region(world):
     assert regions == {"val"}
 
 
+def test_validation_gives_the_evaluate_numbers(world):
+    """Validation computes AR@N from the metric functions; on the same frames it equals evaluate_sequences."""
+    from distilvpr_ros.evaluation.evaluate import RECALL_KEYS, evaluate_sequences
+    from distilvpr_ros.models.inference import embed_sequences
+
+    cfg = small_config(world, "unused")
+    torch.manual_seed(0)
+    model = build_model("camera_student", cfg.model)
+    data = training_data.TrainingData(cfg, model)
+    got = trainer.validate(model, data, cfg)
+    want = evaluate_sequences(embed_sequences(model, data.val_sequences, batch_size=8, progress=False),
+                              data.val_sequences, cfg.ground_truth)
+    assert got == pytest.approx({f"val/{key}": want[key] for key in (*RECALL_KEYS, "num_pairs")})
+    assert got["val/num_pairs"] == want["num_pairs"] > 0
+
+
 def test_condition_filter_holds_out_a_condition(world):
     cfg = small_config(world, "unused", **{"data.train_conditions": ["day", "rain-winter"]})
     conditions = {seq.meta(i)["condition"] for seq in open_split(cfg.data, "train") for i in range(len(seq))}
