@@ -255,7 +255,10 @@ def brute_force_partition_changes(old, new, k):
 def test_recluster_diagnostics_match_reference_computations():
     from sklearn.metrics.cluster import contingency_matrix
 
+    from distilvpr_ros.training.tasks import Task
+
     task, data = stub_task(fraction=1.0)
+    assert isinstance(task, Task)  # what the trainer relies on
     before = task.view.copy()
     record = task.start_epoch(0, None, data, None)
     after = task.view

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ class TaskBatch:
     labels: np.ndarray | None = None
 
 
+@runtime_checkable
 class Task(Protocol):
     """Batches, task loss and per-epoch work of one kind of supervision."""
 
