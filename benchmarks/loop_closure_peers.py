@@ -76,7 +76,7 @@ from scipy.spatial import cKDTree
 from distilvpr_ros.config import GroundTruthConfig
 from distilvpr_ros.data.ground_truth import cross_run_pairs
 from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
-from distilvpr_ros.models.inference import describe, embed_sequences, input_spec_of, model_inputs
+from distilvpr_ros.models.inference import embed_batch, embed_sequences, input_spec_of, model_inputs
 from distilvpr_ros.evaluation.metrics import precision_recall
 from distilvpr_ros.evaluation.plots import plot_pr
 from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
@@ -270,7 +270,7 @@ def run_model(model, full, queries, repeats: int) -> tuple[dict, dict]:
     times = []
     for n, s in enumerate([frames[0]] * 3 + frames):
         t = time.perf_counter()
-        desc = describe(model, model_inputs(spec, [s.image], [s.cloud]))
+        desc = embed_batch(model, model_inputs(spec, [s.image], [s.cloud]))
         int(np.argmax(db @ desc[0]))
         if n >= 3:
             times.append(time.perf_counter() - t)

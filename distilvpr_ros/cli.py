@@ -54,9 +54,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .data.inspect import describe
+    from .data.inspect import summarize_dataset
 
-    print(json.dumps(describe(Path(args.path)), indent=2, default=str))
+    print(json.dumps(summarize_dataset(Path(args.path)), indent=2, default=str))
     return 0
 
 
@@ -102,9 +102,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import run_evaluate
 
-    metrics = run_evaluate(Path(args.checkpoint), Path(args.world), region=args.region,
+    metrics = run_evaluate(Path(args.checkpoint), Path(args.root), region=args.region,
                            out_dir=None if args.out is None else Path(args.out), batch_size=args.batch_size,
-                           head=args.head, results_root=Path(args.results))
+                           head=args.head, source=args.source, sequences=args.sequences,
+                           images_root=args.images_root, results_root=Path(args.results))
     print(json.dumps({k: v for k, v in metrics.items() if k.startswith("recall@")}, indent=2))
     return 0
 
@@ -226,10 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("overrides", nargs="*", help="key=value overrides of the TrainConfig")
         t.set_defaults(func=func)
 
-    e = sub.add_parser("evaluate", help="cross-run Recall@N of a checkpoint on a region of a synthetic world")
+    from .data.sources import DATA_SOURCES
+
+    e = sub.add_parser("evaluate", help="cross-run Recall@N of a checkpoint on a synthetic world region, bags or "
+                       "a dataset")
     e.add_argument("--checkpoint", required=True, help="checkpoint folder (teacher or student)")
-    e.add_argument("--world", required=True, help="folder written by `distilvpr generate`")
-    e.add_argument("--region", default="test", help="train | val | test (default: test)")
+    e.add_argument("--source", choices=DATA_SOURCES, default="synthetic", help="data reader (default: synthetic)")
+    e.add_argument("--world", "--root", dest="root", required=True,
+                   help="folder written by `distilvpr generate`, or the root of the bags / dataset")
+    e.add_argument("--region", default="test", help="synthetic: train | val | test (default: test)")
+    e.add_argument("--sequences", nargs="+", default=[],
+                   help="bags/oxford/boreas/kitti: the runs to evaluate (bag folders under --root, sequence names)")
+    e.add_argument("--images-root", type=Path, default=None, help="oxford: RobotCar image folders")
     e.add_argument("--head", default="fused", help="descriptor head: fused | image | cloud (teacher only)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--out", default=None, help="output folder (default: results/evaluate/<timestamp>)")

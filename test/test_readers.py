@@ -21,6 +21,7 @@ from distilvpr_ros.data.readers.oxford import (
     list_runs,
 )
 from distilvpr_ros.data.readers.vprbench import VPRBenchDataset
+from distilvpr_ros.evaluation.corridor import peer_recalls
 from distilvpr_ros.evaluation.metrics import recall_at_n
 from distilvpr_ros.data.sample import Sample, Sequence
 
@@ -328,7 +329,7 @@ def test_corridor_and_peer_recall():
         "HybridNet": 0.901, "AMOSNet": 0.847, "denseVLAD": 0.703, "AlexNet_VPR": 0.685, "NetVLAD": 0.676,
         "CoHOG": 0.622, "ap-gem-r101": 0.532, "HOG": 0.477, "RegionVLAD": 0.432, "CALC": 0.324,
     }
-    recall = data.peer_recall()
+    recall = peer_recalls(data)
     assert recall.keys() == readme.keys()
     for name, value in readme.items():
         assert recall[name] == pytest.approx(value, abs=1e-3), name
@@ -349,7 +350,8 @@ def test_vprbench_fixture_and_recall(tmp_path):
     np.save(tmp_path / "peer_similarity" / "toy.npy", sim)
     data = VPRBenchDataset(tmp_path)
     np.testing.assert_array_equal(data.ref_images()[2], colour_image(102))
-    assert data.peer_recall() == {"toy": 0.75}
+    assert peer_recalls(data) == {"toy": 0.75}
+    assert peer_recalls(data, n=2) == {"toy": 1.0}
     assert recall_at_n(sim, data.ground_truth, ns=(2,))["recall@2"] == 1.0
 
 

@@ -21,7 +21,7 @@ def _run_summary(seq) -> dict[str, Any]:
     }
 
 
-def describe(path: Path) -> dict[str, Any]:
+def summarize_dataset(path: Path) -> dict[str, Any]:
     """Summary of a generated world, one of its runs, a rosbag2 bag, or a VPR-Bench folder."""
     path = Path(path)
     if not path.exists():

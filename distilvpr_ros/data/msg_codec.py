@@ -9,10 +9,12 @@ that the caller passes to whatever message class it has (``rosbags`` typestore c
 Conventions (see :mod:`distilvpr_ros.data.sample`):
 
 * images come out as ``H x W x 3`` uint8 RGB, C-contiguous;
-* clouds come out as ``N x 6`` float32 ``x, y, z, intensity, ring, time`` (:data:`CLOUD_FIELDS`); the
-  ``time`` column is the per-point time offset in seconds (integer time fields, as Ouster's ``t``, are
-  nanoseconds and are converted; absolute float times, as Hesai's ``timestamp``, are made relative to the
-  message's header stamp);
+* clouds come out as ``N x 6`` float32 ``x, y, z, intensity, ring, time`` (:data:`CLOUD_FIELDS`), read and
+  laid out with ``pointcloud2`` (sensor_msgs_py's API without ROS); what is ours is the field aliases
+  (``i``, ``t``, ``timestamp``), the checks with clear messages, dropping non-finite points and the time
+  handling: the ``time`` column is the per-point time offset in seconds (integer time fields, as Ouster's
+  ``t``, are nanoseconds and are converted; absolute float times, as Hesai's ``timestamp``, are made
+  relative to the message's header stamp);
 * poses are 4x4 float64 transforms, quaternions are ``x, y, z, w``;
 * stamps are float seconds (``sec + nanosec * 1e-9``).
 
@@ -24,10 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
 import numpy as np
+import pointcloud2
 
 from .geometry import make_pose, pose_to_xyz_quat
 from .sample import CLOUD_FIELDS
@@ -313,8 +317,7 @@ def camera_info_from_msg(msg: Any) -> CameraIntrinsics:
 # --------------------------------------------------------------------------------------------------
 
 # sensor_msgs/PointField datatype constants -> numpy type code (byte order added per message).
-POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
-_FLOAT32, _UINT16 = 7, 4
+POINTFIELD_DTYPES = {datatype: dtype.str[1:] for datatype, dtype in pointcloud2.FIELD_TYPE_TO_NP.items()}
 
 # Output column -> accepted field names, in order of preference.
 _FIELD_NAMES = {
@@ -353,21 +356,16 @@ def cloud_from_pointcloud2(msg: Any) -> np.ndarray:
 
     height, width = int(msg.height), int(msg.width)
     point_step, row_step = int(msg.point_step), int(msg.row_step)
-    order = ">" if msg.is_bigendian else "<"
-    names, formats, offsets = [], [], []
-    for column, field in chosen.items():
+    for field in chosen.values():
         code = POINTFIELD_DTYPES.get(int(field.datatype))
         if code is None:
             raise ValueError(f"PointCloud2 field {field.name!r} has unknown datatype {field.datatype}")
-        fmt = np.dtype(order + code)
-        if int(field.offset) + fmt.itemsize > point_step:
+        size = np.dtype(code).itemsize
+        if int(field.offset) + size > point_step:
             raise ValueError(
-                f"PointCloud2 field {field.name!r} (offset {field.offset}, {fmt.itemsize} B) "
+                f"PointCloud2 field {field.name!r} (offset {field.offset}, {size} B) "
                 f"does not fit in point_step {point_step}"
             )
-        names.append(column)
-        formats.append(fmt)
-        offsets.append(int(field.offset))
     if row_step < width * point_step:
         raise ValueError(f"PointCloud2 row_step {row_step} < width x point_step = {width * point_step}")
     buf = _as_uint8(msg.data)
@@ -379,15 +377,18 @@ def cloud_from_pointcloud2(msg: Any) -> np.ndarray:
     if width * height == 0:
         return np.zeros((0, len(CLOUD_FIELDS)), dtype=np.float32)
 
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
-    points = np.ndarray((height, width), dtype=dtype, buffer=buf, strides=(row_step, point_step)).reshape(-1)
+    # pointcloud2 reads the chosen fields (strided rows and points, byte order) into a structured array
+    fields = [pointcloud2.PointField(str(f.name), int(f.offset), int(f.datatype)) for f in chosen.values()]
+    view = SimpleNamespace(fields=fields, height=height, width=width, point_step=point_step, row_step=row_step,
+                           data=buf, is_bigendian=bool(msg.is_bigendian), is_dense=True)
+    points = pointcloud2.read_points(view)
 
     out = np.zeros((points.size, len(CLOUD_FIELDS)), dtype=np.float32)
     for k, column in enumerate(CLOUD_FIELDS):
         if column == "time" and column in chosen:
-            out[:, k] = _relative_point_times(points["time"], msg)
+            out[:, k] = _relative_point_times(points[str(chosen["time"].name)], msg)
         elif column in chosen:
-            out[:, k] = points[column]
+            out[:, k] = points[str(chosen[column].name)]
     return out[np.isfinite(out).all(axis=1)]
 
 
@@ -420,9 +421,7 @@ def pointcloud2_fields(cloud: np.ndarray) -> dict[str, Any]:
             packed[name] = np.clip(np.nan_to_num(np.rint(cloud[:, k])), 0, np.iinfo(np.uint16).max)
         else:
             packed[name] = cloud[:, k]
-    fields = [
-        (name, CLOUD_DTYPE.fields[name][1], _UINT16 if name == "ring" else _FLOAT32, 1) for name in CLOUD_DTYPE.names
-    ]
+    fields = [(f.name, f.offset, f.datatype, f.count) for f in pointcloud2.fields_from_dtype(CLOUD_DTYPE)]
     return {
         "height": 1,
         "width": len(cloud),

@@ -17,7 +17,7 @@ Conventions (used everywhere in the package):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -57,8 +57,3 @@ class Sequence(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, i: int) -> Sample: ...
-
-
-def iter_samples(seq: Sequence) -> Iterator[Sample]:
-    for i in range(len(seq)):
-        yield seq[i]

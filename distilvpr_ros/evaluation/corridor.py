@@ -34,7 +34,7 @@ from ..models.vpr import InputSpec
 from ..models.checkpoint import load_model
 from ..utils.results import make_run_dir, write_json
 from ..models.inference import embed_images, input_spec_of
-from .metrics import similarity_matrix_metrics, top1_precision_recall
+from .metrics import recall_at_n, similarity_matrix_metrics, top1_precision_recall
 from .plots import plot_bars, plot_pr
 from .report import markdown_table, to_jsonable
 
@@ -61,6 +61,12 @@ class ZeroShotLite0(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"fused": self.pool(self.trunk(self.normalize(image)))}
+
+
+def peer_recalls(dataset: VPRBenchDataset, n: int = 1) -> dict[str, float]:
+    """Recall@n of each peer method of a VPR-Bench dataset, from its published similarity matrix."""
+    return {name: recall_at_n(sim, dataset.ground_truth, ns=(n,))[f"recall@{n}"]
+            for name, sim in dataset.peer_similarity().items()}
 
 
 def corridor_model(model_or_checkpoint: Any) -> tuple[Any, str, str]:

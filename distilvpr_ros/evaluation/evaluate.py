@@ -20,8 +20,9 @@ one condition, so this is the query run's), is reported with the same keys as th
 Per-frame meta comes from ``seq.meta(i)`` (no sensor data is loaded); sequences without it give
 empty meta, so their condition is "unknown" and subsets needing meta fail with a clear error.
 
-:func:`run_evaluate` is the command: checkpoint + synthetic world → ``results/evaluate/<timestamp>/``
-with ``metrics.json``, ``metrics.md``, ``recall_at_n.png`` and ``matches.png``.
+:func:`run_evaluate` is the command: checkpoint + sequences of any data source (a synthetic world region,
+ROS 2 bags, Oxford, Boreas, KITTI; :func:`~distilvpr_ros.data.sources.open_sequences`) →
+``results/evaluate/<timestamp>/`` with ``metrics.json``, ``metrics.md``, ``recall_at_n.png`` and ``matches.png``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ import numpy as np
 from ..config import GroundTruthConfig
 from ..data.ground_truth import RunPair, cross_run_pairs
 from ..data.sample import Sequence as SampleSequence
-from ..data.synthetic import load_synthetic
+from ..data.sources import open_sequences
 from ..models.checkpoint import load_model
-from ..utils.results import make_run_dir, write_json
 from ..models.inference import embed_sequences
+from ..utils.results import make_run_dir, write_json
 from .metrics import RECALL_NS, average_recalls, recall_at_n, top_k
 from .plots import plot_match_grid, plot_recall_at_n
 from .report import markdown_table, to_jsonable
@@ -278,29 +279,41 @@ def metrics_markdown(metrics: dict, title: str = "Cross-run evaluation") -> str:
     return "\n".join(lines)
 
 
-def run_evaluate(checkpoint: Path, world: Path, region: str = "test", out_dir: Path | None = None,
-                 batch_size: int = 32, head: str = "fused", *, gt_cfg: GroundTruthConfig | None = None,
+def run_evaluate(checkpoint: Path, root: Path, region: str = "test", out_dir: Path | None = None,
+                 batch_size: int = 32, head: str = "fused", *, source: str = "synthetic", sequences: Iterable[str] = (),
+                 images_root: Path | None = None, gt_cfg: GroundTruthConfig | None = None,
                  query_subsets: Iterable[str] = tuple(QUERY_SUBSETS), results_root: Path = Path("results"),
                  progress: bool = True) -> dict:
-    """Evaluate a checkpoint on one region of a synthetic world and write the result folder.
+    """Evaluate a checkpoint on the runs of a data source and write the result folder.
+
+    ``source`` (``open_sequences``): ``synthetic`` reads the frames of ``region`` of the world at ``root``;
+    ``bags``, ``oxford``, ``boreas`` and ``kitti`` read the named ``sequences`` under ``root`` (Oxford images
+    from ``images_root``). Query subsets that need per-frame meta (direction, occlusion) exist only in
+    synthetic worlds; other sources get the overall and per-pair results.
 
     Writes into ``out_dir`` (default: a fresh ``<results_root>/evaluate/<timestamp>/`` with a ``latest``
-    link): ``metrics.json`` (the dict returned, with ``config``: checkpoint, model kind, region, world,
-    head, batch size, ground truth), ``metrics.md``, ``recall_at_n.png`` and ``matches.png``.
+    link): ``metrics.json`` (the dict returned, with ``config``: checkpoint, model kind, source, region or
+    sequences, world or root, head, batch size, ground truth), ``metrics.md``, ``recall_at_n.png`` and
+    ``matches.png``.
     """
     gt_cfg = gt_cfg or GroundTruthConfig()
+    synthetic = source == "synthetic"
     model = load_model(checkpoint)
-    sequences = load_synthetic(Path(world), regions={region})
-    descs = embed_sequences(model, sequences, batch_size=batch_size, progress=progress, head=head)
-    metrics = evaluate_sequences(descs, sequences, gt_cfg, query_subsets=query_subsets)
+    runs = open_sequences(source, Path(root), region=region if synthetic else None, names=sequences,
+                          images_root=images_root)
+    if not synthetic:
+        query_subsets = ()
+    descs = embed_sequences(model, runs, batch_size=batch_size, progress=progress, head=head)
+    metrics = evaluate_sequences(descs, runs, gt_cfg, query_subsets=query_subsets)
+    where = {"region": region, "world": str(root)} if synthetic else {"sequences": list(sequences), "root": str(root)}
     metrics["config"] = {
         "checkpoint": str(checkpoint),
         "model_kind": model.kind,
-        "region": region,
-        "world": str(world),
+        "source": source,
+        **where,
         "head": head,
         "batch_size": batch_size,
-        "runs": [seq.run for seq in sequences],
+        "runs": [seq.run for seq in runs],
         "occlusion_threshold": OCCLUSION_THRESHOLD,
         "ground_truth": gt_cfg.model_dump(),
     }
@@ -311,8 +324,9 @@ def run_evaluate(checkpoint: Path, world: Path, region: str = "test", out_dir: P
     curves = {"all queries": metrics["recall_curve"]}
     curves.update({name: result["recall_curve"] for name, result in metrics["subsets"].items()
                    if result["num_queries"]})
+    data_name = f"{region} region" if synthetic else source
     plot_recall_at_n(curves, out / "recall_at_n.png",
-                     title=f"Cross-run Recall@N ({model.kind}, {head} head, {region} region)")
-    examples = pick_examples(top1_matches(descs, sequences, evaluation_pairs(sequences, gt_cfg)))
-    plot_examples(examples, sequences, out / "matches.png")
+                     title=f"Cross-run Recall@N ({model.kind}, {head} head, {data_name})")
+    examples = pick_examples(top1_matches(descs, runs, evaluation_pairs(runs, gt_cfg)))
+    plot_examples(examples, runs, out / "matches.png")
     return metrics

@@ -5,7 +5,7 @@ z_j = s·(cos θ_j − m·[j = y]), loss = cross-entropy(z, y). Weights are init
 Defaults are MutualVPR's released code (``reference/mutualvpr.md`` §2.6): s = 60, m = 0.5; CosPlace
 uses s = 30, m = 0.4. Equal to pytorch-metric-learning's ``CosFaceLoss`` with the same weights (tested);
 kept as a module of our own because the classifier rows are read and re-ordered by the view-cluster
-alignment (``training.mutual``) and each place group has its own classifier and optimizer.
+alignment (``training.tasks.classification``) and each place group has its own classifier and optimizer.
 """
 
 from __future__ import annotations

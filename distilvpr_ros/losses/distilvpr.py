@@ -42,7 +42,6 @@ DEFAULT_SELF_WEIGHTS = (1.0, 1.0, 1.0)  # rkdg function defaults (§3.2)
 DEFAULT_CROSS_WEIGHTS = (0.1, 0.1, 0.1)  # README st2ss weights (§3.3)
 DEFAULT_TT2ST_WEIGHTS = (0.0, 0.0, 0.0)  # tt2st is off in the released commands (§3.3)
 OXFORD_SELF_WEIGHT = 10.0  # λ_S (§3.5)
-BOREAS_SELF_WEIGHT = 1.0
 
 
 def _per_manifold(weights: Iterable[float], what: str) -> dict[str, float]:

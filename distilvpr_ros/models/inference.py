@@ -3,7 +3,8 @@
 What a model needs comes from its input spec (``model.input_spec``, or the metadata an ONNX export
 carries): ``image`` → ``preprocess.image_to_tensor`` at the spec's size, ``cloud`` → the BEV pseudo-image
 of ``preprocess.cloud_to_bev``. :func:`model_inputs` is the only place that turns samples into network
-inputs; :func:`describe` the only place that runs a model. Descriptors are L2-normalised float32.
+inputs; :func:`embed_batch` the only place that runs a model on one batch, and :func:`run_in_batches` the
+one batched forward loop (used by the training code too). Descriptors are L2-normalised float32.
 
 ``head`` selects one of the raw outputs of a torch model's ``forward`` (``"fused"`` for every kind; the
 teacher also has ``"image"`` and ``"cloud"``). The teacher fuses by concatenation, so its ``"image"`` head
@@ -14,7 +15,7 @@ empty BEV is fed and only the ``"image"`` head is meaningful.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from ..models.vpr import InputSpec
 from .vpr import l2_normalize
 
 DEFAULT_HEAD = "fused"
+T = TypeVar("T")
 
 
 def input_spec_of(model: Any) -> InputSpec:
@@ -67,7 +69,7 @@ def model_inputs(spec: InputSpec, images: Sequence[np.ndarray | None],
     return feeds
 
 
-def describe(model: Any, feeds: dict[str, np.ndarray], head: str = DEFAULT_HEAD) -> np.ndarray:
+def embed_batch(model: Any, feeds: dict[str, np.ndarray], head: str = DEFAULT_HEAD) -> np.ndarray:
     """L2-normalised float32 ``B x D`` descriptors of one batch.
 
     A torch module is run as given (call :func:`embed_sequences` / :func:`embed_images` for eval mode)
@@ -87,24 +89,45 @@ def describe(model: Any, feeds: dict[str, np.ndarray], head: str = DEFAULT_HEAD)
     return l2_normalize(raw)
 
 
+def run_in_batches(model: Any, count: int, batch_size: int, step: Callable[[range], T], *, progress: bool = False,
+                   desc: str = "", unit: str = "frame") -> list[T]:
+    """``step(items)`` for consecutive ranges ``items`` of at most ``batch_size`` of ``0 .. count - 1``, in order.
+
+    The one batched forward loop of the package: ``step`` runs ``model`` on one batch and returns what to
+    keep (or None, e.g. after writing into a preallocated array). A torch ``model`` is in eval mode and
+    gradients are off for the duration; its mode is restored afterwards. ``progress`` shows a tqdm bar
+    counting items.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    is_module = isinstance(model, torch.nn.Module)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
+    out: list[T] = []
+    try:
+        with torch.no_grad(), tqdm(total=count, desc=desc, unit=unit, disable=not progress, leave=False) as bar:
+            for start in range(0, count, batch_size):
+                items = range(start, min(start + batch_size, count))
+                out.append(step(items))
+                bar.update(len(items))
+    finally:
+        if is_module:
+            model.train(was_training)
+    return out
+
+
 def _embed_batches(model: Any, count: int, load: Callable[[int], tuple[np.ndarray | None, np.ndarray | None]],
                    batch_size: int, head: str, desc: str, progress: bool) -> np.ndarray:
     """Descriptors of items ``0 .. count - 1``; ``load(i) -> (image, cloud)`` reads item i's sensor data."""
     spec = input_spec_of(model)
-    batches = [np.zeros((0, spec.descriptor_dim), dtype=np.float32)]  # the result when there are no items
-    was_training = getattr(model, "training", False)
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    try:
-        with tqdm(total=count, desc=desc, unit="frame", disable=not progress, leave=False) as bar:
-            for start in range(0, count, batch_size):
-                images, clouds = zip(*(load(i) for i in range(start, min(start + batch_size, count))))
-                batches.append(describe(model, model_inputs(spec, images, clouds), head))
-                bar.update(len(images))
-    finally:
-        if isinstance(model, torch.nn.Module):
-            model.train(was_training)
-    return np.concatenate(batches[1:] or batches)
+
+    def step(items: range) -> np.ndarray:
+        images, clouds = zip(*(load(i) for i in items))
+        return embed_batch(model, model_inputs(spec, images, clouds), head)
+
+    batches = run_in_batches(model, count, batch_size, step, progress=progress, desc=desc)
+    return np.concatenate(batches) if batches else np.zeros((0, spec.descriptor_dim), dtype=np.float32)
 
 
 def embed_sequences(model: Any, sequences: Iterable[SampleSequence], batch_size: int = 32,

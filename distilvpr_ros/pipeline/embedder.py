@@ -104,13 +104,13 @@ class Embedder:
 
     def __call__(self, image: np.ndarray | None = None, cloud: np.ndarray | None = None) -> np.ndarray:
         """``(dim,)`` float32 unit descriptor of one frame; ValueError for unusable inputs."""
-        from ..models.inference import describe, model_inputs
+        from ..models.inference import embed_batch, model_inputs
 
         if "image" in self.spec.inputs:
             check_image(image)
         if "cloud" in self.spec.inputs:
             cloud = check_cloud(cloud)
-        desc = describe(self.model, model_inputs(self.spec, [image], [cloud]))[0]
+        desc = embed_batch(self.model, model_inputs(self.spec, [image], [cloud]))[0]
         if desc.shape != (self.dim,) or not np.isfinite(desc).all():
             raise ValueError(f"{self.kind} produced an invalid descriptor (shape {desc.shape}, expected ({self.dim},))")
         return desc

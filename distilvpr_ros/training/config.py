@@ -16,11 +16,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import GroundTruthConfig, Section, load_yaml, merge_config
+from ..data.sources import DataSource
 from ..losses import DISTILL_METHODS
 from ..losses.task import STUDENT_HEAD_WEIGHTS, TEACHER_HEAD_WEIGHTS, TRIPLET_MARGIN
 from ..models.config import ModelConfig
 
-DataSource = Literal["synthetic", "bags", "oxford", "boreas", "kitti"]
 StudentKind = Literal["camera_student", "lidar_student"]
 
 

@@ -1,8 +1,8 @@
 """Training data: sequences → in-memory frames → per-element model inputs.
 
-* ``open_split`` reads the training or validation sequences a ``DataConfig`` names, with its run and
-  condition filters applied (``SequenceSubset`` keeps the ``Sequence`` protocol, so ground truth and
-  cross-run evaluation work on the filtered frames).
+* ``open_split`` reads the training or validation sequences a ``DataConfig`` names
+  (``data.sources.open_sequences``), with its run and condition filters applied
+  (``data.sources.filter_sequences``).
 * ``FrameStore`` reads every frame once: images resized to the network size as uint8 (320x240x3 =
   230 KB each), clean BEVs (3x64x64 float32 = 48 KB) and, when points are augmented, the clouds as
   x, y, z, intensity float32 cropped to the planar range an augmented point could still reach the BEV
@@ -15,6 +15,8 @@
 * ``disk_cached`` keeps such one-off tensors (frozen features, teacher embeddings) in a folder, keyed by
   everything they depend on (weights, frames, sizes, augmentation), so later runs on the same data
   (other seeds, other distillation methods, the teacher's own cache pass) load them in a second.
+* ``TrainingData`` puts it together for one model: training and validation frames, their datasets, and
+  the clean embeddings the tasks ask for (``training.tasks`` and ``training.trainer`` both read it).
 
 Everything runs in the training process (``num_workers=0``): after the first pass no disk is touched.
 """
@@ -23,9 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,101 +37,37 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..data.ground_truth import TrainingGroundTruth
-from ..data.sample import Sample, Sequence
-from ..data.synthetic import load_synthetic
+from ..data.sample import Sequence
+from ..data.sources import filter_sequences, open_sequences
 from ..models.config import BevConfig
 from ..models.image import ImageEncoder
+from ..models.inference import run_in_batches
 from ..models.preprocess import PIXEL_MAX, cloud_to_bev, image_to_tensor
+from ..models.vpr import VprModel
 from ..utils.fileio import atomic_write
 from .augment import ImageAugment, PointAugment
-from .config import DataConfig, GroundTruthConfig
+from .config import DataConfig, GroundTruthConfig, TrainConfig
+
+log = logging.getLogger(__name__)
 
 #: Cloud columns kept in memory: x, y, z, intensity.
 CLOUD_COLUMNS = 4
 
 
-class SequenceSubset:
-    """Some frames of a sequence, as a ``Sequence`` (``frames``: positions in the parent)."""
-
-    def __init__(self, parent: Sequence, frames: np.ndarray):
-        self.parent = parent
-        self.frames = np.asarray(frames, dtype=np.int64)
-        self.run = parent.run
-        self.timestamps = np.asarray(parent.timestamps)[self.frames]
-        self.poses = np.asarray(parent.poses)[self.frames]
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, i: int) -> Sample:
-        return self.parent[int(self.frames[i])]
-
-    def meta(self, i: int) -> dict:
-        """The parent's per-frame metadata (for parents that have it, e.g. synthetic runs)."""
-        return self.parent.meta(int(self.frames[i]))
-
-    def __repr__(self) -> str:
-        return f"SequenceSubset({self.run!r}, frames={len(self)})"
-
-
-def _frame_condition(seq: Sequence, i: int) -> str:
-    if not hasattr(seq, "meta"):
-        raise ValueError(f"{seq.run}: condition filters need per-frame metadata (synthetic worlds)")
-    return str(seq.meta(i)["condition"])
-
-
-def filter_sequences(
-    sequences: list[Sequence], runs: list[str] | None, conditions: list[str] | None
-) -> list[Sequence]:
-    """Keep the named runs and the frames in the named conditions (None = no filter); drop empty runs."""
-    out: list[Sequence] = []
-    for seq in sequences:
-        if runs is not None and seq.run not in runs:
-            continue
-        if conditions is not None:
-            frames = np.array([i for i in range(len(seq)) if _frame_condition(seq, i) in conditions], dtype=np.int64)
-            seq = SequenceSubset(seq, frames)
-        if len(seq):
-            out.append(seq)
-    return out
-
-
 def open_split(cfg: DataConfig, split: str) -> list[Sequence]:
-    """The training (``split="train"``) or validation (``"val"``) sequences of a data config."""
+    """The training (``split="train"``) or validation (``"val"``) sequences of a data config, filtered."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if cfg.root is None:
         raise ValueError("data.root is not set (a generated world folder or a dataset root)")
-    if cfg.source == "synthetic":
-        region = cfg.train_region if split == "train" else cfg.val_region
-        sequences: list[Sequence] = list(load_synthetic(cfg.root, regions={region}))
-    else:
-        names = cfg.train_sequences if split == "train" else cfg.val_sequences
-        sequences = [_open_sequence(cfg.source, cfg.root, name, cfg.images_root) for name in names]
-    runs = cfg.train_runs if split == "train" else cfg.val_runs
-    conditions = cfg.train_conditions if split == "train" else cfg.val_conditions
-    sequences = filter_sequences(sequences, runs, conditions)
+    train = split == "train"
+    sequences = open_sequences(cfg.source, cfg.root, region=cfg.train_region if train else cfg.val_region,
+                               names=cfg.train_sequences if train else cfg.val_sequences, images_root=cfg.images_root)
+    sequences = filter_sequences(sequences, cfg.train_runs if train else cfg.val_runs,
+                                 cfg.train_conditions if train else cfg.val_conditions)
     if not sequences:
         raise ValueError(f"no {split} frames left in {cfg.root} after the run/condition filters")
     return sequences
-
-
-def _open_sequence(source: str, root, name: str, images_root=None) -> Sequence:
-    if source == "oxford":
-        from ..data.readers.oxford import OxfordRun
-
-        return OxfordRun(Path(root), name, images_root=images_root)
-    if source == "bags":
-        from ..data.rosbag_io import BagSequence
-
-        return BagSequence(Path(root) / name, run=Path(name).stem)
-    if source == "boreas":
-        from ..data.readers.boreas import BoreasSequence
-
-        return BoreasSequence(root, name)
-    from ..data.readers.kitti import KittiSequence
-
-    return KittiSequence(root, name)
 
 
 class FrameStore:
@@ -272,7 +212,6 @@ class VprDataset(torch.utils.data.Dataset):
         return torch.utils.data.default_collate([self[int(i)] for i in indices])
 
 
-@torch.no_grad()
 def build_feature_cache(
     encoder: ImageEncoder,
     store: FrameStore,
@@ -289,21 +228,22 @@ def build_feature_cache(
     """
     if copies and augment is None:
         raise ValueError("augmented feature copies need an image augmentation")
-    was_training = encoder.training
-    encoder.eval()
     n, k = len(store), max(1, copies)
     cache: torch.Tensor | None = None
-    steps = [(c, start) for c in range(k) for start in range(0, n, batch_size)]
-    for c, start in tqdm(steps, desc="caching frozen image features", disable=not progress, leave=False):
-        indices = range(start, min(start + batch_size, n))
-        images = [store.image(i) for i in indices]
-        if copies:
-            images = [augment(image, np.random.default_rng([seed, 1 << 20, c, i])) for image, i in zip(images, indices)]
-        features = encoder.frozen_features(torch.stack(images))
-        if cache is None:
-            cache = torch.empty((n, k, *features.shape[1:]), dtype=features.dtype)
-        cache[start : start + len(features), c] = features
-    encoder.train(was_training)
+    for c in range(k):
+        def step(items: range, c: int = c) -> None:
+            nonlocal cache
+            images = [store.image(i) for i in items]
+            if copies:
+                images = [augment(image, np.random.default_rng([seed, 1 << 20, c, i]))
+                          for image, i in zip(images, items)]
+            features = encoder.frozen_features(torch.stack(images))
+            if cache is None:
+                cache = torch.empty((n, k, *features.shape[1:]), dtype=features.dtype)
+            cache[items.start : items.start + len(features), c] = features
+
+        desc = "caching frozen image features" + (f" (copy {c + 1}/{k})" if copies else "")
+        run_in_batches(encoder, n, batch_size, step, progress=progress, desc=desc)
     return cache
 
 
@@ -359,3 +299,89 @@ def disk_cached(cache_dir: Path | None, key: dict, compute: Callable[[], torch.T
     with atomic_write(path) as tmp:
         save_file({"tensor": value.contiguous()}, str(tmp), metadata={"key": text})
     return value
+
+
+# --- what the trainer and the tasks read ----------------------------------------------------------------
+
+
+def uses_feature_cache(cfg: TrainConfig, model: VprModel) -> bool:
+    """``feature_cache.enabled`` and ``model`` has an image encoder with frozen stages."""
+    encoder = getattr(model, "image_encoder", None)
+    return cfg.feature_cache.enabled and isinstance(encoder, ImageEncoder) and encoder.freeze_stages > 0
+
+
+def frozen_features(cfg: TrainConfig, encoder: ImageEncoder, store: FrameStore, copies: int = 0,
+                    augment: ImageAugment | None = None) -> torch.Tensor:
+    """``build_feature_cache`` of a store, kept in ``feature_cache.dir`` across runs when that is set."""
+    key = frozen_features_key(encoder, store.sequences, store.image_size, copies, cfg.seed,
+                              cfg.augment.model_dump(mode="json"))
+    return disk_cached(cfg.feature_cache.dir, key, lambda: build_feature_cache(
+        encoder, store, copies, augment, cfg.seed, batch_size=cfg.eval_batch_size, progress=cfg.progress))
+
+
+@contextmanager
+def taking_features(model: VprModel, cached: bool) -> Iterator[None]:
+    """Within this block ``model`` takes cached frozen features as ``image`` when ``cached``."""
+    if cached:
+        with model.image_encoder.frozen_input():
+            yield
+    else:
+        yield
+
+
+class TrainingData:
+    """The training and validation frames and the datasets that feed ``model`` from them.
+
+    Training inputs are augmented as ``cfg.augment`` says; with the feature cache the image input is the
+    cached frozen-trunk output (clean, or one of K augmented copies). Validation inputs are clean.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: VprModel, train_sequences=None, val_sequences=None):
+        self.train_sequences = train_sequences if train_sequences is not None else open_split(cfg.data, "train")
+        self.val_sequences = val_sequences if val_sequences is not None else open_split(cfg.data, "val")
+        spec = model.input_spec
+        image_size = spec.image_size if "image" in spec.inputs else None
+        bev = spec.bev if "cloud" in spec.inputs else None
+        point_augment = PointAugment(cfg.augment) if cfg.augment.points and bev is not None else None
+        image_augment = ImageAugment(cfg.augment) if cfg.augment.image else None
+        keep_clouds = reachable_radius(bev, point_augment) if point_augment is not None else None
+        self.train_store = FrameStore(self.train_sequences, image_size, bev, keep_clouds)
+        self.val_store = FrameStore(self.val_sequences, image_size, bev)
+        self.ground_truth = self.train_store.ground_truth(cfg.ground_truth)
+        self.cfg = cfg
+        self.cached = image_size is not None and uses_feature_cache(cfg, model)
+        self.copies = 0
+        self._clean_train: VprDataset | None = None
+        train_features = val_features = None
+        if self.cached:
+            copies = self.copies = cfg.feature_cache.augmented_copies if image_augment is not None else 0
+            if image_augment is not None and not copies:
+                log.info("image augmentation is off: the feature cache holds clean images "
+                         "(feature_cache.augmented_copies > 0 caches augmented ones)")
+            train_features = frozen_features(cfg, model.image_encoder, self.train_store, copies, image_augment)
+            val_features = frozen_features(cfg, model.image_encoder, self.val_store)
+            image_augment = None  # applied (or not) inside the cache
+        self.train = VprDataset(self.train_store, spec.inputs, cfg.seed, image_augment, point_augment, train_features)
+        self.val = VprDataset(self.val_store, spec.inputs, cfg.seed, image_features=val_features)
+
+    def model_inputs(self, model: VprModel):
+        """Context within which ``model`` takes what the datasets yield (cached features for images)."""
+        return taking_features(model, self.cached)
+
+    def embed(self, model: VprModel, indices: list[int], batch_size: int) -> dict[str, torch.Tensor]:
+        """Every output head of ``model`` (eval mode) on the **clean** inputs of training elements."""
+        if self._clean_train is None:
+            features = self.train.image_features
+            if self.cached and self.copies:
+                features = frozen_features(self.cfg, model.image_encoder, self.train_store)
+            self._clean_train = VprDataset(self.train_store, model.input_spec.inputs, self.cfg.seed,
+                                           image_features=features)
+        inputs = model.input_spec.inputs
+
+        def step(items: range) -> dict[str, torch.Tensor]:
+            batch = self._clean_train.batch([indices[j] for j in items])
+            return model(**{name: batch[name] for name in inputs})
+
+        with self.model_inputs(model):
+            outputs = run_in_batches(model, len(indices), batch_size, step)
+        return {head: torch.cat([out[head] for out in outputs]) for head in (outputs[0] if outputs else {})}

@@ -1,9 +1,10 @@
 """Multi-process / multi-machine training on ``torch.distributed`` (DDP, gloo backend on CPU).
 
-Launch the ordinary trainer under ``torchrun``; it detects ``WORLD_SIZE > 1`` from the environment::
+Launch the ordinary ``distilvpr`` command under ``torchrun``; it detects ``WORLD_SIZE > 1`` from the
+environment (distributed runs need ``--out``: every rank must write to the same run folder)::
 
-    python -m torch.distributed.run --nproc_per_node 2 -m distilvpr_ros.training.trainer teacher cfg.yaml
-    # several machines: --nnodes N --node_rank R --master_addr HOST --master_port PORT
+    torchrun --standalone --nproc_per_node 2 -m distilvpr_ros.cli train-teacher --config cfg.yaml --out runs/t
+    # several machines: --nnodes N --node_rank R --master_addr HOST --master_port PORT instead of --standalone
 
 Design: **the loss is the single-process loss of the whole sampler batch.**
 

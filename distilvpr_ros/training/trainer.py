@@ -6,8 +6,9 @@ frozen, embeds every training frame **once** (clean by default, one augmented dr
 with ``distill.teacher_cache: augmented``), then a camera (or LiDAR) student trains with
 0.5·triplet(s) + weight·distill(s, cached t) under the same geographic masks. Both share ``fit``:
 
-* batches and the task loss from a task (``training.tasks``): ``PairBatchSampler`` pairs + triplet, or
-  MutualVPR/CosPlace classification (``training.mutual``, ``loss.task: cosface``); masks from
+* batches and the task loss from a task (the ``training.tasks.Task`` protocol): ``PairBatchSampler`` pairs +
+  triplet, or MutualVPR/CosPlace classification (``training.tasks.classification``, ``loss.task: cosface``);
+  frames and datasets from ``training.data.TrainingData``; masks from
   ``TrainingGroundTruth.batch_masks``; batches without any triplet are skipped before the forward;
 * with ``feature_cache.enabled`` and frozen image stages, the frozen trunk runs once per image and the
   steps run only the trainable tail (``ImageEncoder.frozen_input``); with ``feature_cache.dir`` those
@@ -41,19 +42,20 @@ import torch
 from tqdm import tqdm
 
 from ..config import dump_config
-from ..evaluation.evaluate import evaluate_sequences
+from ..data.ground_truth import cross_run_pairs
+from ..evaluation.metrics import average_recalls, recall_at_n
 from ..losses import make_distill_loss
 from ..models import build_model, l2_normalize
-from ..models.image import ImageEncoder
+from ..models.checkpoint import load_checkpoint, load_model, save_model_checkpoint
+from ..models.inference import run_in_batches
 from ..models.vpr import VprModel
 from ..utils.results import make_run_dir, write_json
-from ..models.checkpoint import load_checkpoint, load_model, save_model_checkpoint
 from .augment import ImageAugment, PointAugment
 from .config import TrainConfig
-from .data import (FrameStore, VprDataset, build_feature_cache, disk_cached, frames_fingerprint, frozen_features_key,
-                   open_split, reachable_radius, weights_fingerprint)
+from .data import (FrameStore, TrainingData, VprDataset, disk_cached, frames_fingerprint, frozen_features,
+                   reachable_radius, taking_features, uses_feature_cache, weights_fingerprint)
 from .distributed import DistEnv, gather_batch, init_distributed, shard, shutdown_distributed, wrap_model
-from .tasks import TaskBatch, make_task
+from .tasks import Task, TaskBatch, make_task
 
 log = logging.getLogger(__name__)
 
@@ -143,90 +145,6 @@ def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def _uses_feature_cache(cfg: TrainConfig, model: VprModel) -> bool:
-    encoder = getattr(model, "image_encoder", None)
-    return cfg.feature_cache.enabled and isinstance(encoder, ImageEncoder) and encoder.freeze_stages > 0
-
-
-def _frozen_features(cfg: TrainConfig, encoder: ImageEncoder, store: FrameStore, copies: int = 0,
-                     augment: ImageAugment | None = None) -> torch.Tensor:
-    """``build_feature_cache`` of a store, kept in ``feature_cache.dir`` across runs when that is set."""
-    key = frozen_features_key(encoder, store.sequences, store.image_size, copies, cfg.seed,
-                              cfg.augment.model_dump(mode="json"))
-    return disk_cached(cfg.feature_cache.dir, key, lambda: build_feature_cache(
-        encoder, store, copies, augment, cfg.seed, batch_size=cfg.eval_batch_size, progress=cfg.progress))
-
-
-@contextmanager
-def _taking_features(model: VprModel, cached: bool) -> Iterator[None]:
-    """Within this block ``model`` takes cached frozen features as ``image`` when ``cached``."""
-    if cached:
-        with model.image_encoder.frozen_input():
-            yield
-    else:
-        yield
-
-
-class TrainingData:
-    """The training and validation frames and the datasets that feed ``model`` from them.
-
-    Training inputs are augmented as ``cfg.augment`` says; with the feature cache the image input is the
-    cached frozen-trunk output (clean, or one of K augmented copies). Validation inputs are clean.
-    """
-
-    def __init__(self, cfg: TrainConfig, model: VprModel, train_sequences=None, val_sequences=None):
-        self.train_sequences = train_sequences if train_sequences is not None else open_split(cfg.data, "train")
-        self.val_sequences = val_sequences if val_sequences is not None else open_split(cfg.data, "val")
-        spec = model.input_spec
-        image_size = spec.image_size if "image" in spec.inputs else None
-        bev = spec.bev if "cloud" in spec.inputs else None
-        point_augment = PointAugment(cfg.augment) if cfg.augment.points and bev is not None else None
-        image_augment = ImageAugment(cfg.augment) if cfg.augment.image else None
-        keep_clouds = reachable_radius(bev, point_augment) if point_augment is not None else None
-        self.train_store = FrameStore(self.train_sequences, image_size, bev, keep_clouds)
-        self.val_store = FrameStore(self.val_sequences, image_size, bev)
-        self.ground_truth = self.train_store.ground_truth(cfg.ground_truth)
-        self.cfg = cfg
-        self.cached = image_size is not None and _uses_feature_cache(cfg, model)
-        self.copies = 0
-        self._clean_train: VprDataset | None = None
-        train_features = val_features = None
-        if self.cached:
-            copies = self.copies = cfg.feature_cache.augmented_copies if image_augment is not None else 0
-            if image_augment is not None and not copies:
-                log.info("image augmentation is off: the feature cache holds clean images "
-                         "(feature_cache.augmented_copies > 0 caches augmented ones)")
-            train_features = _frozen_features(cfg, model.image_encoder, self.train_store, copies, image_augment)
-            val_features = _frozen_features(cfg, model.image_encoder, self.val_store)
-            image_augment = None  # applied (or not) inside the cache
-        self.train = VprDataset(self.train_store, spec.inputs, cfg.seed, image_augment, point_augment, train_features)
-        self.val = VprDataset(self.val_store, spec.inputs, cfg.seed, image_features=val_features)
-
-    def model_inputs(self, model: VprModel):
-        """Context within which ``model`` takes what the datasets yield (cached features for images)."""
-        return _taking_features(model, self.cached)
-
-    @torch.no_grad()
-    def embed(self, model: VprModel, indices: list[int], batch_size: int) -> dict[str, torch.Tensor]:
-        """Every output head of ``model`` (eval mode) on the **clean** inputs of training elements."""
-        if self._clean_train is None:
-            features = self.train.image_features
-            if self.cached and self.copies:
-                features = _frozen_features(self.cfg, model.image_encoder, self.train_store)
-            self._clean_train = VprDataset(self.train_store, model.input_spec.inputs, self.cfg.seed,
-                                           image_features=features)
-        was_training = model.training
-        model.eval()
-        out: dict[str, list[torch.Tensor]] = defaultdict(list)
-        with self.model_inputs(model):
-            for start in range(0, len(indices), batch_size):
-                batch = self._clean_train.batch(indices[start : start + batch_size])
-                for head, value in model(**{name: batch[name] for name in model.input_spec.inputs}).items():
-                    out[head].append(value)
-        model.train(was_training)
-        return {head: torch.cat(values) for head, values in out.items()}
-
-
 def compute_teacher_cache(teacher: VprModel, cfg: TrainConfig, sequences, env: DistEnv) -> torch.Tensor:
     """Raw teacher descriptors (``N x D``) of every training frame, computed once before training.
 
@@ -242,55 +160,57 @@ def compute_teacher_cache(teacher: VprModel, cfg: TrainConfig, sequences, env: D
     return disk_cached(cfg.feature_cache.dir, key, lambda: _embed_teacher(teacher, cfg, sequences, env, augmented))
 
 
-@torch.no_grad()
 def _embed_teacher(teacher: VprModel, cfg: TrainConfig, sequences, env: DistEnv, augmented: bool) -> torch.Tensor:
     spec = teacher.input_spec
     point_augment = PointAugment(cfg.augment) if augmented and cfg.augment.points else None
     image_augment = ImageAugment(cfg.augment) if augmented and cfg.augment.image else None
     keep_clouds = reachable_radius(spec.bev, point_augment) if point_augment is not None else None
     store = FrameStore(sequences, spec.image_size, spec.bev, keep_clouds)
-    cached = image_augment is None and _uses_feature_cache(cfg, teacher)
-    features = _frozen_features(cfg, teacher.image_encoder, store) if cached else None
+    cached = image_augment is None and uses_feature_cache(cfg, teacher)
+    features = frozen_features(cfg, teacher.image_encoder, store) if cached else None
     dataset = VprDataset(store, spec.inputs, cfg.seed, image_augment, point_augment, features)
     dataset.set_epoch(TEACHER_CACHE_EPOCH)
-    teacher.eval()
-    batches = range(0, len(dataset), cfg.eval_batch_size)
-    out = []
-    with _taking_features(teacher, cached):
-        for start in tqdm(batches, desc="teacher cache", disable=not (cfg.progress and env.is_main), leave=False):
-            batch = dataset.batch(range(start, min(start + cfg.eval_batch_size, len(dataset))))
-            out.append(teacher(**{name: batch[name] for name in spec.inputs})["fused"])
+    with taking_features(teacher, cached):
+        out = run_in_batches(teacher, len(dataset), cfg.eval_batch_size, _fused_step(teacher, dataset),
+                             progress=cfg.progress and env.is_main, desc="teacher cache")
     return torch.cat(out)
+
+
+def _fused_step(model: VprModel, dataset: VprDataset) -> Callable[[range], torch.Tensor]:
+    """A ``run_in_batches`` step: the raw ``"fused"`` output of ``model`` on some elements of ``dataset``."""
+    def step(items: range) -> torch.Tensor:
+        batch = dataset.batch(items)
+        return model(**{name: batch[name] for name in model.input_spec.inputs})["fused"]
+    return step
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def validate(model: VprModel, data: TrainingData, cfg: TrainConfig) -> dict[str, float]:
-    """Cross-run retrieval on the validation frames: AR@N over ordered run pairs, ``val/``-prefixed."""
-    dataset = data.val
-    was_training = model.training
-    model.eval()
-    descriptors = []
+    """Cross-run retrieval on the validation frames: AR@N over ordered run pairs, ``val/``-prefixed.
+
+    The same numbers as ``evaluation.evaluate.evaluate_sequences`` (overall block), from the metric
+    functions themselves: Recall@N per ordered (database, query) run pair, averaged over pairs.
+    """
     with data.model_inputs(model):
-        for start in range(0, len(dataset), cfg.eval_batch_size):
-            batch = dataset.batch(range(start, min(start + cfg.eval_batch_size, len(dataset))))
-            descriptors.append(model(**{name: batch[name] for name in model.input_spec.inputs})["fused"])
-    model.train(was_training)
+        descriptors = run_in_batches(model, len(data.val), cfg.eval_batch_size, _fused_step(model, data.val))
     descriptors = l2_normalize(torch.cat(descriptors).numpy())
     offsets = np.cumsum([0] + [len(seq) for seq in data.val_sequences])
     per_run = [descriptors[offsets[r] : offsets[r + 1]] for r in range(len(data.val_sequences))]
-    metrics = evaluate_sequences(per_run, data.val_sequences, cfg.ground_truth)
+    per_pair = [recall_at_n(per_run[pair.query] @ per_run[pair.database].T, pair.true_matches)
+                for pair in cross_run_pairs(list(data.val_sequences), cfg.ground_truth)]
+    metrics = average_recalls(per_pair)
     if not metrics["num_pairs"]:
         raise ValueError("validation needs at least two runs (cross-run evaluation)")
-    return {f"val/{key}": value for key, value in metrics.items() if key.startswith("recall@") or key == "num_pairs"}
+    return {f"val/{key}": value for key, value in metrics.items() if key.startswith("recall@")} | {
+        "val/num_pairs": int(metrics["num_pairs"])}
 
 
 # --- the loop -----------------------------------------------------------------------------------------
 
 
-def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups: list[dict], task,
+def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups: list[dict], task: Task,
         data: TrainingData, loss_fn: LossFn | None = None) -> Path:
     """Train ``model`` for ``cfg.optim.epochs`` epochs; returns the run folder.
 
@@ -370,7 +290,7 @@ def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups
     return run_dir
 
 
-def _unscale_task_grads(task, env: DistEnv) -> None:
+def _unscale_task_grads(task: Task, env: DistEnv) -> None:
     """Task parameters are not DDP-wrapped: each rank holds the full global-batch gradient, times
     ``loss_scale``; undo that factor (a no-op in one process)."""
     if env.loss_scale == 1.0:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ...evaluation.metrics import recall_at_n
 from ..errors import DataError
 from ..files import read_image_file
 
@@ -87,10 +86,3 @@ class VPRBenchDataset:
                 raise DataError(path, f"similarity matrix has shape {matrix.shape}, expected {shape}")
             matrices[path.stem] = matrix
         return matrices
-
-    def peer_recall(self, n: int = 1) -> dict[str, float]:
-        """Recall@n of each peer method, computed from its similarity matrix and the ground truth."""
-        return {
-            name: recall_at_n(sim, self.ground_truth, ns=(n,))[f"recall@{n}"]
-            for name, sim in self.peer_similarity().items()
-        }
