@@ -191,8 +191,10 @@ class BagWriter:
         self._write(self.topics.cloud, POINTCLOUD2, t, msg)
 
     def write_odom(
-        self, t: float, pose: np.ndarray, linear_velocity: float = 0.0, angular_velocity: float = 0.0
+        self, t: float, pose: np.ndarray, linear_velocity: float = 0.0, angular_velocity: float = 0.0,
+        topic: str | None = None,
     ) -> None:
+        """Odometry at ``t`` on ``topic`` (default: ``topics.odom``)."""
         T = self._types
         values = pose_to_msg_fields(pose)
         pose_msg = T["geometry_msgs/msg/Pose"](
@@ -209,7 +211,7 @@ class BagWriter:
             pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose_msg, covariance=np.zeros(36)),
             twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36)),
         )
-        self._write(self.topics.odom, ODOMETRY, t, msg)
+        self._write(topic or self.topics.odom, ODOMETRY, t, msg)
 
     def write_gps(self, t: float, latitude: float, longitude: float, altitude: float) -> None:
         T = self._types

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
 
 from ...config import Section
 from ..errors import DataError
@@ -172,6 +172,28 @@ class GeoConfig(Section):
     start_date: str = Field("2024-06-03", description="date of run day 0 (UTC, YYYY-MM-DD)")
 
 
+class OdometryDriftConfig(Section):
+    """Drifting odometry written beside the ground-truth ``/odom`` (see :mod:`.drift` for the model).
+
+    Per odometry step ``k`` (relative ground-truth motion of length ``d_k`` m over ``dt_k`` s), the
+    travelled distance is scaled by ``1 + s_k`` and the heading turns by an extra ``b_k * dt_k``;
+    ``s`` and ``b`` start at the values below and random-walk (seeded per run).
+    """
+
+    topic: str = Field("/odom_drift", description="nav_msgs/Odometry topic of the drifting odometry in the bags")
+    scale_error: float = Field(0.02, gt=-1, description="initial relative error of the travelled distance (+0.02: "
+                               "odometry reports 2 % more than driven)")
+    scale_walk_per_sqrt_m: float = Field(
+        5e-4, ge=0, description="random-walk std of the scale error, per sqrt(metre) travelled")
+    yaw_bias_deg_s: float = Field(0.02, description="initial yaw-rate bias (deg/s, counter-clockwise positive)")
+    yaw_bias_walk_deg_s_per_sqrt_s: float = Field(
+        2e-3, ge=0, description="random-walk std of the yaw-rate bias (deg/s), per sqrt(second)")
+    translation_noise_m_per_sqrt_m: float = Field(
+        0.0, ge=0, description="white planar (x, y) noise of each step (m), per sqrt(metre) of the step")
+    yaw_noise_deg_per_sqrt_m: float = Field(
+        0.0, ge=0, description="white heading noise of each step (deg), per sqrt(metre) of the step")
+
+
 class WorldConfig(Section):
     """Everything that determines a generated world; same config + seed -> same bytes."""
 
@@ -196,6 +218,10 @@ class WorldConfig(Section):
     runs: list[RunConfig] = Field(
         default_factory=lambda: [RunConfig()], min_length=1, description="traversals to render"
     )
+    odometry_drift: OdometryDriftConfig | None = Field(
+        None, description="also write drifting odometry (OdometryDriftConfig.topic) into the bags; None: only the "
+        "ground-truth /odom"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "WorldConfig":
@@ -207,6 +233,14 @@ class WorldConfig(Section):
         if len(set(ids)) != len(ids):
             raise ValueError(f"run names must be unique, got {ids}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # Without drift the dump (world.json, the demo's world cache key) is what it was before the option existed.
+        data = handler(self)
+        if data.get("odometry_drift", "") is None:
+            del data["odometry_drift"]
+        return data
 
     def run_ids(self) -> list[str]:
         """Folder names of the runs, in order."""
