@@ -266,6 +266,34 @@ def bag_summary(path: Path) -> dict[str, Any]:
     }
 
 
+def read_odometry(path: Path, topic: str = "/odom") -> tuple[np.ndarray, np.ndarray]:
+    """(N,) stamps and (N, 4, 4) poses of every ``nav_msgs/Odometry`` message on ``topic``, in stamp order.
+
+    Stamps are header stamps (the log time where a header stamp is zero); duplicates keep the first.
+    """
+    path = Path(path)
+    reader = _open_reader(path)
+    try:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            odoms = sorted({c.topic for c in reader.connections if c.msgtype == ODOMETRY}) or ["none"]
+            raise DataError(path, f"no topic {topic}; odometry topics in the bag: {', '.join(odoms)}")
+        if conns[0].msgtype != ODOMETRY:
+            raise DataError(path, f"topic {topic} has type {conns[0].msgtype}, expected {ODOMETRY}")
+        stamps, poses = [], []
+        for conn, log_ns, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            stamp = stamp_to_sec(msg.header.stamp)
+            stamps.append(stamp if stamp > 0 else log_ns * 1e-9)
+            poses.append(odometry_to_pose(msg))
+    finally:
+        reader.close()
+    if not stamps:
+        raise DataError(path, f"odometry topic {topic} has no messages")
+    keep = _sorted_unique(np.array(stamps), f"odometry ({topic})", path)
+    return np.array(stamps)[keep], np.stack(poses)[keep]
+
+
 def track_poses(t: np.ndarray, xyz: np.ndarray, min_speed: float = 0.5) -> np.ndarray:
     """Poses along a position track, yaw = direction of travel (roll = pitch = 0).
 
