@@ -23,7 +23,8 @@ Robust kernels (``robust``):
   (``accept_probability``), else it is reported *down-weighted* with the weight it ended with. Cauchy's
   influence fades for large residuals; Huber's stays constant, so a few confident wrong loops still bend
   the map under Huber (benchmarks/pose_graph.py measures both).
-* ``none``: plain least squares (for comparison); acceptance as for Huber.
+* ``none``: plain least squares (for comparison): every valid loop is accepted at full weight (its
+  ``chi2`` still says how well it fits).
 
 Loops that cannot enter the graph are *rejected* with a reason (:func:`.loops.check_loop`, an unknown
 stamp); the graph is built and optimised without them.
@@ -220,7 +221,7 @@ def optimize_pose_graph(stamps: np.ndarray, poses: np.ndarray, loops: list[LoopC
             why = f"GNC weight {out.weight:.2f} (residual chi2 {out.chi2:.3g})"
         else:
             out.weight = 1.0 if kernel is None else float(kernel.weight(np.sqrt(out.chi2)))
-            ok = out.chi2 <= gate
+            ok = kernel is None or out.chi2 <= gate  # without a kernel every loop is in the graph at full weight
             why = f"residual chi2 {out.chi2:.3g} > {gate:.3g} (weight {out.weight:.2g})"
         out.status = ACCEPTED if ok else DOWN_WEIGHTED
         out.reason = "" if ok else why
