@@ -145,18 +145,19 @@ def test_known_loop_recovers_ground_truth(drifting_square):
     assert res.error_final < 1e-2 * res.error_initial
 
 
-@pytest.mark.parametrize("robust", ["gnc", "cauchy", "huber"])
-def test_planted_wrong_loop_is_down_weighted(drifting_square, robust):
+@pytest.mark.parametrize("robust, prescreen", [("gnc", 10.0), ("gnc", 0.0), ("cauchy", 0.0), ("huber", 0.0)])
+def test_planted_wrong_loop_is_down_weighted(drifting_square, robust, prescreen):
     stamps, gt, odom = drifting_square
     good = loops_from_ground_truth(stamps, gt, radius_m=0.5, min_gap_s=20.0, max_loops=10,
                                    sigma_translation_m=0.01, sigma_rotation_deg=0.05, seed=0)
     bad = wrong_loops(stamps, gt, 1, min_distance_m=30.0, min_gap_s=10.0, sigma_translation_m=0.01,
                       sigma_rotation_deg=0.05, seed=4)
-    cfg = PoseGraphConfig(robust=robust)
+    cfg = PoseGraphConfig(robust=robust, gnc_prescreen_factor=prescreen)
     clean = optimize_pose_graph(stamps, odom, good, cfg)
     res = optimize_pose_graph(stamps, odom, good + bad, cfg)
     wrong = res.loops[-1]
-    assert wrong.status == DOWN_WEIGHTED and wrong.weight < 0.01 and wrong.reason
+    assert wrong.status == DOWN_WEIGHTED and wrong.weight < 0.01 and wrong.chi2 > 100
+    assert ("pre-screen" in wrong.reason) == (robust == "gnc" and prescreen > 0)
     assert all(o.status == ACCEPTED for o in res.loops[:-1])
     plain = optimize_pose_graph(stamps, odom, good + bad, PoseGraphConfig(robust="none"))
     assert [o.status for o in plain.loops] == [ACCEPTED] * len(plain.loops)  # no kernel: everything counts

@@ -17,6 +17,11 @@ Robust kernels (``robust``):
   The inlier threshold is the chi-square quantile ``gnc_inlier_probability`` of the loop's 6 DoF.
   GNC raises its non-convexity by ``gnc_mu_step`` per outer iteration (gtsam's default 1.4 takes about
   twice as many Levenberg-Marquardt solves as 2.0 for the same answer on the benchmark).
+  Pre-screen (``gnc_prescreen_factor`` > 0, the default): a Cauchy solve first (below); loops whose
+  residual there exceeds ``gnc_prescreen_factor`` times the acceptance gate are *down-weighted* before GNC
+  (reason ``pre-screen``), and GNC starts from the Cauchy solution with the rest. Gross outliers would
+  otherwise set GNC's initial non-convexity so low that it needs ~17 outer iterations instead of ~0-15
+  (1.7 s instead of ~0.2 s CPU for 1000 keyframes, 100 right + 10 wrong loops; benchmarks/pose_graph.py).
 * ``cauchy`` / ``huber``: one Levenberg-Marquardt solve with a Cauchy / Huber M-estimator (``cauchy_k`` /
   ``huber_k``, on the whitened residual norm) on the loops only. These never remove a loop: a loop is
   *accepted* when its Mahalanobis residual at the optimum passes the chi-square gate
@@ -59,6 +64,9 @@ class PoseGraphConfig(Section):
         0.99, gt=0, lt=1, description="GNC: a loop is an inlier when its residual is within this chi-square(6) "
         "quantile")
     gnc_mu_step: float = Field(2.0, gt=1, description="GNC: factor by which the non-convexity grows per iteration")
+    gnc_prescreen_factor: float = Field(
+        10.0, ge=0, description="GNC: loops whose residual chi-square after a Cauchy solve exceeds this multiple of "
+        "the acceptance gate leave the graph before GNC, which starts from that solve (0: no pre-screen)")
     cauchy_k: float = Field(3.0, gt=0, description="Cauchy: scale of the whitened residual norm of a loop")
     huber_k: float = Field(3.0, gt=0, description="Huber: threshold on the whitened residual norm of a loop")
     accept_probability: float = Field(
@@ -118,16 +126,12 @@ def odometry_covariance(step: np.ndarray, cfg: PoseGraphConfig) -> np.ndarray:
     return np.diag([sr**2] * 3 + [st**2] * 3)
 
 
-def _keyframe_of(stamps: np.ndarray, t: float, tol: float) -> tuple[int, float]:
-    i = int(np.clip(np.searchsorted(stamps, t), 1, len(stamps) - 1)) if len(stamps) > 1 else 0
-    if len(stamps) > 1 and abs(stamps[i - 1] - t) <= abs(stamps[i] - t):
+def _keyframe_of(stamps: np.ndarray, t: float) -> tuple[int, float]:
+    """Index of the keyframe nearest to ``t`` and how far (s) its stamp is."""
+    i = int(np.clip(np.searchsorted(stamps, t), 1, len(stamps) - 1))
+    if abs(stamps[i - 1] - t) <= abs(stamps[i] - t):
         i -= 1
     return i, abs(float(stamps[i]) - t)
-
-
-def _residual_chi2(values: gtsam.Values, i: int, j: int, measured: gtsam.Pose3, info: np.ndarray) -> float:
-    e = gtsam.Pose3.Logmap(measured.between(values.atPose3(i).between(values.atPose3(j))))
-    return float(e @ info @ e)
 
 
 def _check_odometry(stamps: np.ndarray, poses: np.ndarray) -> None:
@@ -155,27 +159,24 @@ def optimize_pose_graph(stamps: np.ndarray, poses: np.ndarray, loops: list[LoopC
     _check_odometry(stamps, poses)
     t0 = time.perf_counter()
     n = len(poses)
-    graph, initial = gtsam.NonlinearFactorGraph(), gtsam.Values()
+    odometry, initial = gtsam.NonlinearFactorGraph(), gtsam.Values()
     for k in range(n):
         initial.insert(k, gtsam.Pose3(poses[k]))
-    graph.add(gtsam.PriorFactorPose3(0, gtsam.Pose3(poses[0]), gtsam.noiseModel.Isotropic.Sigma(6, cfg.prior_sigma)))
+    odometry.add(gtsam.PriorFactorPose3(0, gtsam.Pose3(poses[0]), gtsam.noiseModel.Isotropic.Sigma(6, cfg.prior_sigma)))
     for k in range(1, n):
         step = np.linalg.solve(poses[k - 1], poses[k])
         cov = odometry_covariance(step, cfg) if odom_covariances is None else \
             np.asarray(odom_covariances[k - 1], dtype=float)[np.ix_(_ROS_TO_GTSAM, _ROS_TO_GTSAM)]
-        graph.add(gtsam.BetweenFactorPose3(k - 1, k, gtsam.Pose3(step), gtsam.noiseModel.Gaussian.Covariance(cov)))
-    n_known = graph.size()
+        odometry.add(gtsam.BetweenFactorPose3(k - 1, k, gtsam.Pose3(step), gtsam.noiseModel.Gaussian.Covariance(cov)))
 
     outcomes: list[LoopOutcome] = []
-    in_graph: list[tuple[LoopOutcome, gtsam.Pose3, np.ndarray]] = []  # (outcome, measurement, information)
-    kernel = {"huber": lambda: gtsam.noiseModel.mEstimator.Huber.Create(cfg.huber_k),
-              "cauchy": lambda: gtsam.noiseModel.mEstimator.Cauchy.Create(cfg.cauchy_k)}.get(cfg.robust, lambda: None)()
+    in_graph: list[_GraphLoop] = []
     for idx, lc in enumerate(loops):
         out = LoopOutcome(idx, lc.t_query, lc.t_match, REJECTED)
         outcomes.append(out)
         reason = check_loop(lc)
         if reason is None:
-            (i, di), (j, dj) = (_keyframe_of(stamps, t, cfg.stamp_tolerance_s) for t in (lc.t_match, lc.t_query))
+            (i, di), (j, dj) = (_keyframe_of(stamps, t) for t in (lc.t_match, lc.t_query))
             for name, t, dist in (("t_match", lc.t_match, di), ("t_query", lc.t_query, dj)):
                 if dist > cfg.stamp_tolerance_s and reason is None:
                     reason = (f"{name}={t:.6f} names no keyframe (nearest is {dist:.3g} s away, tolerance "
@@ -185,57 +186,123 @@ def optimize_pose_graph(stamps: np.ndarray, poses: np.ndarray, loops: list[LoopC
         if reason is not None:
             out.reason = reason
             continue
-        cov = lc.covariance[np.ix_(_ROS_TO_GTSAM, _ROS_TO_GTSAM)]
-        noise = gtsam.noiseModel.Gaussian.Covariance(cov)
-        if kernel is not None:
-            noise = gtsam.noiseModel.Robust.Create(kernel, noise)
-        measured = gtsam.Pose3(lc.transform)
-        graph.add(gtsam.BetweenFactorPose3(i, j, measured, noise))
         out.keyframes = (i, j)
-        info = np.linalg.inv(cov)
-        out.chi2_initial = _residual_chi2(initial, i, j, measured, info)
-        in_graph.append((out, measured, info))
-
-    lm = gtsam.LevenbergMarquardtParams()
-    lm.setMaxIterations(cfg.max_iterations)
-    if cfg.robust == "gnc" and in_graph:
-        params = gtsam.GncLMParams(lm)
-        params.setLossType(gtsam.GncLossType.TLS)
-        params.setKnownInliers(list(range(n_known)))
-        params.setLambdaStep(cfg.gnc_mu_step)
-        opt = gtsam.GncLMOptimizer(graph, initial, params)
-        opt.setInlierCostThresholdsAtProbability(cfg.gnc_inlier_probability)
-        result = opt.optimize()
-        weights = np.asarray(opt.getWeights())[n_known:]
-    else:
-        result = gtsam.LevenbergMarquardtOptimizer(graph, initial, lm).optimize()
-        weights = None
-    seconds = time.perf_counter() - t0
+        gl = _GraphLoop(out, gtsam.Pose3(lc.transform), lc.covariance[np.ix_(_ROS_TO_GTSAM, _ROS_TO_GTSAM)])
+        out.chi2_initial = gl.chi2(initial)
+        in_graph.append(gl)
 
     gate = float(chi2.ppf(cfg.accept_probability, 6))
-    for m, (out, measured, info) in enumerate(in_graph):
-        out.chi2 = _residual_chi2(result, *out.keyframes, measured, info)
-        if weights is not None:
-            out.weight = float(weights[m])
-            ok = out.weight > 0.5
-            why = f"GNC weight {out.weight:.2f} (residual chi2 {out.chi2:.3g})"
-        else:
+    if cfg.robust == "gnc" and in_graph:
+        result = _optimize_gnc(odometry, initial, in_graph, cfg, gate)
+    else:
+        kernel = _kernel(cfg)
+        result = _lm(_with_loops(odometry, in_graph, kernel), initial, cfg)
+        for gl in in_graph:
+            out = gl.outcome
+            out.chi2 = gl.chi2(result)
             out.weight = 1.0 if kernel is None else float(kernel.weight(np.sqrt(out.chi2)))
             ok = kernel is None or out.chi2 <= gate  # without a kernel every loop is in the graph at full weight
-            why = f"residual chi2 {out.chi2:.3g} > {gate:.3g} (weight {out.weight:.2g})"
-        out.status = ACCEPTED if ok else DOWN_WEIGHTED
-        out.reason = "" if ok else why
+            out.status = ACCEPTED if ok else DOWN_WEIGHTED
+            out.reason = "" if ok else f"residual chi2 {out.chi2:.3g} > {gate:.3g} (weight {out.weight:.2g})"
+    seconds = time.perf_counter() - t0
 
-    accepted = [o for o in in_graph if o[0].status == ACCEPTED]
-    err0 = _inlier_error(graph, initial, n_known, accepted)
-    err1 = _inlier_error(graph, result, n_known, accepted)
+    accepted = [gl for gl in in_graph if gl.outcome.status == ACCEPTED]
     res = PoseGraphResult(stamps, poses, np.stack([result.atPose3(k).matrix() for k in range(n)]), outcomes,
-                          cfg.robust, seconds, err0, err1)
+                          cfg.robust, seconds, _inlier_error(odometry, initial, accepted),
+                          _inlier_error(odometry, result, accepted))
     res.counts = {"keyframes": n, "loops": len(loops), **res.loop_counts()}
     return res
 
 
-def _inlier_error(graph: gtsam.NonlinearFactorGraph, values: gtsam.Values, n_known: int, accepted: list) -> float:
+@dataclass
+class _GraphLoop:
+    """A valid loop on its way into the graph: its outcome, measurement and covariance (gtsam order)."""
+
+    outcome: LoopOutcome
+    measured: gtsam.Pose3
+    covariance: np.ndarray
+
+    def __post_init__(self):
+        self.information = np.linalg.inv(self.covariance)
+
+    def chi2(self, values: gtsam.Values) -> float:
+        """Mahalanobis residual of the loop at ``values``."""
+        i, j = self.outcome.keyframes
+        e = gtsam.Pose3.Logmap(self.measured.between(values.atPose3(i).between(values.atPose3(j))))
+        return float(e @ self.information @ e)
+
+    def factor(self, kernel=None) -> gtsam.BetweenFactorPose3:
+        noise = gtsam.noiseModel.Gaussian.Covariance(self.covariance)
+        if kernel is not None:
+            noise = gtsam.noiseModel.Robust.Create(kernel, noise)
+        return gtsam.BetweenFactorPose3(*self.outcome.keyframes, self.measured, noise)
+
+
+def _kernel(cfg: PoseGraphConfig, name: str | None = None):
+    name = name or cfg.robust
+    if name == "huber":
+        return gtsam.noiseModel.mEstimator.Huber.Create(cfg.huber_k)
+    if name == "cauchy":
+        return gtsam.noiseModel.mEstimator.Cauchy.Create(cfg.cauchy_k)
+    return None
+
+
+def _with_loops(odometry: gtsam.NonlinearFactorGraph, loops: list[_GraphLoop],
+                kernel=None) -> gtsam.NonlinearFactorGraph:
+    graph = gtsam.NonlinearFactorGraph(odometry)
+    for gl in loops:
+        graph.add(gl.factor(kernel))
+    return graph
+
+
+def _lm(graph: gtsam.NonlinearFactorGraph, initial: gtsam.Values, cfg: PoseGraphConfig) -> gtsam.Values:
+    return gtsam.LevenbergMarquardtOptimizer(graph, initial, _lm_params(cfg)).optimize()
+
+
+def _lm_params(cfg: PoseGraphConfig) -> gtsam.LevenbergMarquardtParams:
+    lm = gtsam.LevenbergMarquardtParams()
+    lm.setMaxIterations(cfg.max_iterations)
+    return lm
+
+
+def _optimize_gnc(odometry: gtsam.NonlinearFactorGraph, initial: gtsam.Values, loops: list[_GraphLoop],
+                  cfg: PoseGraphConfig, gate: float) -> gtsam.Values:
+    """GNC-TLS over the loops (odometry and prior known inliers), after the optional Cauchy pre-screen."""
+    start, active = initial, list(loops)
+    if cfg.gnc_prescreen_factor > 0:
+        start = _lm(_with_loops(odometry, loops, _kernel(cfg, "cauchy")), initial, cfg)
+        limit = cfg.gnc_prescreen_factor * gate
+        active = []
+        for gl in loops:
+            c = gl.chi2(start)
+            if c > limit:
+                gl.outcome.weight, gl.outcome.status = 0.0, DOWN_WEIGHTED
+                gl.outcome.reason = f"pre-screen: residual chi2 {c:.3g} after the Cauchy solve > {limit:.3g}"
+            else:
+                active.append(gl)
+    if active:
+        params = gtsam.GncLMParams(_lm_params(cfg))
+        params.setLossType(gtsam.GncLossType.TLS)
+        params.setKnownInliers(list(range(odometry.size())))
+        params.setLambdaStep(cfg.gnc_mu_step)
+        opt = gtsam.GncLMOptimizer(_with_loops(odometry, active), start, params)
+        opt.setInlierCostThresholdsAtProbability(cfg.gnc_inlier_probability)
+        result = opt.optimize()
+        weights = np.asarray(opt.getWeights())[odometry.size():]
+    else:
+        result, weights = _lm(odometry, start, cfg), []
+    for gl, w in zip(active, weights):
+        out = gl.outcome
+        out.weight = float(w)
+        out.status = ACCEPTED if w > 0.5 else DOWN_WEIGHTED
+        out.reason = "" if w > 0.5 else f"GNC weight {w:.2f}"
+    for gl in loops:
+        gl.outcome.chi2 = gl.chi2(result)
+        if gl.outcome.status == DOWN_WEIGHTED:
+            gl.outcome.reason += f" (residual chi2 at the optimum {gl.outcome.chi2:.3g})"
+    return result
+
+
+def _inlier_error(odometry: gtsam.NonlinearFactorGraph, values: gtsam.Values, accepted: list[_GraphLoop]) -> float:
     """0.5 * chi2 of the odometry, the prior and the accepted loops (kernels off), at ``values``."""
-    known = sum(graph.at(k).error(values) for k in range(n_known))
-    return float(known + 0.5 * sum(_residual_chi2(values, *o.keyframes, m, info) for o, m, info in accepted))
+    return float(odometry.error(values) + 0.5 * sum(gl.chi2(values) for gl in accepted))
