@@ -170,6 +170,15 @@ def table(r: dict) -> str:
     t = r["trajectory"]
     lines = [f"# Pose graph: {t['keyframes']} keyframes ({t['laps']} laps, {t['length_m']} m, {t['duration_s']} s), "
              f"{r['loops']['right']} right + {r['loops']['wrong']} wrong loops", "",
+             f"Drift model (drift_trajectory, seeds {r['drift_model']['seeds']}): scale error "
+             f"{r['drift_model']['scale_error']:+.3f} random-walking by {r['drift_model']['scale_walk_per_sqrt_m']} "
+             f"per sqrt(m); yaw-rate bias {r['drift_model']['yaw_bias_deg_s']} deg/s random-walking by "
+             f"{r['drift_model']['yaw_bias_walk_deg_s_per_sqrt_s']} deg/s per sqrt(s). Loops: right ones within "
+             f"{r['loops']['right_radius_m']} m (noise {r['loops']['right_sigma_m']} m / "
+             f"{r['loops']['right_sigma_deg']}"
+             f" deg), wrong ones >= {r['loops']['wrong_min_distance_m']} m apart with the same confident covariance. "
+             "CPU s: one optimize_pose_graph call on one thread (median); wall s is inflated by the machine's load "
+             f"(load average {r['machine']['load_average']}).", "",
              f"Odometry ATE (mean over {len(r['drift_model']['seeds'])} drift seeds): "
              f"{r['ate_odometry_se3_m_mean']} m SE(3)-aligned, {r['ate_odometry_none_m_mean']} m as is.", "",
              "| kernel | ATE after (se3, m) | reduction se3 mean / min | reduction unaligned | right accepted | "
