@@ -201,10 +201,20 @@ def test_bad_loops_are_rejected_with_a_reason_and_the_graph_survives(drifting_sq
         optimize_pose_graph(stamps[::-1], odom, good)
 
 
-def test_odometry_alone_stays_odometry(drifting_square):
-    stamps, _, odom = drifting_square
+def test_odometry_alone_stays_odometry_and_its_covariance_can_be_given(drifting_square):
+    stamps, gt, odom = drifting_square
     res = optimize_pose_graph(stamps, odom, [])
     assert np.allclose(res.poses, odom, atol=1e-6) and res.loops == []
+    loops = loops_from_ground_truth(stamps, gt, radius_m=0.5, min_gap_s=20.0, max_loops=10,
+                                    sigma_translation_m=0.01, sigma_rotation_deg=0.05, seed=0)
+    n = len(stamps) - 1
+    stiff = optimize_pose_graph(stamps, odom, loops, PoseGraphConfig(robust="none"),
+                                odom_covariances=np.repeat(np.eye(6)[None] * 1e-12, n, axis=0))
+    assert ate_rmse(stiff.poses, odom) < 0.05  # odometry far more certain than the loops: it barely moves
+    with pytest.raises(ValueError, match="shape"):
+        optimize_pose_graph(stamps, odom, loops, odom_covariances=np.eye(6)[None])
+    with pytest.raises(ValueError, match="positive definite"):
+        optimize_pose_graph(stamps, odom, loops, odom_covariances=np.repeat(-np.eye(6)[None], n, axis=0))
 
 
 # -- metrics and files -----------------------------------------------------------------------------
@@ -291,5 +301,10 @@ def test_pose_graph_command(tmp_path, drifting_square):
     assert len(t) == len(stamps) and ate_rmse(poses, gt) < 0.5
     written = ("trajectory.png", "ate_along.png", "metrics.md", "loops.json", "config.json", "odometry.tum")
     assert all((out / f).is_file() for f in written)
+    bare = tmp_path / "bare"  # without a ground truth: the graph's outputs, no scores
+    assert main(["pose-graph", "--odom", str(tmp_path / "odom.tum"), "--loops", str(tmp_path / "loops.json"),
+                 "--robust", "cauchy", "--out", str(bare)]) == 0
+    m = json.loads((bare / "metrics.json").read_text())
+    assert "ate_reduction" not in m and m["robust"] == "cauchy" and (bare / "trajectory.png").is_file()
     assert main(["pose-graph", "--odom", str(tmp_path / "missing.tum"), "--loops", str(tmp_path / "loops.json"),
                  "--out", str(tmp_path / "x")]) == 2

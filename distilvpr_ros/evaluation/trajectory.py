@@ -123,15 +123,16 @@ def score_trajectory(gt_stamps: np.ndarray, gt_poses: np.ndarray, stamps: np.nda
 # -- plots ---------------------------------------------------------------------------------------------
 
 
-def plot_trajectories(ground_truth: np.ndarray, estimates: Mapping[str, np.ndarray], path: str | Path,
+def plot_trajectories(ground_truth: np.ndarray | None, estimates: Mapping[str, np.ndarray], path: str | Path,
                       loops: Sequence[tuple[np.ndarray, np.ndarray, bool]] = (),
                       title: str = "Trajectory (top view)") -> Path:
-    """Top view: ground truth (grey) and each named estimate ((N, 4, 4) or (N, 3)); ``loops`` are
-    ``(xyz_a, xyz_b, accepted)`` edges drawn green (accepted) or red (not)."""
+    """Top view: ground truth (grey, when given) and each named estimate ((N, 4, 4) or (N, 3)); ``loops``
+    are ``(xyz_a, xyz_b, accepted)`` edges drawn green (accepted) or red (not)."""
     fig = Figure(figsize=(7.0, 6.0))
     ax = fig.add_subplot()
-    gt = _xyz(ground_truth)
-    ax.plot(gt[:, 0], gt[:, 1], color=MUTED_COLOUR, lw=2.5, label="ground truth")
+    if ground_truth is not None:
+        gt = _xyz(ground_truth)
+        ax.plot(gt[:, 0], gt[:, 1], color=MUTED_COLOUR, lw=2.5, label="ground truth")
     for colour, (name, est) in zip(_COLOURS, estimates.items()):
         xyz = _xyz(est)
         ax.plot(xyz[:, 0], xyz[:, 1], color=colour, lw=1.2, label=name)

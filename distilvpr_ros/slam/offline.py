@@ -62,9 +62,8 @@ def run_pose_graph(odometry: str | Path, loops: str | Path, *, odom_topic: str =
     metrics: dict = {**result.counts, "robust": result.robust, "seconds": round(result.seconds, 4),
                      "graph_error_initial": result.error_initial, "graph_error_final": result.error_final}
     plots = {"trajectory": str(plot_trajectories(
-        gt[1] if gt is not None else poses, {"odometry": poses, "optimized": result.poses}, out / "trajectory.png",
-        loops=_loop_edges(result), title="Pose graph: odometry and optimised trajectory"
-        + ("" if gt is not None else " (grey: odometry)")))}
+        None if gt is None else gt[1], {"odometry": poses, "optimized": result.poses}, out / "trajectory.png",
+        loops=_loop_edges(result), title="Pose graph: odometry and optimised trajectory"))}
     if gt is not None:
         kw = dict(align=align, rpe_delta=rpe_delta, rpe_unit=rpe_unit)
         before = score_trajectory(*gt, stamps, poses, **kw)

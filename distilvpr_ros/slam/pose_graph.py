@@ -157,6 +157,13 @@ def optimize_pose_graph(stamps: np.ndarray, poses: np.ndarray, loops: list[LoopC
     stamps = np.asarray(stamps, dtype=np.float64)
     poses = np.asarray(poses, dtype=np.float64)
     _check_odometry(stamps, poses)
+    if odom_covariances is not None:
+        odom_covariances = np.asarray(odom_covariances, dtype=np.float64)
+        if odom_covariances.shape != (len(poses) - 1, 6, 6) or not np.isfinite(odom_covariances).all():
+            raise ValueError(f"odom_covariances must be finite with shape ({len(poses) - 1}, 6, 6), "
+                             f"got {odom_covariances.shape}")
+        if np.linalg.eigvalsh(0.5 * (odom_covariances + odom_covariances.transpose(0, 2, 1))).min() <= 0:
+            raise ValueError("odom_covariances must be positive definite")
     t0 = time.perf_counter()
     n = len(poses)
     odometry, initial = gtsam.NonlinearFactorGraph(), gtsam.Values()
@@ -166,7 +173,7 @@ def optimize_pose_graph(stamps: np.ndarray, poses: np.ndarray, loops: list[LoopC
     for k in range(1, n):
         step = np.linalg.solve(poses[k - 1], poses[k])
         cov = odometry_covariance(step, cfg) if odom_covariances is None else \
-            np.asarray(odom_covariances[k - 1], dtype=float)[np.ix_(_ROS_TO_GTSAM, _ROS_TO_GTSAM)]
+            odom_covariances[k - 1][np.ix_(_ROS_TO_GTSAM, _ROS_TO_GTSAM)]
         odometry.add(gtsam.BetweenFactorPose3(k - 1, k, gtsam.Pose3(step), gtsam.noiseModel.Gaussian.Covariance(cov)))
 
     outcomes: list[LoopOutcome] = []
