@@ -6,31 +6,40 @@ functions), so what the CLI does can also be scripted from Python.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
+import os
 
-from .config import CORRECT_M
-from .data.errors import DataError
+# Idle OpenMP threads (torch, faiss) sleep instead of spinning; set before either loads (pipeline.embedder
+# .configure_threads says why). A value already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from .config import (CORRECT_M, ConfigError, check_keys, config_yaml, load_yaml, merge_config,  # noqa: E402
+                     validation_message)
+from .data.errors import DataError  # noqa: E402
+
+
+def _world_config(args: argparse.Namespace):
+    from .data.world.config import load_world_config
+
+    return load_world_config(args.preset, args.config, args.seed)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .data.world.config import load_world_config
     from .data.world.generate import generate_world
     from .data.world.preview import make_preview
 
-    cfg = load_world_config(args.preset, args.config, args.seed)
-    if args.dump_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
-        return 0
     if args.out is None:
         raise ValueError("--out is required (unless --dump-config)")
-    summary = generate_world(
-        Path(args.out), cfg, bag_storage=args.bag_storage, write_bags=not args.no_bags, progress=not args.quiet
-    )
+    summary = generate_world(Path(args.out), _world_config(args), bag_storage=args.bag_storage,
+                             write_bags=not args.no_bags, progress=not args.quiet)
     if args.preview:
         summary["preview"] = str(make_preview(Path(args.out)))
     print(json.dumps(summary, indent=2, default=str))
@@ -51,36 +60,42 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace, extra: dict):
+def _train_config(args: argparse.Namespace):
     """TrainConfig from --config YAML, then the command's own flags, then ``key=value`` overrides."""
-    import yaml
-
     from .training.config import TrainConfig
 
-    overrides = {k: v for k, v in extra.items() if v is not None}
+    overrides = {k: v for k, v in _train_flags(args).items() if v is not None}
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} is not key=value (e.g. optim.epochs=5)")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not YAML ({e.__class__.__name__})") from None
+    check_keys(TrainConfig, merge_config(load_yaml(args.config) if args.config else {}, overrides), args.config)
     return TrainConfig.from_yaml(args.config, overrides)
+
+
+def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {"data.root": args.world, "out_dir": args.out, "resume": args.resume or None}
+    if args.command == "distill":
+        flags.update({"distill.teacher": args.teacher, "distill.method": args.method,
+                      "distill.student": args.student})
+    return flags
 
 
 def _cmd_train_teacher(args: argparse.Namespace) -> int:
     from .training.trainer import train_teacher
 
-    cfg = _train_config(args, {"data.root": args.world, "out_dir": args.out, "resume": args.resume or None})
-    print(train_teacher(cfg))
+    print(train_teacher(_train_config(args)))
     return 0
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
     from .training.trainer import train_student
 
-    cfg = _train_config(args, {"data.root": args.world, "out_dir": args.out, "resume": args.resume or None,
-                               "distill.teacher": args.teacher, "distill.method": args.method,
-                               "distill.student": args.student})
-    print(train_student(cfg))
+    print(train_student(_train_config(args)))
     return 0
 
 
@@ -103,12 +118,19 @@ def _cmd_corridor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_build_map(args: argparse.Namespace) -> int:
+def _build_map_config(args: argparse.Namespace):
     from .pipeline.config import load_node_config
+
+    overrides = {"map.path": str(args.out), "models.teacher_checkpoint": str(args.teacher),
+                 "models.student_checkpoint": str(args.student), **({"map.resume": False} if args.fresh else {}),
+                 **({"map.run": args.run} if args.run else {})}
+    return load_node_config(args.config, "distilvpr_mapping", **overrides)
+
+
+def _cmd_build_map(args: argparse.Namespace) -> int:
     from .pipeline.offline import build_map_from_sequence, open_bag_sequence
 
-    overrides = {"map.resume": False} if args.fresh else {}
-    cfg = load_node_config(args.config, "distilvpr_mapping", **overrides)
+    cfg = _build_map_config(args)
     summary = build_map_from_sequence(open_bag_sequence(Path(args.bag), cfg, args.run), Path(args.teacher),
                                       Path(args.student), Path(args.out), cfg, progress=True)
     print(json.dumps(summary, indent=2, default=str))
@@ -120,6 +142,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     print(export_model(Path(args.checkpoint), Path(args.out)))
     return 0
+
+
+def _replay_config(args: argparse.Namespace):
+    from .ros.replay_localization import replay_config
+
+    return replay_config(Path(args.bag), Path(args.map), Path(args.model), args.backend, args.config)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -137,6 +165,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_settings(args: argparse.Namespace):
+    from .demo import load_demo_settings
+
+    return load_demo_settings(args.config, "quick" if args.quick else "default")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoError, run_demo
 
@@ -149,21 +183,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_pose_graph(args: argparse.Namespace) -> int:
-    from .slam.offline import run_pose_graph
+def _pose_graph_config(args: argparse.Namespace):
     from .slam.pose_graph import PoseGraphConfig
 
-    cfg = PoseGraphConfig(robust=args.robust, stamp_tolerance_s=args.stamp_tolerance)
+    return PoseGraphConfig(robust=args.robust, stamp_tolerance_s=args.stamp_tolerance)
+
+
+def _cmd_pose_graph(args: argparse.Namespace) -> int:
+    from .slam.offline import run_pose_graph
+
     metrics = run_pose_graph(args.odom, args.loops, odom_topic=args.odom_topic, ground_truth=args.ground_truth,
-                             gt_topic=args.gt_topic, config=cfg, align=args.align, rpe_delta=args.rpe_delta,
-                             rpe_unit=args.rpe_unit, out_dir=args.out, results_root=args.results)
+                             gt_topic=args.gt_topic, config=_pose_graph_config(args), align=args.align,
+                             rpe_delta=args.rpe_delta, rpe_unit=args.rpe_unit, out_dir=args.out,
+                             results_root=args.results)
     keys = ("keyframes", "loops", "accepted", "down-weighted", "rejected", "seconds", "ate_reduction", "out")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distilvpr", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="distilvpr", description=__doc__.splitlines()[0],
+                                epilog="Every command takes --dump-config: print its effective configuration "
+                                       "(defaults + file + arguments) as YAML and exit.")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate the synthetic camera+LiDAR world (dataset folders + ROS 2 bags)")
@@ -175,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bags", action="store_true", help="write the dataset folders only")
     g.add_argument("--preview", action="store_true", help="also write preview.png (contact sheet)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--dump-config", action="store_true",
-                   help="print the resolved world config as YAML (a starting point for --config) and exit")
     g.set_defaults(func=_cmd_generate)
 
     v = sub.add_parser("preview", help="draw preview.png for a generated world")
@@ -284,19 +323,91 @@ def build_parser() -> argparse.ArgumentParser:
                    help="demo settings YAML with quick: and default: sections (default: config/demo.yaml)")
     d.add_argument("--fresh", action="store_true", help="re-run every stage instead of reusing earlier outputs")
     d.set_defaults(func=_cmd_demo)
+    for command in sub.choices.values():
+        what = CONFIGS.get(command.prog.split()[-1], (None, "its arguments"))[1]
+        command.add_argument("--dump-config", action="store_true",
+                             help=f"print the effective configuration ({what}) as YAML and exit")
     return p
+
+
+#: command -> (function giving its effective configuration from the parsed arguments, what that is).
+CONFIGS = {
+    "generate": (_world_config, "WorldConfig: preset + --config + --seed; a starting point for --config"),
+    "train-teacher": (_train_config, "TrainConfig: defaults + --config + flags + key=value"),
+    "distill": (_train_config, "TrainConfig: defaults + --config + flags + key=value"),
+    "build-map": (_build_map_config, "NodeConfig of the mapping node: defaults + --config + arguments"),
+    "replay": (_replay_config, "NodeConfig of the localization node: defaults + --config + arguments"),
+    "demo": (_demo_settings, "DemoSettings: the --quick or default section of --config"),
+    "pose-graph": (_pose_graph_config, "PoseGraphConfig: defaults + --robust, --stamp-tolerance"),
+}
+#: Arguments naming a file to write (everything else called --out, --results or --data is a folder).
+FILE_OUTPUTS = {("export", "out")}
+
+
+def effective_config(args: argparse.Namespace) -> Any:
+    """What ``--dump-config`` prints: the command's config schema filled in, or else its arguments."""
+    if args.command in CONFIGS:
+        return CONFIGS[args.command][0](args)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+            if k not in ("func", "command", "dump_config")}
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output folder that is an existing file, and an output file that is an existing folder."""
+    for name in ("out", "results", "data"):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        path, flag = Path(value), "--" + name
+        blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise ConfigError(f"{flag} {path}: {blocked} is an existing file, not a folder")
+        if (args.command, name) in FILE_OUTPUTS:
+            if path.is_dir():
+                raise ConfigError(f"{flag} {path} is an existing folder; give the file to write")
+        elif path.exists() and not path.is_dir():
+            raise ConfigError(f"{flag} {path} is an existing file; give a folder")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (files, values, arguments) rather than a bug: one line, exit code 2.
+    Error types of heavy modules count only once their module is loaded (they cannot be raised before)."""
+    types: list[type[BaseException]] = [ValueError, DataError, yaml.YAMLError, FileNotFoundError, FileExistsError,
+                                        IsADirectoryError, NotADirectoryError, PermissionError]
+    for module, name in (("distilvpr_ros.models.checkpoint", "CheckpointError"),
+                         ("distilvpr_ros.pipeline.embedder", "ModelLoadError")):
+        if module in sys.modules:
+            types.append(getattr(sys.modules[module], name))
+    return tuple(types)
+
+
+def error_line(error: BaseException) -> str:
+    """A user error as one line."""
+    if isinstance(error, ValidationError):
+        return validation_message(error)
+    if isinstance(error, yaml.YAMLError):
+        from .config import yaml_problem
+
+        return f"invalid YAML: {yaml_problem(error)}"
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.dump_config:
+            print(config_yaml(effective_config(args)), end="")
+            return 0
+        check_outputs(args)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, DataError) as e:
+    except Exception as e:
+        if not isinstance(e, _user_error_types()):
+            raise
         # Bad input: one clear line naming the problem, no traceback.
-        print(f"distilvpr {args.command}: error: {e}", file=sys.stderr)
+        print(f"distilvpr {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -3,35 +3,33 @@ r"""Launch the distilvpr localisation node (camera only, distilled student, plac
     ros2 launch distilvpr_ros localization.launch.py map_path:=/data/maps/town \
         student_checkpoint:=/models/student
     ros2 launch distilvpr_ros localization.launch.py map_path:=/data/maps/town backend:=onnxruntime \
-        student_onnx:=/models/student.onnx place_match_topic:=/initialpose
+        student_onnx:=/models/student.onnx place_match_topic:=/initialpose rviz:=true
+    ros2 launch distilvpr_ros localization.launch.py map_path:=maps/town student_checkpoint:=... \
+        autostart:=false     # a lifecycle manager (Nav2's, or `ros2 lifecycle set`) configures and activates it
 
 Parameters come from ``config/localization.yaml`` first, then the launch arguments (later entries win).
 String arguments are passed as strings (``ParameterValue(..., value_type=str)``), so an empty path
-stays "" instead of becoming YAML null.
+stays "" instead of becoming YAML null. The arguments both launch files share (namespace, use_sim_time,
+autostart, rviz, bag, ...) live in ``distilvpr_ros/ros/launch_options.py``.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
-from launch_ros.substitutions import FindPackageShare
+
+from distilvpr_ros.ros import launch_options as common
 
 ARGUMENTS = [
-    ("namespace", "", "namespace of the node and its topics"),
     ("map_path", "map", "map folder built by the mapping node or `distilvpr build-map`"),
     ("student_checkpoint", "", "camera-student checkpoint folder (torch backend)"),
     ("student_onnx", "", "camera-student ONNX file (onnxruntime backend)"),
     ("backend", "torch", "student inference backend: torch or onnxruntime"),
-    ("use_sim_time", "false", "use /clock (bag replay with --clock)"),
-    ("camera_topic", "camera/image_raw", "sensor_msgs/Image input"),
     ("place_match_topic", "place_match", "accepted matches (PoseWithCovarianceStamped); e.g. /initialpose"),
-    ("loop_closure_topic", "loop_closure", "loop closures [t_query, t_match]; e.g. lio_loop/loop_closure_detection"),
 ]
 
 
 def generate_launch_description():
-    config = PathJoinSubstitution([FindPackageShare("distilvpr_ros"), "config", "localization.yaml"])
     node = Node(
         package="distilvpr_ros",
         executable="localization_node",
@@ -40,23 +38,18 @@ def generate_launch_description():
         output="screen",
         emulate_tty=True,
         parameters=[
-            config,
+            common.config_file("localization.yaml"),
             {
+                **common.common_parameters(),
                 "map.path": ParameterValue(LaunchConfiguration("map_path"), value_type=str),
                 "models.student_checkpoint": ParameterValue(LaunchConfiguration("student_checkpoint"), value_type=str),
                 "models.student_onnx": ParameterValue(LaunchConfiguration("student_onnx"), value_type=str),
                 "models.backend": ParameterValue(LaunchConfiguration("backend"), value_type=str),
-                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
             },
         ],
-        remappings=[
-            ("camera/image_raw", LaunchConfiguration("camera_topic")),
-            ("camera/image_raw/compressed", [LaunchConfiguration("camera_topic"), "/compressed"]),
+        remappings=common.common_remappings() + [
             ("place_match", LaunchConfiguration("place_match_topic")),
-            ("loop_closure", LaunchConfiguration("loop_closure_topic")),
         ],
     )
-    return LaunchDescription(
-        [DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGUMENTS]
-        + [node]
-    )
+    return LaunchDescription(common.declare_arguments(ARGUMENTS) + common.environment_actions() + [node]
+                             + common.optional_actions())

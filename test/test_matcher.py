@@ -1,5 +1,7 @@
 """Place matcher: temporal exclusion, threshold, top-k order, sequence consistency, de-duplication, covariance."""
 
+import math
+
 import faiss
 import numpy as np
 import pytest
@@ -150,3 +152,13 @@ def test_distinct_place_margin_rejects_frames_that_resemble_many_places(db):
     assert not strict.accepted and strict.reason.startswith("ambiguous") and strict.loop_closure is None
     clean = matcher(db, min_distinct_margin=0.1).match(query(db, 40), stamp=1000.0)
     assert clean.accepted and clean.best.id == 40
+
+
+@pytest.mark.parametrize("field, value", [
+    ("min_score", math.nan), ("min_score", 5.0), ("min_score", -math.inf), ("min_score", math.inf),
+    ("sequence_length", 10**9), ("top_k", 2**62), ("top_k", 0), ("exclude_recent_s", 1e300),
+    ("sequence_radius_m", math.nan), ("cov_sigma_rot_rad", math.inf)])
+def test_matcher_bounds_are_finite(field, value):
+    """Each was accepted before: -inf made every frame a match, 5.0 no frame; NaN compares false everywhere."""
+    with pytest.raises(ValidationError):
+        MatcherConfig(**{field: value})

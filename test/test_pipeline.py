@@ -162,6 +162,12 @@ def test_embedder_validates_inputs_and_normalises(checkpoints, tmp_path):
             pytest.fail(what)
     with pytest.raises(ModelLoadError, match="not found"):
         Embedder.from_checkpoint(tmp_path / "missing", STUDENT_SPACE)
+    # a save interrupted between its two renames leaves only <name>.bak: the node still loads the model
+    import shutil
+    shutil.copytree(checkpoints["teacher"], tmp_path / "interrupted.bak")
+    with pytest.warns(UserWarning, match="interrupted save"):
+        recovered = Embedder.from_checkpoint(tmp_path / "interrupted", TEACHER_SPACE)
+    np.testing.assert_allclose(recovered(image=rgb, cloud=cloud), d, atol=1e-6)
     with pytest.raises(ModelLoadError, match="expected camera_student"):
         Embedder.from_checkpoint(checkpoints["teacher"], STUDENT_SPACE)
 

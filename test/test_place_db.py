@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from distilvpr_ros.data.geometry import make_pose
-from distilvpr_ros.mapping import database
+from distilvpr_ros.mapping import map_io
 from distilvpr_ros.mapping.database import (EmbeddingSpace, IndexConfig, MapCompatibilityError, MapError,
                                             PlaceDatabase)
+from distilvpr_ros.utils import fileio
 from distilvpr_ros.utils.fileio import sha256_file
 
 TEACHER_SHA = "a" * 64
@@ -218,14 +219,14 @@ def test_save_replaces_old_map_and_crash_keeps_it_loadable(saved, monkeypatch):
             raise OSError("disk full (simulated)")
         real_save(*args, **kwargs)
 
-    monkeypatch.setattr(database.np, "save", crash_on_second_file)
+    monkeypatch.setattr(map_io.np, "save", crash_on_second_file)
     with pytest.raises(OSError, match="simulated"):
         db.save(path)
     monkeypatch.undo()
     assert len(PlaceDatabase.load(path)) == 2600
     assert sorted(p.name for p in path.parent.iterdir()) == ["map"]  # no temporary folder left behind
 
-    real_replace = database.os.replace
+    real_replace = fileio.os.replace
     calls["n"] = 0
 
     def crash_between_renames(src, dst):
@@ -234,7 +235,7 @@ def test_save_replaces_old_map_and_crash_keeps_it_loadable(saved, monkeypatch):
             raise OSError("power cut (simulated)")
         real_replace(src, dst)
 
-    monkeypatch.setattr(database.os, "replace", crash_between_renames)
+    monkeypatch.setattr(fileio.os, "replace", crash_between_renames)
     with pytest.raises(OSError, match="simulated"):
         db.save(path)
     monkeypatch.undo()
@@ -332,3 +333,88 @@ def test_index_is_built_on_demand_and_search_params_tune_without_rebuild():
     assert db.spaces["camera_student"].index.refine_factor == 1
     with pytest.raises(ValueError):
         db.set_search_params("camera_student", nprobe=0)
+
+
+# ---------------------------------------------------------------------- files that must not kill the loader
+@pytest.fixture
+def small(tmp_path):
+    """A saved 100-keyframe map (HNSW teacher, flat student): enough for the file checks, quick to build."""
+    db = make_db(100, np.random.default_rng(8), teacher_index=IndexConfig(type="hnsw", hnsw_m=8))
+    return db, db.save(tmp_path / "map")
+
+
+def _edit_schema(path, edit) -> None:
+    schema = json.loads((path / "schema.json").read_text())
+    edit(schema)
+    (path / "schema.json").write_text(json.dumps(schema))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["spaces"]["teacher"].update(dim=1_000_000_000),
+     r"spaces.teacher.dim: Input should be less than or equal to 65536"),
+    (lambda s: s.update(spaces=None), r"spaces: Input should be a valid dictionary \(got 'None'\)"),
+    (lambda s: s.update(spaces=[1, 2]), r"spaces: Input should be a valid dictionary"),
+    (lambda s: s.update(spaces={}), r"spaces: Dictionary should have at least 1 item"),
+    (lambda s: s["spaces"].update(teacher=[]), r"spaces.teacher: Input should be a valid dictionary"),
+    (lambda s: s["spaces"]["teacher"].update(dim="64"), r"spaces.teacher.dim: Input should be a valid integer"),
+    (lambda s: s.update(count=True), r"count: Input should be a valid integer"),
+    (lambda s: s.update(count=-1), r"count: Input should be greater than or equal to 0"),
+    (lambda s: s.update(meta=None), r"meta: Input should be a valid dictionary"),
+    (lambda s: s["spaces"]["teacher"]["model"].update(sha256=7), r"spaces.teacher.model.sha256: Input should be"),
+    (lambda s: s["spaces"]["teacher"]["index"]["config"].update(hnsw_m=10**9),
+     r"spaces.teacher.index.config.hnsw_m: Input should be less than or equal to 512"),
+    (lambda s: s["spaces"]["teacher"]["index"].update(built="annoy"), r"spaces.teacher.index.built: Input should be"),
+    (lambda s: s["spaces"].update({"../x": s["spaces"]["teacher"]}), r"space name '../x'"),
+])
+def test_schema_numbers_and_types_are_checked_before_anything_is_allocated(small, edit, message):
+    _, path = small
+    _edit_schema(path, edit)
+    with pytest.raises(MapError, match=r"schema.json: malformed schema: .*" + message):
+        PlaceDatabase.load(path)
+
+
+def _truncate_descriptors(path) -> None:
+    """Drop the last float of descriptors_teacher.npy and record the new sha256."""
+    f = path / "descriptors_teacher.npy"
+    f.write_bytes(f.read_bytes()[:-4])
+    _edit_schema(path, lambda s: s["spaces"]["teacher"]["descriptors"].update(sha256=sha256_file(f)))
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda path: _edit_schema(path, lambda s: s["spaces"]["teacher"].update(dim=4096)),
+     r"expected float32 100 x 4096, got float32 \(100, 64\)"),  # the schema against the .npy header
+    (_truncate_descriptors, r"holds 25596 bytes of data, but float32 100 x 64 needs 25600 \(truncated or padded\)"),
+])
+def test_descriptor_header_is_checked_against_schema_and_file_size(small, corrupt, message):
+    _, path = small
+    corrupt(path)
+    with pytest.raises(MapError, match=r"descriptors_teacher.npy: " + message):
+        PlaceDatabase.load(path)
+
+
+def test_meta_entries_of_the_wrong_type_are_named(small):
+    _, path = small
+    meta_file = path / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["run"][3] = {"a": 1}
+    meta_file.write_text(json.dumps(meta))
+    _edit_schema(path, lambda s: s["meta"].update(sha256=sha256_file(meta_file)))
+    with pytest.raises(MapError, match=r"meta.json: run entries must be strings, got dict"):
+        PlaceDatabase.load(path)
+
+
+def test_temporaries_of_killed_saves_are_removed_and_logged(small, caplog):
+    import subprocess
+
+    db, path = small
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    stale = path.with_name(f".map.tmp-{proc.pid}")
+    stale.mkdir()
+    (stale / "descriptors_teacher.npy").write_bytes(b"0" * 4096)
+    with caplog.at_level("WARNING", logger="distilvpr_ros.utils.fileio"):
+        PlaceDatabase.load(path)
+    assert not stale.exists() and f"removed {stale}" in caplog.text
+    stale.mkdir()
+    db.save(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["map"]

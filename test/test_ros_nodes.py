@@ -51,8 +51,11 @@ def frame(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.mktemp("ros_assets"))
+
+
+def make_assets(out: Path) -> dict:
     """Tiny teacher/student checkpoints, another student, and a map of N_KEYFRAMES places 5 m apart."""
-    out = tmp_path_factory.mktemp("ros_assets")
     ckpt = tiny_checkpoints(out)
     teacher, student, other = ckpt["teacher"], ckpt["student"], ckpt["other"]
     builder = MapBuilder(Embedder.from_checkpoint(teacher, TEACHER_SPACE),
@@ -98,8 +101,8 @@ def spin_until(executor, condition, timeout=10.0, each=None, period=0.1):
 class Probe:
     """A test node publishing camera frames and recording everything the localisation node outputs."""
 
-    def __init__(self, add):
-        self.node = add(rclpy.create_node("probe"))
+    def __init__(self, add, namespace: str = ""):
+        self.node = add(rclpy.create_node("probe", namespace=namespace))
         self.got: dict[str, list] = {k: [] for k in ("match", "cands", "scores", "loop", "markers", "diag")}
         subs = {"match": (PoseWithCovarianceStamped, "place_match"), "cands": (PoseArray, "place_candidates"),
                 "scores": (Float64MultiArray, "place_candidates/scores"), "loop": (Float64MultiArray, "loop_closure"),
@@ -258,11 +261,11 @@ def test_mapping_node_waits_for_odometry_that_arrives_after_the_images(ros, asse
                                             (sensors.odom, sensors.cam, sensors.lidar)))
     for k in range(6):  # each frame's odometry arrives after the node has paired its camera and LiDAR
         sensors.publish(with_odom=False)
-        assert spin_until(executor, lambda: node.counts["pairs"] == k + 1 and node._pending is None)
-        assert len(node.builder.db) == k and len(node._waiting) == 1
+        assert spin_until(executor, lambda: node.counts["pairs"] == k + 1)
+        assert len(node.builder.db) == k and len(node._pairs) == 1  # the pair waits in the queue
         sensors.publish_odom(k)
         assert spin_until(executor, lambda: len(node.builder.db) == k + 1)
-    assert node.counts["missing_odometry"] == 0 and not node._waiting
+    assert node.counts["missing_odometry"] == 0 and not node._pairs
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -322,3 +325,54 @@ def test_transport_losses_count_sequence_gaps_per_publisher():
     lost.update({})  # middleware without sequence numbers
     lost.update(None)
     assert lost.lost == 3
+
+
+def test_standard_qos_overrides_win_over_the_qos_parameters(ros, assets, tmp_path):
+    """``qos.*`` set every sensor subscription; ``qos_overrides.<topic>.<entity>.<policy>`` win per topic."""
+    from rclpy.qos import ReliabilityPolicy
+
+    add, _ = ros
+    params = {"map.path": str(tmp_path / "qos_map"), "models.teacher_checkpoint": str(assets["teacher"]),
+              "models.student_checkpoint": str(assets["student"]), "qos.sensor_reliability": "best_effort",
+              "qos.sensor_depth": 5, "qos_overrides./camera/image_raw.subscription.reliability": "reliable",
+              "qos_overrides./camera/image_raw.subscription.depth": 2,
+              "qos_overrides./loop_closure.publisher.depth": 50}
+    node = add(MappingNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    subs = {s.topic_name: s.qos_profile for s in node.subscriptions}
+    assert subs["/camera/image_raw"].reliability == ReliabilityPolicy.RELIABLE and subs["/camera/image_raw"].depth == 2
+    assert subs["/lidar/points"].reliability == ReliabilityPolicy.BEST_EFFORT and subs["/lidar/points"].depth == 5
+    assert node.loop_pub.qos_profile.depth == 50 and node.marker_pub.qos_profile.depth == 10
+    assert node.get_parameter("qos_overrides./odom.subscription.reliability").value == "best_effort"
+
+
+def test_diagnostics_warn_when_a_camera_with_publishers_delivers_nothing(ros, assets):
+    """Large best-effort frames can be lost in transport for good: nothing arrives and nothing counts a gap.
+    The node must not stay OK while a camera publisher exists and no frame comes through."""
+    add, executor = ros
+    localization_node(add, assets["map"], assets["student"], **{"diagnostics.input_timeout_s": 0.5})
+    probe = Probe(add)  # creates a camera publisher that never publishes
+    assert spin_until(executor, lambda: probe.has_status("distilvpr_localization", WARN, "no message on"),
+                      timeout=8), [s.message for s in probe.statuses("distilvpr_localization")][-3:]
+    # frames arriving again clear the warning
+    rgb, _ = frame(3)
+    stamps = iter(4000.0 + 0.1 * i for i in range(1000))
+    n = len(probe.statuses("distilvpr_localization"))
+
+    def ok_again() -> bool:
+        return any(s.level == bytes([OK]) for s in probe.statuses("distilvpr_localization")[n:])
+
+    assert spin_until(executor, ok_again, each=lambda: probe.image_pub.publish(image_msg(rgb, next(stamps), "cam")),
+                      timeout=8)
+
+
+def test_input_watch_reports_transport_loss_rate():
+    from distilvpr_ros.ros.diagnostics import InputWatch
+
+    w = InputWatch("camera/image_raw", timeout_s=1.0, max_loss=0.05)
+    gid = {"data": b"p1"}
+    for seq in (1, 2, 3, 10):  # 6 lost of 10 sent
+        w.update({"publication_sequence_number": seq, "publisher_gid": gid})
+    assert "6 of 10 messages (60 %) lost" in w.problem(publishers=1)
+    assert w.problem(publishers=1) == ""  # only what happened since the previous check counts
+    assert "no message" in w.problem(publishers=1, now=w._last + 2.0)
+    assert w.problem(publishers=0, now=w._last + 2.0) == ""  # nobody publishes: silence is fine

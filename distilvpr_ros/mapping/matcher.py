@@ -49,29 +49,37 @@ from .database import PlaceDatabase
 
 
 class MatcherConfig(Section):
-    """Place-matching safety checks (module docstring of ``distilvpr_ros.mapping.matcher``)."""
+    """Place-matching safety checks (module docstring of ``distilvpr_ros.mapping.matcher``).
 
-    top_k: int = Field(5, ge=1, description="candidates reported per query, best first")
+    Every bound is finite: a score threshold outside the scores a map can give (cosine similarity in
+    [-1, 1] for the nodes' ``ip`` spaces, minus the distance in [-2, 0] for unit descriptors in ``l2``
+    spaces) would accept every frame or none.
+    """
+
+    top_k: int = Field(5, ge=1, le=100, description="candidates reported per query, best first")
     min_score: float = Field(
-        0.5, description="similarity threshold on the best match (calibrate on validation, e.g. at 100% precision)")
+        0.5, ge=-2.0, le=1.0,
+        description="similarity threshold on the best match (calibrate on validation, e.g. at 100% precision)")
     exclude_recent_s: float = Field(
-        30.0, ge=0.0, description="ignore database keyframes with |t_query - t_db| below this (s)")
+        30.0, ge=0.0, le=1.0e9, description="ignore database keyframes with |t_query - t_db| below this (s)")
     sequence_length: int = Field(
-        3, ge=1, description="accept only when this many consecutive query frames agree (1 = off)")
+        3, ge=1, le=100, description="accept only when this many consecutive query frames agree (1 = off)")
     sequence_radius_m: float = Field(
-        10.0, gt=0.0, description="consecutive best matches agree within this planar distance (m)")
+        10.0, gt=0.0, le=1000.0, description="consecutive best matches agree within this planar distance (m)")
     sequence_max_id_gap: int = Field(
-        0, ge=0, description="... or when their keyframe ids differ by at most this (0 = distance only)")
+        0, ge=0, le=100000, description="... or when their keyframe ids differ by at most this (0 = distance only)")
     min_interval_s: float = Field(
-        5.0, ge=0.0, description="at most one loop closure per place within this query time (s)")
+        5.0, ge=0.0, le=86400.0, description="at most one loop closure per place within this query time (s)")
     same_place_radius_m: float = Field(
-        10.0, gt=0.0, description="matches within this distance (m) count as the same place for de-duplication")
+        10.0, gt=0.0, le=1000.0,
+        description="matches within this distance (m) count as the same place for de-duplication")
     min_distinct_margin: float = Field(
         0.0, ge=0.0, le=2.0, description="best score must exceed the best distinct place's (farther than "
                                          "same_place_radius_m) by this margin (0 = off)")
-    cov_sigma_xy_m: float = Field(1.0, gt=0.0, description="position sigma (m) at score 1")
-    cov_sigma_xy_slope_m: float = Field(20.0, ge=0.0, description="extra position sigma (m) per unit of 1 - score")
-    cov_sigma_rot_rad: float = Field(math.pi, gt=0.0, description="roll/pitch/yaw sigma (rad)")
+    cov_sigma_xy_m: float = Field(1.0, gt=0.0, le=1000.0, description="position sigma (m) at score 1")
+    cov_sigma_xy_slope_m: float = Field(
+        20.0, ge=0.0, le=1000.0, description="extra position sigma (m) per unit of 1 - score")
+    cov_sigma_rot_rad: float = Field(math.pi, gt=0.0, le=2 * math.pi, description="roll/pitch/yaw sigma (rad)")
 
 
 class Candidate(NamedTuple):

@@ -7,23 +7,25 @@ A checkpoint is a folder::
     checkpoint.json        format version, model kind + config, epoch, metrics, the non-tensor
                            optimizer/scheduler state, and the sha256 of both tensor files
 
-It is written into a temporary sibling folder and renamed into place, so a crash never leaves a
-half-written checkpoint under the final name. Loading verifies the hashes and refuses files that
-do not match with a clear message.
+It is written crash-safely (:func:`~distilvpr_ros.utils.fileio.atomic_write`: a fsynced temporary sibling,
+the previous checkpoint kept as ``<name>.bak`` until the new one is in place). Loading falls back to
+``<name>.bak`` after a crash between the two renames, removes temporaries of killed writers, verifies the
+hashes, and turns every problem with the files (corrupt, truncated, other model's weights) into a
+:class:`CheckpointError` that names the file; tensor shapes are checked against the model its recorded
+config builds before anything is loaded into it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..utils.fileio import sha256_file
+from ..utils.fileio import atomic_write, recovered_path, sha256_file
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -66,55 +68,59 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, *, kind: str, config: dict,
                     epoch: int = 0, metrics: dict | None = None, train_state: dict | None = None) -> Path:
-    """Write a checkpoint folder atomically. ``train_state``: e.g. optimizer/scheduler state dicts."""
+    """Write a checkpoint folder crash-safely. ``train_state``: e.g. optimizer/scheduler state dicts."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / MODEL_FILE))
     tensors: dict[str, torch.Tensor] = {}
     structure = _flatten(train_state or {}, "s", tensors)
-    save_file(tensors, str(tmp / STATE_FILE))
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "config": config,
-        "epoch": epoch,
-        "metrics": metrics or {},
-        "train_state": structure,
-        "sha256": {MODEL_FILE: sha256_file(tmp / MODEL_FILE), STATE_FILE: sha256_file(tmp / STATE_FILE)},
-    }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    if path.exists():
-        old = path.with_name(f".{path.name}.old{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
+    with atomic_write(path, folder=True) as tmp:
+        save_file(state, str(tmp / MODEL_FILE))
+        save_file(tensors, str(tmp / STATE_FILE))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "config": config,
+            "epoch": epoch,
+            "metrics": metrics or {},
+            "train_state": structure,
+            "sha256": {MODEL_FILE: sha256_file(tmp / MODEL_FILE), STATE_FILE: sha256_file(tmp / STATE_FILE)},
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     return path
 
 
 def read_checkpoint_meta(path: str | Path) -> dict:
-    path = Path(path)
+    """``checkpoint.json`` of a checkpoint folder (or of its ``.bak`` after an interrupted save), checked."""
+    path = recovered_path(path)
     meta_file = path / META_FILE
     if not meta_file.is_file():
         raise CheckpointError(f"{path}: not a checkpoint (no {META_FILE})")
     try:
         meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{meta_file}: corrupt JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{meta_file}: format version {meta.get('format_version')} not supported "
                               f"(this package reads {FORMAT_VERSION})")
+    for key, kind in (("kind", str), ("config", dict), ("sha256", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"{meta_file}: {key!r} must be a JSON {'string' if kind is str else 'object'}, "
+                                  f"got {type(meta.get(key)).__name__}")
     return meta
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: unreadable safetensors file, truncated or not safetensors ({e})") from None
 
 
 def load_checkpoint(path: str | Path, *, with_train_state: bool = False) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """Return (meta, model state dict, train state) after verifying file hashes."""
-    path = Path(path)
+    path = recovered_path(path)
     meta = read_checkpoint_meta(path)
     files = [MODEL_FILE] + ([STATE_FILE] if with_train_state else [])
     for name in files:
@@ -123,8 +129,14 @@ def load_checkpoint(path: str | Path, *, with_train_state: bool = False) -> tupl
             raise CheckpointError(f"{f}: missing")
         if sha256_file(f) != meta["sha256"].get(name):
             raise CheckpointError(f"{f}: checksum mismatch (file corrupt or replaced)")
-    state = load_file(str(path / MODEL_FILE))
-    train_state = _unflatten(meta["train_state"], load_file(str(path / STATE_FILE))) if with_train_state else {}
+    state = _read_tensors(path / MODEL_FILE)
+    train_state = {}
+    if with_train_state:
+        try:
+            train_state = _unflatten(meta.get("train_state", {}), _read_tensors(path / STATE_FILE))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path / META_FILE}: train_state does not match {STATE_FILE} "
+                                  f"({type(e).__name__}: {e})") from None
     return meta, state, train_state
 
 
@@ -135,22 +147,39 @@ def save_model_checkpoint(path: str | Path, model, **kw) -> Path:
     return save_checkpoint(path, model, kind=model.kind, config=config, **kw)
 
 
+def _check_shapes(path: Path, kind: str, expected: dict[str, torch.Size], state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights that do not fit the model (names and shapes), before any is copied into it."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k])}" for k in expected
+             if k in state and state[k].shape != expected[k]]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{path / MODEL_FILE}: weights do not fit a {kind} built from its config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}, {len(wrong)} shape "
+                              f"mismatches, file vs model: {wrong[:3]}); wrong weights for this config?")
+
+
 def load_model(path: str | Path, expect_kind: str | None = None):
-    """Rebuild a network from a checkpoint folder (in eval mode); refuses a mismatched kind."""
+    """Rebuild a network from a checkpoint folder (in eval mode); refuses a mismatched kind, and weights
+    whose names or shapes do not fit the model the recorded config builds (:class:`CheckpointError`)."""
     from .config import ModelConfig
     from .vpr import build_model
 
     meta, state, _ = load_checkpoint(path)
-    if expect_kind is not None and meta["kind"] != expect_kind:
-        raise CheckpointError(f"{path}: holds a {meta['kind']} model, expected {expect_kind}")
-    if "model" not in meta["config"]:
+    kind = meta["kind"]
+    if expect_kind is not None and kind != expect_kind:
+        raise CheckpointError(f"{path}: holds a {kind} model, expected {expect_kind}")
+    if not isinstance(meta["config"].get("model"), dict):
         raise CheckpointError(f"{path}: no model config recorded (not a distilvpr model checkpoint)")
-    cfg = ModelConfig(**{**meta["config"]["model"], "pretrained": False})
-    model = build_model(meta["kind"], cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit a {meta['kind']} built from its config "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    try:
+        cfg = ModelConfig(**{**meta["config"]["model"], "pretrained": False})
+        with torch.device("meta"):  # shapes only: nothing is allocated for a config the file cannot back
+            expected = {k: v.shape for k, v in build_model(kind, cfg).state_dict().items()}
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / META_FILE}: recorded model config is invalid ({e})") from None
+    _check_shapes(Path(path), kind, expected, state)
+    model = build_model(kind, cfg)
+    model.load_state_dict(state, strict=True)
     model.cfg = ModelConfig(**meta["config"]["model"])
     return model.eval()
 
@@ -162,4 +191,7 @@ def model_identity(checkpoint_dir: str | Path) -> tuple[str, str]:
     ``model.safetensors`` in ``checkpoint.json`` (verified when the checkpoint is loaded).
     """
     meta = read_checkpoint_meta(checkpoint_dir)
-    return f"{meta.get('kind', 'model')}:{Path(checkpoint_dir).name}", meta["sha256"][MODEL_FILE]
+    sha256 = meta["sha256"].get(MODEL_FILE)
+    if not isinstance(sha256, str):
+        raise CheckpointError(f"{checkpoint_dir}: {META_FILE} records no sha256 for {MODEL_FILE}")
+    return f"{meta['kind']}:{Path(checkpoint_dir).name}", sha256

@@ -73,6 +73,42 @@ class TransportLosses:
         self._last[gid] = seq
 
 
+class InputWatch:
+    """Silence and transport loss on one input topic, so diagnostics can say that frames are being lost.
+
+    Large best-effort frames can be lost in transport for good (none arrives), so counting sequence gaps alone
+    never notices: :meth:`problem` also reports a topic that has publishers but has delivered nothing for
+    ``timeout_s`` (since the watch started or the last message), and a transport loss rate above
+    ``max_loss`` over the messages seen since the previous check.
+    """
+
+    def __init__(self, topic: str, timeout_s: float, max_loss: float) -> None:
+        self.topic, self.timeout_s, self.max_loss = topic, timeout_s, max_loss
+        self.losses = TransportLosses()
+        self.received = 0
+        self._last = time.monotonic()  # the start counts as the last arrival
+        self._checked = (0, 0)  # (received, lost) at the previous check
+
+    def update(self, info) -> None:
+        self.received += 1
+        self._last = time.monotonic()
+        self.losses.update(info)
+
+    def problem(self, publishers: int, now: float | None = None) -> str:
+        """'' when the topic is fine, else a WARN message."""
+        now = time.monotonic() if now is None else now
+        silent = now - self._last
+        if publishers > 0 and self.timeout_s > 0 and silent > self.timeout_s:
+            return (f"no message on {self.topic} for {silent:.1f} s although {publishers} publisher(s) exist: "
+                    "lost in transport? (large best-effort frames: use the shipped Fast DDS profile or reliable QoS)")
+        received, lost = self.received - self._checked[0], self.losses.lost - self._checked[1]
+        self._checked = (self.received, self.losses.lost)
+        if lost and lost / (received + lost) > self.max_loss:
+            return (f"{self.topic}: {lost} of {received + lost} messages ({100 * lost / (received + lost):.0f} %) "
+                    f"lost in transport since the last status (max_transport_loss {self.max_loss:g})")
+        return ""
+
+
 class Diagnostics:
     """One ``DiagnosticStatus`` (named ``<node name>: <what>``) published on ``/diagnostics``."""
 
@@ -82,13 +118,16 @@ class Diagnostics:
         self.pub = node.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         self._problems_seen = 0
 
-    def publish_status(self, fatal: str, problems: ProblemLog, ok_message: str, values: dict) -> DiagnosticStatus:
-        """ERROR while ``fatal`` (the node is idle), WARN+ when ``problems`` grew since the last status,
-        else OK with ``ok_message``."""
+    def publish_status(self, fatal: str, problems: ProblemLog, ok_message: str, values: dict,
+                       warning: str = "") -> DiagnosticStatus:
+        """ERROR while ``fatal`` (the node is idle), WARN+ when ``problems`` grew since the last status (the
+        latest one), WARN with ``warning`` (e.g. an input gone silent), else OK with ``ok_message``."""
         if fatal:
             level, message = ERROR, f"idle: {fatal}"
         elif problems.total > self._problems_seen:
             level, message = max(WARN, problems.last_level), problems.last
+        elif warning:
+            level, message = WARN, warning
         else:
             level, message = OK, ok_message
         self._problems_seen = problems.total

@@ -21,10 +21,15 @@ Outputs (reliable, depth 10; every header stamp is the query image's stamp, fram
       last error.
 
 Services
-    ``~/reload`` (std_srvs/Trigger): load the model and map again (e.g. after a new map was saved).
+    ``~/reload`` (std_srvs/Trigger): load the model and the map again (e.g. after a new map was saved). When
+    that fails the node keeps localising with the model and map it had, and says why (response, ERROR
+    diagnostic); in the unconfigured state it runs ``configure`` (and ``activate`` with ``autostart``).
 
-A missing checkpoint, a corrupt map or a map built with another student leaves the node alive and idle,
-with an ERROR diagnostic saying why.
+Lifecycle (``ros/managed_node.py``): ``configure`` loads the student and the map and creates the publishers,
+``activate`` subscribes to the camera and starts the keyframe-marker timer, ``deactivate`` unsubscribes,
+``cleanup`` releases model and map. ``autostart`` (default true) runs configure + activate at start-up.
+A missing checkpoint, a corrupt map or a map built with another student fails ``configure``: the node stays
+alive and unconfigured, with an ERROR diagnostic saying why.
 """
 
 from __future__ import annotations
@@ -32,8 +37,6 @@ from __future__ import annotations
 import time
 
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
-from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -42,86 +45,110 @@ from visualization_msgs.msg import MarkerArray
 from ..data import msg_codec
 from ..mapping.database import MapError
 from ..pipeline.config import NodeConfig
-from ..pipeline.embedder import Embedder, ModelLoadError, configure_threads
+from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.image_quality import LowQualityImage
 from ..pipeline.localizer import Localizer
+from .diagnostics import ERROR, TransportLosses
 from .latency import LatencyWindow
-from .diagnostics import ERROR, Diagnostics, ProblemLog, TransportLosses
+from .managed_node import SUCCESS, ManagedNode, run_managed
 from .messages import (candidates_msgs, keyframe_markers, loop_closure_msg, match_markers, msg_stamp,
                        place_match_msg)
-from .node_runner import run_node
-from .params import declare_node_config, watch_node_config
 from .qos import OUTPUT_QOS, sensor_qos
 from .sync import StampGuard
 
 NODE_NAME = "distilvpr_localization"
+OUTPUT_TOPICS = {"match_pub": "place_match", "cand_pub": "place_candidates", "score_pub": "place_candidates/scores",
+                 "loop_pub": "loop_closure", "marker_pub": "markers"}
 RAW_PREFERRED_S = 1.0
 KEYFRAME_MARKERS_PERIOD_S = 10.0
 
 
-class LocalizationNode(Node):
-    """The localisation node (module docstring). ``kwargs`` go to :class:`rclpy.node.Node`."""
+class LocalizationNode(ManagedNode):
+    """The localisation node (module docstring). ``kwargs`` go to :class:`rclpy.lifecycle.LifecycleNode`."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        self.cfg: NodeConfig = declare_node_config(self)
-        watch_node_config(self, self._on_config)
+        super().__init__(NODE_NAME, "localization", **kwargs)
         cfg = self.cfg
-        configure_threads(cfg.models.num_threads)
-        self.problems = ProblemLog(self.get_logger())
-        self.diag = Diagnostics(self, "localization")
         self.guard = StampGuard(cfg.sync.reset_jump_s)
         self.window = LatencyWindow(cfg.diagnostics.window)
         self.counts = {"frames": 0, "processed": 0, "dropped": 0, "accepted": 0, "loop_closures": 0,
                        "low_quality": 0}
         self.localizer: Localizer | None = None
-        self.fatal = ""
         self.last_reason = ""
         self._pending = None
         self._last_raw = -1e9
-
-        qos = sensor_qos(cfg.qos)
         self.lost = {True: TransportLosses(), False: TransportLosses()}  # raw, compressed
-        self.create_subscription(Image, cfg.topics.camera, lambda m, info: self._on_camera(m, True, info), qos)
-        if cfg.topics.camera_compressed:
-            self.create_subscription(CompressedImage, cfg.topics.camera_compressed,
-                                     lambda m, info: self._on_camera(m, False, info), qos)
-        self.match_pub = self.create_publisher(PoseWithCovarianceStamped, "place_match", OUTPUT_QOS)
-        self.cand_pub = self.create_publisher(PoseArray, "place_candidates", OUTPUT_QOS)
-        self.score_pub = self.create_publisher(Float64MultiArray, "place_candidates/scores", OUTPUT_QOS)
-        self.loop_pub = self.create_publisher(Float64MultiArray, "loop_closure", OUTPUT_QOS)
-        self.marker_pub = self.create_publisher(MarkerArray, "markers", OUTPUT_QOS)
-        self.create_service(Trigger, "~/reload", self._on_reload)
+        self.match_pub = self.cand_pub = self.score_pub = self.loop_pub = self.marker_pub = None
         self._work = self.create_guard_condition(self._process)
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(cfg.diagnostics.period_s, self._publish_diagnostics, clock=steady)
-        self.create_timer(KEYFRAME_MARKERS_PERIOD_S, self._publish_keyframes, clock=steady)
-        self.load()
+        self.create_service(Trigger, "~/reload", self._on_reload)
+        self.autostart()
 
-    # ------------------------------------------------------------------ setup
-    def load(self) -> bool:
-        """(Re)load the student and the map; on failure log, keep the node idle and say why in diagnostics."""
+    # ------------------------------------------------------------------ lifecycle
+    def load(self) -> Localizer:
+        """The student and the map as configured (raises what loading raises)."""
         cfg = self.cfg
-        try:
-            student = Embedder.student_from_config(cfg.models)
-            self.localizer = Localizer.load(student, cfg.map.path, cfg.matcher, cfg.map.run or None, cfg.image_quality)
-        except (ModelLoadError, MapError) as e:
-            self.localizer, self.fatal = None, str(e)
-            self.get_logger().error(f"localisation idle: {e}")
-            self._publish_diagnostics()
-            return False
-        self.fatal = ""
-        self.get_logger().info(f"localising against {cfg.map.path} ({len(self.localizer.db)} keyframes) with "
+        student = Embedder.student_from_config(cfg.models)
+        localizer = Localizer.load(student, cfg.map.path, cfg.matcher, cfg.map.run or None,
+                                   cfg.image_quality)
+        self.get_logger().info(f"localising against {cfg.map.path} ({len(localizer.db)} keyframes) with "
                                f"{student.identity[0]} on {student.backend}; camera {cfg.topics.camera}")
+        return localizer
+
+    def configure(self) -> str:
+        try:
+            self.localizer = self.load()
+        except (ModelLoadError, MapError) as e:
+            return str(e)
+        for name, msg_type in (("match_pub", PoseWithCovarianceStamped), ("cand_pub", PoseArray),
+                               ("score_pub", Float64MultiArray), ("loop_pub", Float64MultiArray),
+                               ("marker_pub", MarkerArray)):
+            setattr(self, name, self.add_output(msg_type, OUTPUT_TOPICS[name], OUTPUT_QOS))
+        return ""
+
+    def activate(self) -> None:
+        cfg = self.cfg
+        qos = sensor_qos(cfg.qos)
+        self.add_subscription(Image, cfg.topics.camera, lambda m, info: self._on_camera(m, True, info), qos,
+                              watch=True)
+        if cfg.topics.camera_compressed:
+            self.add_subscription(CompressedImage, cfg.topics.camera_compressed,
+                                  lambda m, info: self._on_camera(m, False, info), qos, watch=True)
+        self.add_timer(KEYFRAME_MARKERS_PERIOD_S, self._publish_keyframes)
         self._publish_keyframes()
-        return True
+
+    def deactivate(self, publish: bool) -> None:
+        self._pending = None  # a frame received but not matched yet is dropped with the subscription
+
+    def cleanup(self, reason: str) -> None:
+        self.localizer = None
+        self.match_pub = self.cand_pub = self.score_pub = self.loop_pub = self.marker_pub = None
+
+    def reload(self) -> tuple[bool, str]:
+        """Load the model and map again; on failure keep the ones in use and say why."""
+        if self.state == "unconfigured":
+            if self.trigger_configure() != SUCCESS:
+                return False, self.fatal
+            if self.get_parameter("autostart").value:
+                self.trigger_activate()
+            return True, f"configured ({self.state})"
+        if self.state not in ("inactive", "active"):
+            return False, f"cannot reload in state {self.state}"
+        with self.lock:
+            try:
+                localizer = self.load()
+            except Exception as e:  # a file must never kill the node, nor stop a working one
+                message = f"reload failed, still using the previous model and map: {type(e).__name__}: {e}"
+                self.problems.report("reload_failed", message, ERROR)
+                return False, message
+            self.localizer = localizer
+            self._publish_keyframes()
+            return True, f"reloaded: {len(localizer.db)} keyframes"
 
     def _on_reload(self, request, response):
-        response.success = self.load()
-        response.message = "reloaded" if response.success else self.fatal
+        response.success, response.message = self.reload()
         return response
 
-    def _on_config(self, cfg: NodeConfig) -> None:
+    def config_changed(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         if self.localizer is not None:
             self.localizer.quality = cfg.image_quality
@@ -154,14 +181,15 @@ class LocalizationNode(Node):
 
     # ------------------------------------------------------------------ processing
     def _process(self) -> None:
-        try:
-            self._process_pending()
-        except Exception as e:  # a bug or an unforeseen input must not kill the node
-            self.problems.report("internal_error", f"localisation failed: {type(e).__name__}: {e}", ERROR)
+        with self.lock:
+            try:
+                self._process_pending()
+            except Exception as e:  # a bug or an unforeseen input must not kill the node
+                self.problems.report("internal_error", f"localisation failed: {type(e).__name__}: {e}", ERROR)
 
     def _process_pending(self) -> None:
         msg, self._pending = self._pending, None
-        if msg is None or self.localizer is None:
+        if msg is None or self.localizer is None or self.state != "active":
             return
         stamp = msg_stamp(msg)
         try:
@@ -196,7 +224,7 @@ class LocalizationNode(Node):
             self.loop_pub.publish(loop_closure_msg(*match.loop_closure))
 
     def _publish_keyframes(self) -> None:
-        if self.localizer is not None and len(self.localizer.db):
+        if self.localizer is not None and self.marker_pub is not None and len(self.localizer.db):
             self.marker_pub.publish(keyframe_markers(self.localizer.db.poses[:, :3], self.cfg.frames.map))
 
     # ------------------------------------------------------------------ diagnostics
@@ -216,15 +244,13 @@ class LocalizationNode(Node):
             "last_error": self.fatal or self.problems.last,
         }
 
-    def _publish_diagnostics(self) -> None:
-        values = self.diagnostics_values()
-        ok = f"localising against {values['map_size']} keyframes"
-        self.diag.publish_status(self.fatal, self.problems, ok, values)
+    def ok_message(self, values: dict) -> str:
+        return f"localising against {values['map_size']} keyframes"
 
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run distilvpr_ros localization_node``."""
-    return run_node(LocalizationNode, args)
+    return run_managed(LocalizationNode, args)
 
 
 if __name__ == "__main__":

@@ -1,37 +1,50 @@
 """``distilvpr_mapping``: builds a place map live from camera + LiDAR + odometry with the teacher and student.
 
-Inputs (sensor QoS: best-effort by default, ``qos.sensor_reliability``)
+Inputs (sensor QoS: best-effort by default, ``qos.sensor_reliability``; per topic ``qos_overrides.*``)
     ``topics.camera`` (sensor_msgs/Image), ``topics.camera_compressed`` (sensor_msgs/CompressedImage; ignored
     while raw images arrive), ``topics.lidar`` (sensor_msgs/PointCloud2), ``topics.odom`` (nav_msgs/Odometry).
 
 Pipeline
-    camera + LiDAR paired by stamp (``ros/sync.py``, ``sync.slop_s``) → the latest pair waits in a one-slot
-    buffer (a newer pair replaces it and counts as a drop) → pairs newer than the newest odometry wait for
-    it in a queue of ``sync.queue_size`` (odometry often arrives after the images it brackets; a full queue
-    gives up its oldest pair as missing odometry) → odometry interpolated at the camera stamp (none close
-    enough: throttled WARN, no keyframe) → :class:`~distilvpr_ros.pipeline.keyframes.Keyframer` gating →
+    camera + LiDAR paired by stamp (``ros/sync.py``, ``sync.slop_s``) → a bounded queue of pairs
+    (``keyframes.queue_size``; when full the oldest pair is dropped: counted as ``missing_odometry`` when
+    odometry never reached it, else as ``drops_queue_full``) → the oldest pair is taken once odometry has
+    reached its stamp (odometry often arrives after the images it brackets) → odometry interpolated at the
+    camera stamp (none close enough: throttled WARN, no keyframe) →
+    :class:`~distilvpr_ros.pipeline.keyframes.Keyframer` gating →
     :class:`~distilvpr_ros.pipeline.map_builder.MapBuilder` (teacher + student descriptors, teacher-space loop check).
+
+Threads
+    ``main`` spins a :class:`~rclpy.executors.MultiThreadedExecutor`. Odometry, camera+LiDAR and the
+    processing (networks, saving, reloading) each have their own mutually exclusive callback group, so
+    odometry and sensor messages are taken while the networks run: a pair never misses its odometry because
+    the odometry callback waited behind inference.
 
 Outputs
     ``loop_closure`` (std_msgs/Float64MultiArray ``[t_query, t_match]`` s, reliable depth 10; the LIO-SAM
     contract, remap to ``lio_loop/loop_closure_detection``), ``markers`` (visualization_msgs/MarkerArray:
-    query→match loop edges), ``/diagnostics``.
+    query→match loop edges, and all keyframes every 10 s), ``/diagnostics``.
 
 Services
-    ``~/save_map`` (std_srvs/Trigger). The map is also saved every ``map.save_period_s`` and on shutdown
-    (Ctrl-C / SIGTERM), after processing a pending pair, so no keyframe is lost.
+    ``~/save_map`` (std_srvs/Trigger). The map is also saved every ``map.save_period_s``, on ``cleanup`` and on
+    ``shutdown`` (Ctrl-C / SIGTERM / the lifecycle transition), after processing the pairs in hand, so no
+    keyframe is lost. ``~/reload`` (std_srvs/Trigger): save, then load the models and the map again (same
+    run); when that fails the node keeps mapping with what it had and says why.
 
-A missing or mismatching model or map leaves the node alive but idle, with an ERROR diagnostic.
+Lifecycle (``ros/managed_node.py``): ``configure`` loads the models and the map, ``activate`` subscribes and
+starts the timers, ``deactivate`` unsubscribes and finishes the pairs in hand, ``cleanup`` saves and releases.
+``autostart`` (default true) runs configure + activate at start-up. A missing or mismatching model or map
+fails ``configure``: the node stays alive and unconfigured, with an ERROR diagnostic.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
 from nav_msgs.msg import Odometry
-from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -40,14 +53,13 @@ from visualization_msgs.msg import MarkerArray
 from ..data import msg_codec
 from ..mapping.database import MapError
 from ..pipeline.config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig
-from ..pipeline.embedder import Embedder, ModelLoadError, configure_threads
+from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.keyframes import Keyframer, OdometryBuffer
 from ..pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from .latency import LatencyWindow
-from .diagnostics import ERROR, Diagnostics, ProblemLog
-from .messages import loop_closure_msg, match_markers, msg_stamp
-from .node_runner import run_node
-from .params import declare_node_config, watch_node_config
+from .diagnostics import ERROR
+from .managed_node import SUCCESS, ManagedNode, run_managed
+from .messages import keyframe_markers, loop_closure_msg, match_markers, msg_stamp
 from .qos import OUTPUT_QOS, sensor_qos
 from .sync import ApproxTimeSync, Pair
 
@@ -55,72 +67,140 @@ NODE_NAME = "distilvpr_mapping"
 RAW_PREFERRED_S = 1.0  # compressed frames are ignored while raw frames arrived this recently
 
 
-class MappingNode(Node):
-    """The mapping node (module docstring). ``kwargs`` go to :class:`rclpy.node.Node`."""
+KEYFRAME_MARKERS_PERIOD_S = 10.0
+EXECUTOR_THREADS = 4  # odometry, camera+LiDAR, processing, and the rest (services, diagnostics, parameters)
+
+
+class MappingNode(ManagedNode):
+    """The mapping node (module docstring). ``kwargs`` go to :class:`rclpy.lifecycle.LifecycleNode`."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        self.cfg: NodeConfig = declare_node_config(self)
-        watch_node_config(self, self._on_config)
+        # Callback groups: odometry never waits behind the networks (MultiThreadedExecutor, see make_executor).
+        self.odom_group = MutuallyExclusiveCallbackGroup()
+        self.sensor_group = MutuallyExclusiveCallbackGroup()
+        self.work_group = MutuallyExclusiveCallbackGroup()
+        super().__init__(NODE_NAME, "mapping", **kwargs)
         cfg = self.cfg
-        configure_threads(cfg.models.num_threads)
-        self.problems = ProblemLog(self.get_logger())
-        self.diag = Diagnostics(self, "mapping")
+        self._queue_lock = threading.Lock()  # the pair queue, the synchroniser, odometry buffer and keyframer
         self.sync = ApproxTimeSync(cfg.sync.slop_s, cfg.sync.queue_size, cfg.sync.reset_jump_s)
         k = cfg.keyframes
         self.odom = OdometryBuffer(k.odom_buffer_s, k.odom_tolerance_s, cfg.sync.reset_jump_s, k.max_position_m,
                                    k.max_speed_mps)
         self.keyframer = Keyframer(cfg.keyframes)
         self.window = LatencyWindow(cfg.diagnostics.window)
-        self.counts = {"pairs": 0, "pending_replaced": 0, "missing_odometry": 0, "loop_closures": 0, "saves": 0}
-        self._pending: Pair | None = None
-        self._waiting: deque[Pair] = deque()  # pairs newer than the newest odometry
+        self.counts = {"pairs": 0, "drops_queue_full": 0, "missing_odometry": 0, "loop_closures": 0, "saves": 0}
+        self._pairs: deque[Pair] = deque()  # pairs waiting for odometry or the networks, oldest first
         self._odom_frame = cfg.frames.map
         self._last_raw = -1e9
         self._last_save = time.monotonic()
         self.builder: MapBuilder | None = None
-        self.fatal = ""
-        self._load()
+        self.loop_pub = self.marker_pub = None
+        self._work = self.create_guard_condition(self._process, callback_group=self.work_group)
+        self.create_service(Trigger, "~/save_map", self._on_save_map, callback_group=self.work_group)
+        self.create_service(Trigger, "~/reload", self._on_reload, callback_group=self.work_group)
+        self.autostart()
 
-        qos = sensor_qos(cfg.qos)
-        t = cfg.topics
-        self.create_subscription(Image, t.camera, lambda m: self._on_camera(m, raw=True), qos)
+    @staticmethod
+    def make_executor() -> MultiThreadedExecutor:
+        """The executor ``main`` spins this node with (one thread per callback group and one for the rest)."""
+        return MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _open(self, cfg: NodeConfig, resume: bool | None = None) -> MapBuilder:
+        """Teacher, student and the map builder for ``cfg`` (``resume`` overrides ``map.resume``)."""
+        teacher = Embedder.from_checkpoint(cfg.models.teacher_checkpoint, TEACHER_SPACE, cfg.models.num_threads)
+        student = Embedder.from_checkpoint(cfg.models.student_checkpoint, STUDENT_SPACE, cfg.models.num_threads)
+        if resume is not None:
+            cfg = cfg.model_copy(update={"map": cfg.map.model_copy(update={"resume": resume})})
+        builder = MapBuilder.open(teacher, student, cfg, cfg.frames.map)
+        resumed = f" (resuming a map of {len(builder.db)} keyframes)" if len(builder.db) else ""
+        self.get_logger().info(f"models loaded: teacher {teacher.identity[0]}, student {student.identity[0]}; "
+                               f"run {builder.run!r}{resumed}")
+        return builder
+
+    def configure(self) -> str:
+        cfg = self.cfg
+        try:
+            self.builder = self._open(cfg)
+        except (ModelLoadError, MapError) as e:
+            return str(e)
+        self.loop_pub = self.add_output(Float64MultiArray, "loop_closure", OUTPUT_QOS)
+        self.marker_pub = self.add_output(MarkerArray, "markers", OUTPUT_QOS)
+        self._last_save = time.monotonic()
+        return ""
+
+    def activate(self) -> None:
+        cfg = self.cfg
+        qos, t = sensor_qos(cfg.qos), cfg.topics
+        sensors = dict(callback_group=self.sensor_group, watch=True)
+        self.add_subscription(Image, t.camera, lambda m: self._on_camera(m, raw=True), qos, **sensors)
         if t.camera_compressed:
-            self.create_subscription(CompressedImage, t.camera_compressed, lambda m: self._on_camera(m, raw=False), qos)
-        self.create_subscription(PointCloud2, t.lidar, self._on_lidar, qos)
-        self.create_subscription(Odometry, t.odom, self._on_odom, qos)
-        self.loop_pub = self.create_publisher(Float64MultiArray, "loop_closure", OUTPUT_QOS)
-        self.marker_pub = self.create_publisher(MarkerArray, "markers", OUTPUT_QOS)
-        self.create_service(Trigger, "~/save_map", self._on_save_map)
-        self._work = self.create_guard_condition(self._process)
-        steady = Clock(clock_type=ClockType.STEADY_TIME)  # timers keep running when sim time is paused
-        self.create_timer(cfg.diagnostics.period_s, self._publish_diagnostics, clock=steady)
-        self.create_timer(1.0, self._maybe_autosave, clock=steady)
+            self.add_subscription(CompressedImage, t.camera_compressed, lambda m: self._on_camera(m, raw=False), qos,
+                                  **sensors)
+        self.add_subscription(PointCloud2, t.lidar, self._on_lidar, qos, **sensors)
+        self.add_subscription(Odometry, t.odom, self._on_odom, qos, callback_group=self.odom_group, watch=True)
+        self.add_timer(1.0, self._maybe_autosave, callback_group=self.work_group)
+        self.add_timer(KEYFRAME_MARKERS_PERIOD_S, self._publish_keyframes, callback_group=self.work_group)
         self.get_logger().info(
             f"mapping into {cfg.map.path or '(map.path not set: nothing will be saved)'}; camera {t.camera}, "
             f"lidar {t.lidar}, odom {t.odom}, sensor QoS {cfg.qos.sensor_reliability}")
 
-    # ------------------------------------------------------------------ setup
-    def _load(self) -> None:
-        cfg = self.cfg
-        try:
-            teacher = Embedder.from_checkpoint(cfg.models.teacher_checkpoint, TEACHER_SPACE, cfg.models.num_threads)
-            student = Embedder.from_checkpoint(cfg.models.student_checkpoint, STUDENT_SPACE, cfg.models.num_threads)
-            self.builder = MapBuilder.open(teacher, student, cfg, cfg.frames.map)
-        except (ModelLoadError, MapError) as e:
-            self.fatal = str(e)
-            self.get_logger().error(f"cannot start mapping, staying idle: {e}")
-            return
-        resumed = f" (resuming a map of {len(self.builder.db)} keyframes)" if len(self.builder.db) else ""
-        self.get_logger().info(f"models loaded: teacher {teacher.identity[0]}, student {student.identity[0]}; "
-                               f"run {self.builder.run!r}{resumed}")
+    def deactivate(self, publish: bool) -> None:
+        self.drain(publish)
 
-    def _on_config(self, cfg: NodeConfig) -> None:
+    def cleanup(self, reason: str) -> None:
+        if self.builder is not None and self.builder.unsaved and self.cfg.map.path:
+            ok, message = self.save_map()
+            print(f"[{NODE_NAME}] {reason}: {message}", flush=True)
+        self.builder = None
+        self.loop_pub = self.marker_pub = None
+
+    def reload(self) -> tuple[bool, str]:
+        """Save, then load the models and the map again (same run); on failure keep mapping with the old ones."""
+        if self.state == "unconfigured":
+            if self.trigger_configure() != SUCCESS:
+                return False, self.fatal
+            if self.get_parameter("autostart").value:
+                self.trigger_activate()
+            return True, f"configured ({self.state})"
+        if self.state not in ("inactive", "active") or self.builder is None:
+            return False, f"cannot reload in state {self.state}"
+        with self.lock:
+            old = self.builder
+            if old.unsaved:
+                if not self.cfg.map.path:
+                    return False, f"reload refused: {old.unsaved} keyframes are only in memory (map.path is not set)"
+                ok, message = self.save_map()
+                if not ok:
+                    return False, f"reload refused: saving the map failed: {message}"
+            cfg = self.cfg.model_copy(update={"map": self.cfg.map.model_copy(update={"run": old.run})})
+            try:  # the saved map is resumed (never replaced by an empty one)
+                builder = self._open(cfg, resume=True if len(old.db) else None)
+            except Exception as e:  # a file must never kill the node, nor stop a working one
+                message = f"reload failed, still mapping with the previous models and map: {type(e).__name__}: {e}"
+                self.problems.report("reload_failed", message, ERROR)
+                return False, message
+            self.builder = builder
+            self.keyframer.reset()
+            return True, f"reloaded: {len(builder.db)} keyframes, run {builder.run!r}"
+
+    def _on_reload(self, request, response):
+        response.success, response.message = self.reload()
+        (self.get_logger().info if response.success else self.get_logger().error)(response.message)
+        return response
+
+    def config_changed(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
-        self.keyframer.cfg = cfg.keyframes
-        if self.builder is not None:
-            self.builder.matcher.cfg = cfg.matcher
-            self.builder.matcher.reset()
+        with self._queue_lock:
+            self.keyframer.cfg = cfg.keyframes
+            self.odom.tolerance_s = cfg.keyframes.odom_tolerance_s
+            self.odom.horizon_s = cfg.keyframes.odom_buffer_s
+            self.odom.max_position_m = cfg.keyframes.max_position_m
+            self.odom.max_speed_mps = cfg.keyframes.max_speed_mps
+        builder = self.builder
+        if builder is not None:
+            builder.matcher.cfg = cfg.matcher
+            builder.matcher.reset()
 
     # ------------------------------------------------------------------ inputs
     def _on_camera(self, msg, raw: bool) -> None:
@@ -136,7 +216,12 @@ class MappingNode(Node):
 
     def _push(self, stream: str, msg) -> None:
         stamp = msg_stamp(msg)
-        result = self.sync.push(stream, stamp, msg)
+        with self._queue_lock:
+            result = self.sync.push(stream, stamp, msg)
+            if result.reset:
+                self.odom.clear()
+                self.keyframer.reset()
+            dropped = [self._enqueue(pair) for pair in result.pairs]
         if result.rejected:
             self.problems.report(f"{stream}_{result.rejected}",
                                  f"{stream} message at t={stamp:.6f} dropped: {result.rejected.replace('_', '-')} "
@@ -144,19 +229,47 @@ class MappingNode(Node):
         if result.reset:
             self.get_logger().warning(f"{stream} stamps jumped back to t={stamp:.3f} (bag restarted?): "
                                       "synchroniser and odometry buffer reset")
-            self.odom.clear()
-            self.keyframer.reset()
-        for pair in result.pairs:
-            self.counts["pairs"] += 1
-            if self._pending is not None:
-                self.counts["pending_replaced"] += 1
-            self._pending = pair
+        for d in dropped:
+            self._report_dropped(d)
+        if result.pairs:
             self._work.trigger()
+
+    def _enqueue(self, pair: Pair) -> tuple[Pair, str] | None:
+        """Queue a pair (caller holds ``_queue_lock``); when the queue was full, the oldest pair it dropped and
+        the counter it went to (``missing_odometry`` when odometry never reached it, else ``drops_queue_full``)."""
+        self.counts["pairs"] += 1
+        dropped = None
+        if len(self._pairs) >= self.cfg.keyframes.queue_size:
+            oldest = self._pairs.popleft()
+            dropped = (oldest, "missing_odometry" if self.odom.awaiting(oldest.stamp) else "drops_queue_full")
+            self.counts[dropped[1]] += 1
+        self._pairs.append(pair)
+        return dropped
+
+    def _report_dropped(self, dropped: tuple[Pair, str] | None) -> None:
+        if dropped is None:
+            return
+        pair, kind = dropped
+        size = self.cfg.keyframes.queue_size
+        if kind == "missing_odometry":
+            self._report_missing_odometry(pair.stamp, f"; {size} newer pairs queued behind it (keyframes.queue_size)")
+        else:
+            self.problems.report("queue_full", f"pair queue full ({size} pairs, keyframes.queue_size): the networks "
+                                               f"are slower than the sensors; pair at t={pair.stamp:.6f} dropped")
+
+    def _report_missing_odometry(self, stamp: float, why: str = "") -> None:
+        with self._queue_lock:
+            span = self.odom.span
+        have = "none received" if span is None else f"have {span[0]:.3f}..{span[1]:.3f}"
+        self.problems.report("missing_odometry", f"no odometry within {self.odom.tolerance_s:g} s of the pair at "
+                                                 f"t={stamp:.6f} ({have}){why}; no keyframe")
 
     def _on_odom(self, msg: Odometry) -> None:
         try:
             pose = msg_codec.odometry_to_pose(msg)
-            accepted = self.odom.add(msg_stamp(msg), pose)
+            with self._queue_lock:
+                accepted = self.odom.add(msg_stamp(msg), pose)
+                ready = bool(self._pairs) and not self.odom.awaiting(self._pairs[0].stamp)
         except ValueError as e:
             self.problems.report("bad_odometry", f"odometry message dropped: {e}")
             return
@@ -164,46 +277,55 @@ class MappingNode(Node):
             self.problems.report("odom_out_of_order", f"odometry at t={msg_stamp(msg):.6f} dropped: not after the "
                                                       "previous odometry stamp")
         self._odom_frame = msg.header.frame_id or self._odom_frame
-        if self._waiting and not self.odom.awaiting(self._waiting[0].stamp):
+        if ready:
             self._work.trigger()
 
     # ------------------------------------------------------------------ processing
-    def _process(self, publish: bool = True, give_up: bool = False) -> None:
-        """Turn the pending pair into a keyframe if the odometry and the gating say so."""
-        try:
-            self._process_pending(publish, give_up)
-        except Exception as e:  # a bug or an unforeseen input must not kill the node
-            self.problems.report("internal_error", f"keyframe processing failed: {type(e).__name__}: {e}", ERROR)
+    def _process(self) -> None:
+        """One queued pair (the processing group's guard condition); triggers itself again while more are ready,
+        so transitions and services get the lock between pairs."""
+        if self._process_one(publish=True):
+            self._work.trigger()
 
-    def _process_pending(self, publish: bool, give_up: bool = False) -> None:
-        """Keyframes from the waiting pairs odometry has reached, then from the pending pair (which waits
-        itself when odometry has not reached it; ``give_up``: do not wait, e.g. at shutdown)."""
-        if self.builder is None:
-            return
-        while self._waiting and (give_up or not self.odom.awaiting(self._waiting[0].stamp)):
-            self._keyframe(self._waiting.popleft(), publish)
-        pair, self._pending = self._pending, None
-        if pair is None:
-            return
-        if not give_up and self.odom.awaiting(pair.stamp):
-            if len(self._waiting) >= self.cfg.sync.queue_size:
-                self._keyframe(self._waiting.popleft(), publish)  # gives it up as missing odometry
-            self._waiting.append(pair)
-            return
-        self._keyframe(pair, publish)
+    def _process_one(self, publish: bool, give_up: bool = False) -> bool:
+        """Turn the oldest queued pair into a keyframe if odometry has reached it (``give_up``: do not wait for
+        odometry, e.g. at shutdown). True when a pair was taken."""
+        with self.lock:
+            with self._queue_lock:
+                if self.builder is None or not self._pairs:
+                    return False
+                pair = self._pairs[0]
+                if not give_up and self.odom.awaiting(pair.stamp):
+                    return False
+                self._pairs.popleft()
+                pose = self.odom.pose_at(pair.stamp)
+                decision = None if pose is None else self.keyframer.check(pose, pair.stamp)
+            if pose is None:
+                self.counts["missing_odometry"] += 1
+                self._report_missing_odometry(pair.stamp)
+            elif decision.accept:
+                try:
+                    self._keyframe(pair, pose, publish)
+                except Exception as e:  # a bug or an unforeseen input must not kill the node
+                    self.problems.report("internal_error", f"keyframe processing failed: {type(e).__name__}: {e}",
+                                         ERROR)
+            return True
 
-    def _keyframe(self, pair: Pair, publish: bool) -> None:
+    def drain(self, publish: bool) -> None:
+        """Finish the pairs in hand: those odometry has reached, then the scans still waiting for a camera frame,
+        then (last chance, e.g. at shutdown) the ones still waiting for odometry."""
+        with self.lock:
+            while self._process_one(publish):
+                pass
+            with self._queue_lock:
+                dropped = [self._enqueue(pair) for pair in self.sync.flush()]
+            for d in dropped:
+                self._report_dropped(d)
+            while self._process_one(publish, give_up=True):
+                pass
+
+    def _keyframe(self, pair: Pair, pose, publish: bool) -> None:
         stamp = pair.stamp
-        pose = self.odom.pose_at(stamp)
-        if pose is None:
-            self.counts["missing_odometry"] += 1
-            span = self.odom.span
-            have = "none received" if span is None else f"have {span[0]:.3f}..{span[1]:.3f}"
-            self.problems.report("missing_odometry", f"no odometry within {self.odom.tolerance_s:g} s of the pair at "
-                                                     f"t={stamp:.6f} ({have}); no keyframe")
-            return
-        if not self.keyframer.check(pose, stamp).accept:
-            return
         try:
             image = (msg_codec.image_to_rgb(pair.camera) if isinstance(pair.camera, Image)
                      else msg_codec.compressed_to_rgb(pair.camera))
@@ -219,38 +341,47 @@ class MappingNode(Node):
         except ValueError as e:
             self.problems.report("bad_cloud", f"LiDAR scan at t={pair.lidar_stamp:.6f} unusable: {e}")
             return
-        self.keyframer.accept(pose, stamp)
+        with self._queue_lock:
+            self.keyframer.accept(pose, stamp)
         self.window.add(result.seconds)
         lc = result.match.loop_closure
         if lc is not None:
             self.counts["loop_closures"] += 1
             self.get_logger().info(f"loop closure: t={lc[0]:.3f} ↔ t={lc[1]:.3f} (keyframe {result.match.best.id}, "
                                    f"score {result.match.best.score:.3f})")
-            if publish:
+            if publish and self.loop_pub is not None:
                 self.loop_pub.publish(loop_closure_msg(*lc))
                 edge = (pose[:3, 3], result.match.best.pose[:3])
                 self.marker_pub.publish(match_markers(stamp, self.cfg.frames.map, [edge], [result.match.best],
                                                       ns="loop_closure"))
 
+    def _publish_keyframes(self) -> None:
+        with self.lock:
+            if self.builder is not None and self.marker_pub is not None and len(self.builder.db):
+                self.marker_pub.publish(keyframe_markers(self.builder.db.poses[:, :3], self.cfg.frames.map))
+
     # ------------------------------------------------------------------ saving
     def save_map(self) -> tuple[bool, str]:
         """Save the map now; ``(success, message)``."""
-        if self.builder is None:
-            return False, f"nothing to save: {self.fatal}"
-        if not self.cfg.map.path:
-            return False, "map.path is not set"
-        try:
-            path = self.builder.save(self.cfg.map.path)
-        except (OSError, ValueError) as e:
-            self.problems.report("save_failed", f"saving the map to {self.cfg.map.path} failed: {e}", ERROR)
-            return False, str(e)
-        self._last_save = time.monotonic()
-        self.counts["saves"] += 1
-        return True, f"saved {len(self.builder.db)} keyframes to {path}"
+        with self.lock:
+            if self.builder is None:
+                return False, f"nothing to save: {self.fatal or 'no map loaded (state ' + self.state + ')'}"
+            if not self.cfg.map.path:
+                return False, "map.path is not set"
+            try:
+                path = self.builder.save(self.cfg.map.path)
+            except (OSError, ValueError) as e:
+                self.problems.report("save_failed", f"saving the map to {self.cfg.map.path} failed: {e}", ERROR)
+                return False, str(e)
+            self._last_save = time.monotonic()
+            self.counts["saves"] += 1
+            return True, f"saved {len(self.builder.db)} keyframes to {path}"
 
     def _on_save_map(self, request, response):
-        self._process()
-        response.success, response.message = self.save_map()
+        with self.lock:
+            while self._process_one(publish=True):
+                pass
+            response.success, response.message = self.save_map()
         (self.get_logger().info if response.success else self.get_logger().error)(response.message)
         return response
 
@@ -262,41 +393,32 @@ class MappingNode(Node):
             if ok:
                 self.get_logger().info(f"autosave: {message}")
 
-    def shutdown(self) -> None:
-        """Pair waiting scans, process the pending pair and save (called by ``main`` after spinning stops)."""
-        self._process(publish=False)
-        for pair in self.sync.flush():
-            self._pending = pair
-            self._process(publish=False)
-        self._process(publish=False, give_up=True)  # pairs still waiting for odometry: last chance
-        if self.builder is not None and self.builder.unsaved and self.cfg.map.path:
-            ok, message = self.save_map()
-            print(f"[distilvpr_mapping] shutdown: {message}", flush=True)
-
     # ------------------------------------------------------------------ diagnostics
     def diagnostics_values(self) -> dict:
         s = self.sync.stats
         b = self.builder
+        with self._queue_lock:
+            queued = len(self._pairs)
+            waiting = sum(self.odom.awaiting(p.stamp) for p in self._pairs)
         return {
             "keyframes": len(b.db) if b else 0, "run": b.run if b else "", "unsaved": b.unsaved if b else 0,
             "keyframe_rate_hz": self.window.rate_hz(), "latency_ms_p50": self.window.percentile_ms(50),
             "latency_ms_p99": self.window.percentile_ms(99), "pairs": s.pairs,
-            "drops": s.dropped + self.counts["pending_replaced"], "drops_overflow": sum(s.overflow.values()),
+            "drops": s.dropped + self.counts["drops_queue_full"], "drops_overflow": sum(s.overflow.values()),
             "drops_unpaired": s.unpaired, "drops_duplicate": s.duplicates, "drops_out_of_order": s.out_of_order,
-            "pending_replaced": self.counts["pending_replaced"], "missing_odometry": self.counts["missing_odometry"],
-            "waiting_for_odometry": len(self._waiting),
+            "drops_queue_full": self.counts["drops_queue_full"], "missing_odometry": self.counts["missing_odometry"],
+            "queued_pairs": queued, "waiting_for_odometry": waiting,
             "loop_closures": self.counts["loop_closures"], "saves": self.counts["saves"],
             "map_path": self.cfg.map.path, "last_error": self.fatal or self.problems.last,
         }
 
-    def _publish_diagnostics(self) -> None:
-        values = self.diagnostics_values()
-        self.diag.publish_status(self.fatal, self.problems, f"mapping: {values['keyframes']} keyframes", values)
+    def ok_message(self, values: dict) -> str:
+        return f"mapping: {values['keyframes']} keyframes"
 
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run distilvpr_ros mapping_node``."""
-    return run_node(MappingNode, args)
+    return run_managed(MappingNode, args, MappingNode.make_executor)
 
 
 if __name__ == "__main__":

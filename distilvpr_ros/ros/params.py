@@ -14,6 +14,7 @@ Optional integers of the schema (``index.nlist``, ``index.pq_m``) use ``0`` for 
 
 from __future__ import annotations
 
+import difflib
 import sys
 import types
 import typing
@@ -26,7 +27,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 
-from ..pipeline.config import NodeConfig
+from ..config import merge_config
+from ..pipeline.config import ROS_ONLY_KEYS, NodeConfig
 
 #: Parameters that may change while the node runs (everything else is read-only after start-up).
 DYNAMIC_PREFIXES = ("matcher.", "keyframes.", "frames.", "map.save_period_s")
@@ -134,17 +136,8 @@ def parameter_specs(model: type[BaseModel] = NodeConfig, prefix: str = "") -> li
 
 def _nested(values: dict[str, Any], specs: list[ParamSpec]) -> dict:
     """Dotted ROS values → the nested dict pydantic reads (sentinels → None)."""
-    out: dict = {}
-    for spec in specs:
-        value = values[spec.name]
-        if spec.optional and value in (0, 0.0, ""):
-            value = None
-        node = out
-        *parents, leaf = spec.name.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
+    return merge_config({}, {s.name: None if s.optional and values[s.name] in (0, 0.0, "") else values[s.name]
+                             for s in specs})
 
 
 def _validate(values: dict[str, Any], specs: list[ParamSpec]) -> NodeConfig:
@@ -170,7 +163,22 @@ def declare_node_config(node: Node, defaults: NodeConfig | None = None) -> NodeC
             raise ParamError(f"parameter {spec.name} must be a {spec.type_name} ({e})") from None
         except InvalidParameterValueException as e:
             raise ParamError(f"parameter {spec.name}: {e}") from None
+    for problem in unknown_parameters(node):
+        node.get_logger().warning(problem)
     return node_config_from_parameters(node)
+
+
+def unknown_parameters(node: Node) -> list[str]:
+    """One message per parameter given to ``node`` (parameter file, ``-p``, launch) that it does not have:
+    a typo such as ``matcher.top_kk`` would otherwise be ignored in silence. Names the closest valid one."""
+    names = [s.name for s in parameter_specs()]
+    given = getattr(node, "_parameter_overrides", {})  # rclpy keeps the overrides it was started with here
+    problems = []
+    for name in sorted(given):
+        if name not in names and not node.has_parameter(name) and name.split(".")[0] not in ROS_ONLY_KEYS:
+            close = difflib.get_close_matches(name, names, n=1)
+            problems.append(f"unknown parameter {name!r} ignored" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return problems
 
 
 def node_config_from_parameters(node: Node) -> NodeConfig:

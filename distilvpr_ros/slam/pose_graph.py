@@ -63,25 +63,28 @@ class PoseGraphConfig(Section):
     gnc_inlier_probability: float = Field(
         0.99, gt=0, lt=1, description="GNC: a loop is an inlier when its residual is within this chi-square(6) "
         "quantile")
-    gnc_mu_step: float = Field(2.0, gt=1, description="GNC: factor by which the non-convexity grows per iteration")
+    gnc_mu_step: float = Field(
+        2.0, gt=1, le=100, description="GNC: factor by which the non-convexity grows per iteration")
     gnc_prescreen_factor: float = Field(
-        10.0, ge=0, description="GNC: loops whose residual chi-square after a Cauchy solve exceeds this multiple of "
-        "the acceptance gate leave the graph before GNC, which starts from that solve (0: no pre-screen)")
-    cauchy_k: float = Field(3.0, gt=0, description="Cauchy: scale of the whitened residual norm of a loop")
-    huber_k: float = Field(3.0, gt=0, description="Huber: threshold on the whitened residual norm of a loop")
+        10.0, ge=0, le=1e6, description="GNC: loops whose residual chi-square after a Cauchy solve exceeds this "
+        "multiple of the acceptance gate leave the graph before GNC, which starts from that solve (0: no pre-screen)")
+    cauchy_k: float = Field(3.0, gt=0, le=1e3, description="Cauchy: scale of the whitened residual norm of a loop")
+    huber_k: float = Field(3.0, gt=0, le=1e3, description="Huber: threshold on the whitened residual norm of a loop")
     accept_probability: float = Field(
         0.99, gt=0, lt=1, description="huber/none: a loop is accepted when its residual chi-square(6) is below "
         "this quantile")
-    odom_sigma_translation_m: float = Field(0.01, gt=0, description="odometry translation std per step, floor (m)")
+    odom_sigma_translation_m: float = Field(
+        0.01, gt=0, le=100, description="odometry translation std per step, floor (m)")
     odom_sigma_translation_per_m: float = Field(
-        0.03, ge=0, description="odometry translation std added per metre of the step (relative)")
-    odom_sigma_rotation_deg: float = Field(0.05, gt=0, description="odometry rotation std per step, floor (deg)")
+        0.03, ge=0, le=10, description="odometry translation std added per metre of the step (relative)")
+    odom_sigma_rotation_deg: float = Field(
+        0.05, gt=0, le=180, description="odometry rotation std per step, floor (deg)")
     odom_sigma_rotation_deg_per_m: float = Field(
-        0.1, ge=0, description="odometry rotation std added per metre of the step (deg/m)")
-    prior_sigma: float = Field(1e-6, gt=0, description="std of the prior holding the first keyframe (m, rad)")
+        0.1, ge=0, le=180, description="odometry rotation std added per metre of the step (deg/m)")
+    prior_sigma: float = Field(1e-6, gt=0, le=1, description="std of the prior holding the first keyframe (m, rad)")
     stamp_tolerance_s: float = Field(
-        1e-3, ge=0, description="a loop stamp names the keyframe whose stamp is within this (s)")
-    max_iterations: int = Field(100, ge=1, description="iterations of Levenberg-Marquardt (per GNC step)")
+        1e-3, ge=0, le=60, description="a loop stamp names the keyframe whose stamp is within this (s)")
+    max_iterations: int = Field(100, ge=1, le=10_000, description="iterations of Levenberg-Marquardt (per GNC step)")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import GroundTruthConfig, Section, load_yaml
+from ..config import GroundTruthConfig, Section, load_yaml, merge_config
 from ..losses import DISTILL_METHODS
 from ..losses.task import STUDENT_HEAD_WEIGHTS, TEACHER_HEAD_WEIGHTS, TRIPLET_MARGIN
 from ..models.config import ModelConfig
@@ -220,21 +220,5 @@ class TrainConfig(Section):
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "TrainConfig":
         """Defaults ← YAML file (optional) ← overrides (nested dicts, or dotted keys like ``optim.epochs``)."""
-        values = load_yaml(path) if path is not None else {}
-        for key, value in (overrides or {}).items():
-            _merge(values, _nest(key, value))
+        values = merge_config(load_yaml(path) if path is not None else {}, overrides)
         return cls.model_validate(values)
-
-
-def _nest(key: str, value: Any) -> dict[str, Any]:
-    for part in reversed(key.split(".")[1:]):
-        value = {part: value}
-    return {key.split(".")[0]: value}
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value

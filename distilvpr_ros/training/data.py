@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +38,7 @@ from ..data.synthetic import load_synthetic
 from ..models.config import BevConfig
 from ..models.image import ImageEncoder
 from ..models.preprocess import PIXEL_MAX, cloud_to_bev, image_to_tensor
+from ..utils.fileio import atomic_write
 from .augment import ImageAugment, PointAugment
 from .config import DataConfig, GroundTruthConfig
 
@@ -356,8 +356,6 @@ def disk_cached(cache_dir: Path | None, key: dict, compute: Callable[[], torch.T
     if path.is_file():
         return load_file(str(path))["tensor"]
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"tensor": value.contiguous()}, str(tmp), metadata={"key": text})
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file({"tensor": value.contiguous()}, str(tmp), metadata={"key": text})
     return value

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from .fileio import atomic_write
 
 
 def make_run_dir(root: str | Path, name: str) -> Path:
@@ -20,20 +21,13 @@ def make_run_dir(root: str | Path, name: str) -> Path:
         run_dir = base / f"{stamp}_{k}"
         k += 1
     run_dir.mkdir()
-    latest = base / "latest"
-    tmp = base / f".latest.{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, latest)
+    with atomic_write(base / "latest") as tmp:
+        tmp.symlink_to(run_dir.name)
     return run_dir
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    """Write JSON crash-safely (:func:`~distilvpr_ros.utils.fileio.atomic_write`)."""
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path)

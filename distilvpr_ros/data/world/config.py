@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from ...config import Section
+from ...config import Section, load_yaml, merge_config, validate_config
 from ..errors import DataError
+
+#: Most frames one world may hold (all runs; the ``large`` preset has about 15 000).
+MAX_FRAMES = 200_000
 
 TimeOfDay = Literal["day", "dusk", "night"]
 Weather = Literal["clear", "fog", "rain"]
@@ -52,28 +54,33 @@ class RunConfig(Section):
     name: str | None = Field(None, description="run id (folder name); default run<index>_<condition>")
     condition: Condition = Field(default_factory=Condition, description="appearance condition of this run")
     direction: Literal[1, -1] = Field(1, description="+1 drives the route loop forwards, -1 backwards")
-    lane: int = Field(0, ge=0, description="lane counted from the centre line (0 = inner), right-hand traffic")
-    speed_mps: float = Field(9.0, gt=0, description="mean driving speed (m/s); varies smoothly along the run")
-    laps: float = Field(1.0, gt=0, description="route length driven, in loops (>1 revisits the start: loop closures)")
+    lane: int = Field(0, ge=0, le=7, description="lane counted from the centre line (0 = inner), right-hand traffic")
+    speed_mps: float = Field(9.0, gt=0, le=60, description="mean driving speed (m/s); varies smoothly along the run")
+    laps: float = Field(
+        1.0, gt=0, le=20, description="route length driven, in loops (>1 revisits the start: loop closures)")
     start_offset_m: float | None = Field(
-        None, description="arc length along the loop where the run starts; None: random"
+        None, ge=-1e5, le=1e5, description="arc length along the loop where the run starts; None: random"
     )
-    day: int = Field(0, ge=0, description="days after WorldConfig.start_date on which the run is recorded")
+    day: int = Field(0, ge=0, le=36500, description="days after WorldConfig.start_date on which the run is recorded")
 
 
 class TownConfig(Section):
     """Procedural town: an irregular street grid with buildings, trees, poles and parked cars."""
 
-    blocks_x: int = Field(5, ge=1, description="city blocks between the streets along x (east)")
-    blocks_y: int = Field(3, ge=1, description="city blocks between the streets along y (north)")
-    block_size_m: float = Field(48.0, gt=10, description="mean side length of a city block (m)")
-    block_jitter_m: float = Field(10.0, ge=0, description="uniform +- variation of each block side (irregular grid)")
-    border_m: float = Field(28.0, ge=0, description="depth of the built-up ring outside the outermost streets (m)")
-    lane_width_m: float = Field(3.2, gt=2, description="width of one driving lane (m)")
-    lanes_per_direction: int = Field(2, ge=1, description="driving lanes on each side of the centre line")
-    parking_width_m: float = Field(2.2, ge=0, description="parking strip between the outer lane and the curb (m)")
-    sidewalk_width_m: float = Field(3.5, gt=0, description="sidewalk width inside each block's edge (m)")
-    curb_height_m: float = Field(0.15, ge=0, description="blocks (sidewalks) are raised by this much above the road")
+    blocks_x: int = Field(5, ge=1, le=50, description="city blocks between the streets along x (east)")
+    blocks_y: int = Field(3, ge=1, le=50, description="city blocks between the streets along y (north)")
+    block_size_m: float = Field(48.0, gt=10, le=500, description="mean side length of a city block (m)")
+    block_jitter_m: float = Field(
+        10.0, ge=0, le=100, description="uniform +- variation of each block side (irregular grid)")
+    border_m: float = Field(
+        28.0, ge=0, le=500, description="depth of the built-up ring outside the outermost streets (m)")
+    lane_width_m: float = Field(3.2, gt=2, le=10, description="width of one driving lane (m)")
+    lanes_per_direction: int = Field(2, ge=1, le=8, description="driving lanes on each side of the centre line")
+    parking_width_m: float = Field(
+        2.2, ge=0, le=10, description="parking strip between the outer lane and the curb (m)")
+    sidewalk_width_m: float = Field(3.5, gt=0, le=20, description="sidewalk width inside each block's edge (m)")
+    curb_height_m: float = Field(
+        0.15, ge=0, le=1, description="blocks (sidewalks) are raised by this much above the road")
     building_width_m: tuple[float, float] = Field((9.0, 24.0), description="frontage range of one building (m)")
     building_height_m: tuple[float, float] = Field((6.0, 32.0), description="height range of buildings (m)")
     building_setback_m: tuple[float, float] = Field(
@@ -87,10 +94,10 @@ class TownConfig(Section):
     )
     park_fraction: float = Field(0.12, ge=0, le=1, description="fraction of blocks that are parks (grass + trees)")
     lot_fraction: float = Field(0.08, ge=0, le=1, description="fraction of blocks that are parking lots")
-    tree_spacing_m: float = Field(11.0, gt=1, description="spacing of tree slots along sidewalks (m)")
+    tree_spacing_m: float = Field(11.0, gt=1, le=1000, description="spacing of tree slots along sidewalks (m)")
     tree_probability: float = Field(0.55, ge=0, le=1, description="chance that a sidewalk tree slot holds a tree")
-    park_trees_per_100m2: float = Field(0.5, ge=0, description="tree density inside parks")
-    pole_spacing_m: float = Field(32.0, gt=1, description="spacing of street lamps along each street side (m)")
+    park_trees_per_100m2: float = Field(0.5, ge=0, le=10, description="tree density inside parks")
+    pole_spacing_m: float = Field(32.0, gt=1, le=1000, description="spacing of street lamps along each street side (m)")
     sign_probability: float = Field(
         0.15, ge=0, le=1, description="chance that a sidewalk slot between lamps holds a sign"
     )
@@ -103,45 +110,48 @@ class TownConfig(Section):
 class CameraConfig(Section):
     """Forward-looking RGB pinhole camera on the vehicle (optical frame: z forward, x right, y down)."""
 
-    width: int = Field(320, ge=8, description="image width (px)")
-    height: int = Field(240, ge=8, description="image height (px)")
+    width: int = Field(320, ge=8, le=4096, description="image width (px)")
+    height: int = Field(240, ge=8, le=4096, description="image height (px)")
     hfov_deg: float = Field(90.0, gt=10, lt=170, description="horizontal field of view (deg); square pixels")
     mount_xyz: tuple[float, float, float] = Field((1.5, 0.0, 1.6), description="position in the base frame (m)")
-    pitch_deg: float = Field(3.0, description="downward pitch (deg)")
+    pitch_deg: float = Field(3.0, ge=-90, le=90, description="downward pitch (deg)")
 
 
 class LidarConfig(Section):
     """Spinning multi-beam LiDAR on the roof (frame: x forward, y left, z up)."""
 
-    beams: int = Field(32, ge=1, description="number of beams (rings, 0 = lowest)")
-    columns: int = Field(1024, ge=8, description="firings per revolution")
+    beams: int = Field(32, ge=1, le=256, description="number of beams (rings, 0 = lowest)")
+    columns: int = Field(1024, ge=8, le=8192, description="firings per revolution")
     vfov_deg: tuple[float, float] = Field((-25.0, 15.0), description="elevation of the lowest and highest beam (deg)")
-    max_range_m: float = Field(100.0, gt=1, description="maximum range in clear weather (m)")
-    min_range_m: float = Field(0.8, ge=0, description="returns closer than this are dropped (m)")
-    range_noise_m: float = Field(0.02, ge=0, description="standard deviation of the range noise in clear weather (m)")
+    max_range_m: float = Field(100.0, gt=1, le=1000, description="maximum range in clear weather (m)")
+    min_range_m: float = Field(0.8, ge=0, le=100, description="returns closer than this are dropped (m)")
+    range_noise_m: float = Field(
+        0.02, ge=0, le=10, description="standard deviation of the range noise in clear weather (m)")
     mount_xyz: tuple[float, float, float] = Field((0.3, 0.0, 1.9), description="position in the base frame (m)")
-    sweep_period_s: float = Field(0.1, gt=0, description="duration of one revolution; per-point time is in [0, this)")
-    stamp_offset_s: float = Field(0.013, ge=0, description="bag stamp of the cloud minus the camera stamp (s)")
+    sweep_period_s: float = Field(
+        0.1, gt=0, le=10, description="duration of one revolution; per-point time is in [0, this)")
+    stamp_offset_s: float = Field(0.013, ge=0, le=1, description="bag stamp of the cloud minus the camera stamp (s)")
 
 
 class TrafficConfig(Section):
     """Dynamic occluders: different in every run."""
 
-    vehicles_per_km: float = Field(25.0, ge=0, description="moving vehicles per km of route")
-    pedestrians_per_km: float = Field(40.0, ge=0, description="pedestrians per km of route (on the sidewalks)")
+    vehicles_per_km: float = Field(25.0, ge=0, le=1000, description="moving vehicles per km of route")
+    pedestrians_per_km: float = Field(40.0, ge=0, le=1000, description="pedestrians per km of route (on the sidewalks)")
     lead_vehicle_fraction: float = Field(
         0.3, ge=0, le=1, description="share of the run with a car ahead in the ego lane"
     )
-    visible_range_m: float = Field(90.0, gt=0, description="dynamic objects farther than this from the ego are skipped")
+    visible_range_m: float = Field(
+        90.0, gt=0, le=1000, description="dynamic objects farther than this from the ego are skipped")
 
 
 class RenderConfig(Section):
     """Rendering options that trade realism for speed."""
 
     shadows: bool = Field(True, description="cast sun shadows (one extra ray per pixel, day and dusk only)")
-    threads: int = Field(0, ge=0, description="open3d ray-casting threads (0: all cores)")
-    workers: int = Field(2, ge=1, description="frames rendered concurrently (threads) while generating")
-    processes: int = Field(2, ge=1, description="runs generated in parallel processes (1: all in this process)")
+    threads: int = Field(0, ge=0, le=1024, description="open3d ray-casting threads (0: all cores)")
+    workers: int = Field(2, ge=1, le=64, description="frames rendered concurrently (threads) while generating")
+    processes: int = Field(2, ge=1, le=64, description="runs generated in parallel processes (1: all in this process)")
 
 
 class RegionConfig(Section):
@@ -150,7 +160,8 @@ class RegionConfig(Section):
     fractions: dict[str, float] = Field(
         {"train": 0.6, "val": 0.2, "test": 0.2}, description="split name -> share of the town's width, west to east"
     )
-    gap_m: float = Field(24.0, ge=0, description="width of the unlabelled band between neighbouring splits (m)")
+    gap_m: float = Field(
+        24.0, ge=0, le=1000, description="width of the unlabelled band between neighbouring splits (m)")
 
     @model_validator(mode="after")
     def _check(self) -> "RegionConfig":
@@ -181,17 +192,18 @@ class OdometryDriftConfig(Section):
     """
 
     topic: str = Field("/odom_drift", description="nav_msgs/Odometry topic of the drifting odometry in the bags")
-    scale_error: float = Field(0.02, gt=-1, description="initial relative error of the travelled distance (+0.02: "
-                               "odometry reports 2 % more than driven)")
+    scale_error: float = Field(0.02, gt=-1, le=1, description="initial relative error of the travelled distance "
+                               "(+0.02: odometry reports 2 % more than driven)")
     scale_walk_per_sqrt_m: float = Field(
-        5e-4, ge=0, description="random-walk std of the scale error, per sqrt(metre) travelled")
-    yaw_bias_deg_s: float = Field(0.02, description="initial yaw-rate bias (deg/s, counter-clockwise positive)")
+        5e-4, ge=0, le=0.1, description="random-walk std of the scale error, per sqrt(metre) travelled")
+    yaw_bias_deg_s: float = Field(
+        0.02, ge=-10, le=10, description="initial yaw-rate bias (deg/s, counter-clockwise positive)")
     yaw_bias_walk_deg_s_per_sqrt_s: float = Field(
-        2e-3, ge=0, description="random-walk std of the yaw-rate bias (deg/s), per sqrt(second)")
+        2e-3, ge=0, le=1, description="random-walk std of the yaw-rate bias (deg/s), per sqrt(second)")
     translation_noise_m_per_sqrt_m: float = Field(
-        0.0, ge=0, description="white planar (x, y) noise of each step (m), per sqrt(metre) of the step")
+        0.0, ge=0, le=1, description="white planar (x, y) noise of each step (m), per sqrt(metre) of the step")
     yaw_noise_deg_per_sqrt_m: float = Field(
-        0.0, ge=0, description="white heading noise of each step (deg), per sqrt(metre) of the step")
+        0.0, ge=0, le=10, description="white heading noise of each step (deg), per sqrt(metre) of the step")
 
 
 class WorldConfig(Section):
@@ -205,18 +217,19 @@ class WorldConfig(Section):
     render: RenderConfig = Field(default_factory=RenderConfig)
     regions: RegionConfig = Field(default_factory=RegionConfig)
     geo: GeoConfig = Field(default_factory=GeoConfig)
-    frame_spacing_m: float = Field(5.0, gt=0, description="distance between consecutive frames (m)")
+    frame_spacing_m: float = Field(5.0, ge=0.5, le=1000, description="distance between consecutive frames (m)")
     frame_spacing_jitter: float = Field(0.1, ge=0, lt=1, description="relative +- jitter of the frame spacing")
     speed_variation: float = Field(0.3, ge=0, lt=1, description="relative +- smooth variation of the speed along a run")
-    heading_jitter_deg: float = Field(2.5, ge=0, description="standard deviation of the smooth heading jitter (deg)")
+    heading_jitter_deg: float = Field(
+        2.5, ge=0, le=45, description="standard deviation of the smooth heading jitter (deg)")
     lateral_jitter_m: float = Field(
-        0.35, ge=0, description="standard deviation of the smooth offset within the lane (m)"
+        0.35, ge=0, le=5, description="standard deviation of the smooth offset within the lane (m)"
     )
     corner_radius_m: float = Field(
-        10.0, ge=0, description="radius of the rounded corners of the route's centre line (m)"
+        10.0, ge=0, le=100, description="radius of the rounded corners of the route's centre line (m)"
     )
     runs: list[RunConfig] = Field(
-        default_factory=lambda: [RunConfig()], min_length=1, description="traversals to render"
+        default_factory=lambda: [RunConfig()], min_length=1, max_length=100, description="traversals to render"
     )
     odometry_drift: OdometryDriftConfig | None = Field(
         None, description="also write drifting odometry (OdometryDriftConfig.topic) into the bags; None: only the "
@@ -232,6 +245,10 @@ class WorldConfig(Section):
         ids = self.run_ids()
         if len(set(ids)) != len(ids):
             raise ValueError(f"run names must be unique, got {ids}")
+        if self.estimated_frames() > MAX_FRAMES:
+            raise ValueError(f"about {self.estimated_frames():.3g} frames (town size x laps / frame_spacing_m); "
+                             f"at most {MAX_FRAMES} are generated: use fewer runs or laps, a smaller town or a "
+                             "larger frame_spacing_m")
         return self
 
     @model_serializer(mode="wrap")
@@ -241,6 +258,13 @@ class WorldConfig(Section):
         if data.get("odometry_drift", "") is None:
             del data["odometry_drift"]
         return data
+
+    def estimated_frames(self) -> float:
+        """An upper estimate of the frames of all runs: the route visits every street intersection once per lap."""
+        t = self.town
+        pitch = t.block_size_m + t.block_jitter_m + 2 * (t.lanes_per_direction * t.lane_width_m + t.parking_width_m)
+        route_m = (t.blocks_x + 1) * (t.blocks_y + 1) * pitch
+        return sum(r.laps for r in self.runs) * route_m / self.frame_spacing_m
 
     def run_ids(self) -> list[str]:
         """Folder names of the runs, in order."""
@@ -303,34 +327,25 @@ PRESETS: dict[str, WorldConfig] = {
 }
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_world_config(preset: str = "default", config_file: Path | None = None, seed: int | None = None) -> WorldConfig:
     """The preset's config, overridden by the YAML file's values, then by ``seed`` when given.
 
     Raises ``ValueError`` for an unknown preset and :class:`DataError` naming the file when the
-    YAML file is missing, unreadable or not a valid override.
+    YAML file is missing, unreadable or not a valid override (one line, with the closest valid key for a typo).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown world preset {preset!r}; choose one of {sorted(PRESETS)}")
     data = PRESETS[preset].model_dump(mode="json")
     if config_file is not None:
-        path = Path(config_file)
         try:
-            override = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise DataError(path, f"cannot read the world config: {e}") from e
-        if not isinstance(override, dict):
-            raise DataError(path, "a world config file must hold a mapping of WorldConfig fields")
-        data = _deep_merge(data, override)
+            override = load_yaml(config_file)
+        except (OSError, ValueError) as e:
+            problem = str(e).removeprefix(f"{config_file}: ")
+            raise DataError(config_file, f"cannot read the world config: {problem}") from None
+        data = merge_config(data, override)
     if seed is not None:
         data["seed"] = int(seed)
     try:
-        return WorldConfig.model_validate(data)
-    except ValidationError as e:
-        raise DataError(config_file, f"invalid world config: {e}") from e
+        return validate_config(WorldConfig, data)
+    except ValueError as e:
+        raise DataError(config_file, f"invalid world config: {e}") from None

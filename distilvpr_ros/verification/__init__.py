@@ -1,0 +1,14 @@
+"""Geometric verification of place matches (ROS-free): camera PnP against a keyframe's LiDAR depth, which also
+gives the query's metric 6-DoF pose; LiDAR scan registration; re-ranking of candidates by inliers; temporal
+confirmation over consecutive frames."""
+
+from .agreement import ConsecutiveAgreement
+from .calibration import CameraCalibration
+from .camera import CameraVerification, CameraVerifier, KeyframeView
+from .config import CameraVerificationConfig, LidarVerificationConfig, RerankConfig
+from .lidar import LidarVerifier, Registration
+from .rerank import Reranked, VerifiedCandidate, rerank
+
+__all__ = ["CameraCalibration", "CameraVerification", "CameraVerifier", "KeyframeView", "CameraVerificationConfig",
+           "ConsecutiveAgreement", "LidarVerificationConfig", "LidarVerifier", "Registration", "RerankConfig",
+           "Reranked", "VerifiedCandidate", "rerank"]

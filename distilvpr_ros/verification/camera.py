@@ -1,0 +1,170 @@
+"""Camera verification and metric relocalization against one map keyframe.
+
+Pipeline (:meth:`CameraVerifier.verify`): local features of the query and of the keyframe image
+-> mutual-NN + ratio matches -> 3D points for the keyframe's matched keypoints from its sparse
+LiDAR depth -> PnP + RANSAC for the query camera in the keyframe camera's frame -> query camera
+and base pose in the map frame (through the keyframe pose and the extrinsics) -> covariance from
+the inliers -> accept on inlier count and RMS reprojection error.
+
+Bad input (no image, featureless image, no depth, too few correspondences, degenerate PnP)
+returns a rejected :class:`CameraVerification` whose ``reason`` says why; it never raises.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ..data.geometry import invert, transform_points
+from .calibration import CameraCalibration
+from .config import CameraVerificationConfig
+from .depth import lookup_points, sparse_depth
+from .features import FeatureExtractor, LocalFeatures, match_features
+from .pnp import pose_covariance, solve_pnp
+
+
+@dataclass
+class KeyframeView:
+    """What camera verification needs of a map keyframe.
+
+    ``depth`` is the sparse LiDAR depth in the keyframe's image (:func:`~.depth.sparse_depth`);
+    ``features`` may be given (precomputed) or are extracted from ``image`` on first use.
+    """
+
+    pose: np.ndarray  # world_T_base of the keyframe
+    calibration: CameraCalibration
+    image: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    features: LocalFeatures | None = None
+
+    @classmethod
+    def from_cloud(cls, pose: np.ndarray, calibration: CameraCalibration, image: np.ndarray | None,
+                   cloud_lidar: np.ndarray | None) -> "KeyframeView":
+        depth = None if cloud_lidar is None else sparse_depth(cloud_lidar, calibration)
+        return cls(np.asarray(pose, dtype=np.float64), calibration, image, depth)
+
+
+@dataclass
+class CameraVerification:
+    """Outcome of verifying a query image against one keyframe."""
+
+    accepted: bool
+    reason: str  # why it was rejected; "" when accepted
+    inliers: int = 0
+    matches: int = 0  # feature matches (mutual NN + ratio)
+    correspondences: int = 0  # matches with a LiDAR depth (2D-3D)
+    reprojection_error_px: float = float("inf")  # RMS over the PnP inliers
+    pose: np.ndarray | None = None  # world_T_base of the query (4x4)
+    camera_pose: np.ndarray | None = None  # world_T_camera of the query (4x4)
+    relative_pose: np.ndarray | None = None  # keyframe_base_T_query_base (4x4)
+    covariance: np.ndarray | None = None  # 6x6 over map-frame x, y, z, roll, pitch, yaw of ``pose``
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    inlier_uv_query: np.ndarray | None = None  # (I, 2) raw pixels, for debug images
+    inlier_uv_keyframe: np.ndarray | None = None  # (I, 2)
+
+    @property
+    def score(self) -> float:
+        """What re-ranking sorts by: the inlier count."""
+        return float(self.inliers)
+
+
+class CameraVerifier:
+    """Verifies query images against keyframes with one configuration (features, PnP, thresholds)."""
+
+    def __init__(self, config: CameraVerificationConfig | None = None):
+        self.config = config or CameraVerificationConfig()
+        self.extractor = FeatureExtractor(self.config.features, self.config.max_features)
+        self.backend = None if self.config.pnp_backend == "auto" else self.config.pnp_backend
+
+    def features(self, image: np.ndarray | None) -> LocalFeatures:
+        return self.extractor.extract(image)
+
+    def keyframe_features(self, keyframe: KeyframeView) -> LocalFeatures:
+        """The keyframe's features, extracted once and cached on the view."""
+        if keyframe.features is None or keyframe.features.kind != self.extractor.kind:
+            keyframe.features = self.extractor.extract(keyframe.image)
+        return keyframe.features
+
+    def verify(self, query: np.ndarray | LocalFeatures | None, keyframe: KeyframeView,
+               query_calibration: CameraCalibration | None = None) -> CameraVerification:
+        """Verify ``query`` (an RGB image or its features) against ``keyframe``; see the module doc."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        try:
+            result = self._verify(query, keyframe, query_calibration or keyframe.calibration, timings)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError, cv2.error) as e:  # malformed arrays: reject
+            result = CameraVerification(False, f"verification failed: {type(e).__name__}: {e}")
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        result.timings_ms = timings
+        return result
+
+    def _verify(self, query, keyframe: KeyframeView, qcal: CameraCalibration,
+                timings: dict[str, float]) -> CameraVerification:
+        cfg = self.config
+        t = time.perf_counter()
+
+        def lap(name):
+            nonlocal t
+            now = time.perf_counter()
+            timings[name] = (now - t) * 1e3
+            t = now
+
+        if keyframe.image is None and keyframe.features is None:
+            return CameraVerification(False, "keyframe has no image")
+        if keyframe.depth is None or not np.any(keyframe.depth > 0):
+            return CameraVerification(False, "keyframe has no LiDAR depth in its image")
+        q = query if isinstance(query, LocalFeatures) else self.features(query)
+        k = self.keyframe_features(keyframe)
+        lap("features")
+        if len(q) < cfg.min_inliers:
+            return CameraVerification(False, f"query has too few features ({len(q)} < {cfg.min_inliers})")
+        if len(k) < cfg.min_inliers:
+            return CameraVerification(False, f"keyframe has too few features ({len(k)} < {cfg.min_inliers})")
+        pairs = match_features(q, k, cfg.ratio)
+        lap("matching")
+        n_match = len(pairs)
+        if n_match < cfg.min_inliers:
+            return CameraVerification(False, f"too few feature matches ({n_match} < {cfg.min_inliers})",
+                                      matches=n_match)
+        kcal = keyframe.calibration
+        pts_k = lookup_points(keyframe.depth, k.uv[pairs[:, 1]], kcal, cfg.depth_radius_px,
+                              cfg.depth_min_samples, cfg.depth_max_residual)
+        has = np.all(np.isfinite(pts_k), axis=1)
+        if cfg.min_point_height_m is not None:  # drop the road: its markings repeat along the street
+            with np.errstate(invalid="ignore"):
+                has &= transform_points(kcal.T_base_camera, pts_k)[:, 2] >= cfg.min_point_height_m
+        pairs, pts_k = pairs[has], pts_k[has]
+        uv_q_raw = q.uv[pairs[:, 0]]
+        uv_q = qcal.undistort(uv_q_raw)
+        lap("depth")
+        n_corr = len(pairs)
+        if n_corr < cfg.min_inliers:
+            return CameraVerification(False, f"too few matches with LiDAR depth ({n_corr} < {cfg.min_inliers})",
+                                      matches=n_match, correspondences=n_corr)
+        sol, why = solve_pnp(uv_q, pts_k, qcal.K, qcal.width, qcal.height, cfg.ransac_threshold_px,
+                             self.backend, cfg.ransac_iterations)
+        lap("pnp")
+        base = dict(matches=n_match, correspondences=n_corr)
+        if sol is None:
+            return CameraVerification(False, why, **base)
+        inl = sol.inliers
+        base.update(inliers=sol.num_inliers, reprojection_error_px=sol.rms_px,
+                    inlier_uv_query=uv_q_raw[inl], inlier_uv_keyframe=k.uv[pairs[inl, 1]])
+        if sol.num_inliers < cfg.min_inliers:
+            return CameraVerification(False, f"too few PnP inliers ({sol.num_inliers} < {cfg.min_inliers})", **base)
+        if sol.rms_px > cfg.max_reprojection_px:
+            return CameraVerification(
+                False, f"reprojection error too large ({sol.rms_px:.2f} > {cfg.max_reprojection_px} px)", **base)
+        world_T_kcam = keyframe.pose @ kcal.T_base_camera
+        world_T_qcam = world_T_kcam @ invert(sol.T_camera_points)
+        world_T_qbase = world_T_qcam @ invert(qcal.T_base_camera)
+        cov = pose_covariance(world_T_qbase, qcal.T_base_camera, qcal.K, uv_q[inl],
+                              transform_points(world_T_kcam, pts_k[inl]), cfg.min_sigma_px)
+        lap("covariance")
+        base.update(pose=world_T_qbase, camera_pose=world_T_qcam, relative_pose=invert(keyframe.pose) @ world_T_qbase)
+        if cov is None:
+            return CameraVerification(False, "degenerate PnP: the inliers do not determine the pose", **base)
+        return CameraVerification(True, "", covariance=cov, **base)

@@ -1,0 +1,66 @@
+"""Settings of geometric verification (camera PnP, LiDAR registration, re-ranking), one pydantic schema.
+
+Defaults come from ``benchmarks/verification.py`` on the synthetic world (see
+``docs/results/verification/``) and the accept rules of the systems named in issue 13 (RTAB-Map:
+>= 20 PnP inliers; LIO-SAM: ICP fitness score <= 0.3, here 0.5 because our fitness counts every
+correspondence within 2 m and correct registrations reach 0.36).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..config import Section
+
+
+class CameraVerificationConfig(Section):
+    """Local features + PnP against a keyframe's LiDAR depth; gives the query's metric pose."""
+
+    features: Literal["sift", "orb"] = Field(
+        "orb", description="local features: OpenCV SIFT or ORB (ORB: higher precision per ms and recall, measured)")
+    max_features: int = Field(1000, ge=8, description="features detected per image at most")
+    ratio: float = Field(0.8, gt=0, le=1, description="Lowe ratio test: best / second-best descriptor distance")
+    depth_radius_px: int = Field(4, ge=0, description="LiDAR depth is looked up within this pixel radius of a keypoint")
+    depth_min_samples: int = Field(3, ge=1, description="LiDAR returns needed in that window to give a depth")
+    depth_max_residual: float = Field(
+        0.03, gt=0, description="largest relative depth residual of the window's plane fit (else: a depth edge)")
+    min_point_height_m: float | None = Field(
+        0.3, description="2D-3D correspondences lower than this above the keyframe's base frame are not used "
+        "(road markings repeat along a street and make consistent wrong fixes); None keeps all")
+    pnp_backend: Literal["auto", "poselib", "opencv"] = Field(
+        "auto", description="PnP + RANSAC solver; auto: poselib when installed, else OpenCV")
+    ransac_threshold_px: float = Field(4.0, gt=0, description="RANSAC inlier threshold on reprojection error (px)")
+    ransac_iterations: int = Field(1000, ge=10, description="RANSAC iterations at most")
+    min_inliers: int = Field(20, ge=4, description="accept: at least this many PnP inliers")
+    max_reprojection_px: float = Field(2.0, gt=0, description="accept: inliers' RMS reprojection error at most (px)")
+    min_sigma_px: float = Field(0.5, gt=0, description="floor of the pixel noise used for the pose covariance (px)")
+
+
+class LidarVerificationConfig(Section):
+    """Registration of a query scan/submap to a candidate's; gives the relative transform."""
+
+    backend: Literal["small_gicp", "open3d"] = Field("small_gicp", description="registration library (GICP)")
+    voxel_m: float = Field(0.5, gt=0, description="voxel size the clouds are downsampled to (m)")
+    max_correspondence_m: float = Field(2.0, gt=0, description="registration's correspondence distance (m)")
+    max_iterations: int = Field(50, ge=1, description="registration iterations at most")
+    inlier_distance_m: float = Field(
+        0.5, gt=0, description="a source point with a target point this near is an inlier (m)")
+    min_inlier_ratio: float = Field(0.5, ge=0, le=1, description="accept: fraction of source points that are inliers")
+    max_fitness: float = Field(
+        0.5, gt=0, description="accept: mean squared distance of correspondences within max_correspondence_m at most "
+        "(m^2; correct registrations <= 0.36 at p90, wrong places >= 0.66 on the synthetic world)")
+    min_constraint: float = Field(
+        0.02, ge=0, le=1, description="accept: smallest/largest eigenvalue of the inliers' normal information "
+        "(rejects corridors and open fields, where a translation slides freely)")
+    min_points: int = Field(50, ge=3, description="clouds with fewer points (after downsampling) are rejected")
+
+
+class RerankConfig(Section):
+    """Re-ranking of the top-k descriptor candidates by verification, and temporal confirmation."""
+
+    top_k: int = Field(5, ge=1, description="candidates verified per query")
+    consecutive: int = Field(1, ge=1, description="accepted only after this many consecutive agreeing frames")
+    agree_m: float = Field(3.0, gt=0, description="consecutive poses agree within this distance (m)")
+    agree_deg: float = Field(10.0, gt=0, description="consecutive poses agree within this rotation (deg)")
