@@ -184,6 +184,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pose_graph_config(args: argparse.Namespace):
+    from .slam.pose_graph import PoseGraphConfig
+
+    return PoseGraphConfig(robust=args.robust, stamp_tolerance_s=args.stamp_tolerance)
+
+
+def _cmd_pose_graph(args: argparse.Namespace) -> int:
+    from .slam.offline import run_pose_graph
+
+    metrics = run_pose_graph(args.odom, args.loops, odom_topic=args.odom_topic, ground_truth=args.ground_truth,
+                             gt_topic=args.gt_topic, config=_pose_graph_config(args), align=args.align,
+                             rpe_delta=args.rpe_delta, rpe_unit=args.rpe_unit, out_dir=args.out,
+                             results_root=args.results)
+    keys = ("keyframes", "loops", "accepted", "down-weighted", "rejected", "seconds", "ate_reduction", "out")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distilvpr", description=__doc__.splitlines()[0],
                                 epilog="Every command takes --dump-config: print its effective configuration "
@@ -281,6 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default="results", help="results root (default: results)")
     r.set_defaults(func=_cmd_replay)
 
+    pg = sub.add_parser("pose-graph", help="optimise odometry with loop closures (gtsam, robust kernel) and score "
+                        "it against ground truth (evo ATE/RPE)")
+    pg.add_argument("--odom", required=True,
+                    help="odometry: TUM file, or a bag (folder or .mcap/.db3) with --odom-topic")
+    pg.add_argument("--odom-topic", default="/odom", help="nav_msgs/Odometry topic when --odom is a bag")
+    pg.add_argument("--loops", required=True, help="loop closures: .json or .csv (t_query, t_match, match_T_query, "
+                    "6x6 covariance; README 'Pose graph')")
+    pg.add_argument("--ground-truth", default=None, help="optional ground truth: TUM file or bag (with --gt-topic)")
+    pg.add_argument("--gt-topic", default="/odom", help="nav_msgs/Odometry topic when --ground-truth is a bag")
+    pg.add_argument("--robust", choices=["gnc", "cauchy", "huber", "none"], default="gnc",
+                    help="robust kernel on the loops (default gnc: rejects wrong loops)")
+    pg.add_argument("--stamp-tolerance", type=float, default=1e-3,
+                    help="a loop stamp matches a keyframe within this (s)")
+    pg.add_argument("--align", choices=["se3", "sim3", "none"], default="se3",
+                    help="alignment before ATE (default se3)")
+    pg.add_argument("--rpe-delta", type=float, default=10.0, help="RPE step (default 10)")
+    pg.add_argument("--rpe-unit", choices=["frames", "m"], default="frames", help="unit of --rpe-delta")
+    pg.add_argument("--out", default=None, help="output folder (default: results/pose_graph/<timestamp>)")
+    pg.add_argument("--results", default="results", help="results root (default: results)")
+    pg.set_defaults(func=_cmd_pose_graph)
+
     d = sub.add_parser("demo", help="run the main job on the embedded synthetic world: world, teacher, student, "
                        "map and localization through the ROS 2 nodes, evaluation, Corridor, report",
                        description="Chain the whole pipeline on the synthetic world and write "
@@ -308,6 +347,7 @@ CONFIGS = {
     "build-map": (_build_map_config, "NodeConfig of the mapping node: defaults + --config + arguments"),
     "replay": (_replay_config, "NodeConfig of the localization node: defaults + --config + arguments"),
     "demo": (_demo_settings, "DemoSettings: the --quick or default section of --config"),
+    "pose-graph": (_pose_graph_config, "PoseGraphConfig: defaults + --robust, --stamp-tolerance"),
 }
 #: Arguments naming a file to write (everything else called --out, --results or --data is a folder).
 FILE_OUTPUTS = {("export", "out")}

@@ -12,6 +12,7 @@ NodeConfig          mapping / localization nodes (as ROS parameters),        ``c
 TrainConfig         ``distilvpr train-teacher``, ``distilvpr distill``       ``config/mutualvpr.yaml``
 WorldConfig         ``distilvpr generate`` (on top of a preset)              ``config/world_example.yaml``
 DemoSettings        ``distilvpr demo`` (``quick:`` / ``default:`` sections)  ``config/demo.yaml``
+PoseGraphConfig     ``distilvpr pose-graph``                                 (flags only)
 ==================  =======================================================  ===================================
 
 The other names are their sections (``NodeConfig.matcher`` is a :class:`MatcherConfig`, ...). Every
@@ -71,6 +72,9 @@ _WHERE = {
     "RenderConfig": "distilvpr_ros.data.world.config",
     "RegionConfig": "distilvpr_ros.data.world.config",
     "GeoConfig": "distilvpr_ros.data.world.config",
+    "OdometryDriftConfig": "distilvpr_ros.data.world.config",
+    # pose graph
+    "PoseGraphConfig": "distilvpr_ros.slam.pose_graph",
     # demo
     "DemoSettings": "distilvpr_ros.demo.settings",
     "MappingSettings": "distilvpr_ros.demo.settings",

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "data": 1,
     "models": 2, "losses": 2, "mapping": 2, "verification": 2,
     "training": 3, "evaluation": 3,
-    "pipeline": 4,
+    "pipeline": 4, "slam": 4,
     "ros": 5,
     "demo": 6,
     "schemas": 7,

@@ -191,8 +191,10 @@ class BagWriter:
         self._write(self.topics.cloud, POINTCLOUD2, t, msg)
 
     def write_odom(
-        self, t: float, pose: np.ndarray, linear_velocity: float = 0.0, angular_velocity: float = 0.0
+        self, t: float, pose: np.ndarray, linear_velocity: float = 0.0, angular_velocity: float = 0.0,
+        topic: str | None = None,
     ) -> None:
+        """Odometry at ``t`` on ``topic`` (default: ``topics.odom``)."""
         T = self._types
         values = pose_to_msg_fields(pose)
         pose_msg = T["geometry_msgs/msg/Pose"](
@@ -209,7 +211,7 @@ class BagWriter:
             pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose_msg, covariance=np.zeros(36)),
             twist=T["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36)),
         )
-        self._write(self.topics.odom, ODOMETRY, t, msg)
+        self._write(topic or self.topics.odom, ODOMETRY, t, msg)
 
     def write_gps(self, t: float, latitude: float, longitude: float, altitude: float) -> None:
         T = self._types
@@ -262,6 +264,34 @@ def bag_summary(path: Path) -> dict[str, Any]:
         "end": end,
         "duration": None if start is None else end - start,
     }
+
+
+def read_odometry(path: Path, topic: str = "/odom") -> tuple[np.ndarray, np.ndarray]:
+    """(N,) stamps and (N, 4, 4) poses of every ``nav_msgs/Odometry`` message on ``topic``, in stamp order.
+
+    Stamps are header stamps (the log time where a header stamp is zero); duplicates keep the first.
+    """
+    path = Path(path)
+    reader = _open_reader(path)
+    try:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            odoms = sorted({c.topic for c in reader.connections if c.msgtype == ODOMETRY}) or ["none"]
+            raise DataError(path, f"no topic {topic}; odometry topics in the bag: {', '.join(odoms)}")
+        if conns[0].msgtype != ODOMETRY:
+            raise DataError(path, f"topic {topic} has type {conns[0].msgtype}, expected {ODOMETRY}")
+        stamps, poses = [], []
+        for conn, log_ns, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            stamp = stamp_to_sec(msg.header.stamp)
+            stamps.append(stamp if stamp > 0 else log_ns * 1e-9)
+            poses.append(odometry_to_pose(msg))
+    finally:
+        reader.close()
+    if not stamps:
+        raise DataError(path, f"odometry topic {topic} has no messages")
+    keep = _sorted_unique(np.array(stamps), f"odometry ({topic})", path)
+    return np.array(stamps)[keep], np.stack(poses)[keep]
 
 
 def track_poses(t: np.ndarray, xyz: np.ndarray, min_speed: float = 0.5) -> np.ndarray:

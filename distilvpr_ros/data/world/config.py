@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from ...config import Section, load_yaml, merge_config, validate_config
 from ..errors import DataError
@@ -183,6 +183,29 @@ class GeoConfig(Section):
     start_date: str = Field("2024-06-03", description="date of run day 0 (UTC, YYYY-MM-DD)")
 
 
+class OdometryDriftConfig(Section):
+    """Drifting odometry written beside the ground-truth ``/odom`` (see :mod:`.drift` for the model).
+
+    Per odometry step ``k`` (relative ground-truth motion of length ``d_k`` m over ``dt_k`` s), the
+    travelled distance is scaled by ``1 + s_k`` and the heading turns by an extra ``b_k * dt_k``;
+    ``s`` and ``b`` start at the values below and random-walk (seeded per run).
+    """
+
+    topic: str = Field("/odom_drift", description="nav_msgs/Odometry topic of the drifting odometry in the bags")
+    scale_error: float = Field(0.02, gt=-1, le=1, description="initial relative error of the travelled distance "
+                               "(+0.02: odometry reports 2 % more than driven)")
+    scale_walk_per_sqrt_m: float = Field(
+        5e-4, ge=0, le=0.1, description="random-walk std of the scale error, per sqrt(metre) travelled")
+    yaw_bias_deg_s: float = Field(
+        0.02, ge=-10, le=10, description="initial yaw-rate bias (deg/s, counter-clockwise positive)")
+    yaw_bias_walk_deg_s_per_sqrt_s: float = Field(
+        2e-3, ge=0, le=1, description="random-walk std of the yaw-rate bias (deg/s), per sqrt(second)")
+    translation_noise_m_per_sqrt_m: float = Field(
+        0.0, ge=0, le=1, description="white planar (x, y) noise of each step (m), per sqrt(metre) of the step")
+    yaw_noise_deg_per_sqrt_m: float = Field(
+        0.0, ge=0, le=10, description="white heading noise of each step (deg), per sqrt(metre) of the step")
+
+
 class WorldConfig(Section):
     """Everything that determines a generated world; same config + seed -> same bytes."""
 
@@ -208,6 +231,10 @@ class WorldConfig(Section):
     runs: list[RunConfig] = Field(
         default_factory=lambda: [RunConfig()], min_length=1, max_length=100, description="traversals to render"
     )
+    odometry_drift: OdometryDriftConfig | None = Field(
+        None, description="also write drifting odometry (OdometryDriftConfig.topic) into the bags; None: only the "
+        "ground-truth /odom"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "WorldConfig":
@@ -223,6 +250,14 @@ class WorldConfig(Section):
                              f"at most {MAX_FRAMES} are generated: use fewer runs or laps, a smaller town or a "
                              "larger frame_spacing_m")
         return self
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # Without drift the dump (world.json, the demo's world cache key) is what it was before the option existed.
+        data = handler(self)
+        if data.get("odometry_drift", "") is None:
+            del data["odometry_drift"]
+        return data
 
     def estimated_frames(self) -> float:
         """An upper estimate of the frames of all runs: the route visits every street intersection once per lap."""

@@ -9,7 +9,8 @@ Layout written under ``out_dir`` (``world.json`` last, so its presence means the
     runs/<run_id>/run.json          run id, condition, direction, lane, start time, counts
     bags/<run_id>/                  rosbag2 folder: image + camera_info at the frame stamp t, the cloud at
                                     t + lidar.stamp_offset_s, odometry at twice the frame rate
-                                    (interpolated), GPS fixes at the frame rate
+                                    (interpolated), GPS fixes at the frame rate; with ``odometry_drift`` set,
+                                    drifting odometry (:mod:`.drift`) on its own topic at the same stamps
 
 The same config and seed give the same bytes for images, clouds and CSV files: every random draw
 comes from ``np.random.default_rng`` seeded with (seed, stream, run index[, frame index]).
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from ..geometry import interpolate_poses, pose_to_xyz_quat
 from .config import WorldConfig
+from .drift import DriftedOdometry, simulate_drift
 from .layout import (BAGS_DIR, CLOUDS_DIR, CSV_COLUMNS, IMAGES_DIR, POSES_CSV, RUN_JSON, RUNS_DIR, WORLD_JSON,
                      WORLD_VERSION, frame_name)
 from .render import CameraFrame, LidarFrame, PinholeCamera, Renderer, SpinningLidar
@@ -40,7 +42,7 @@ from .town import Town, build_town
 from .traffic import Traffic, make_traffic
 
 # Random streams (second element of every seed sequence).
-STREAM_TOWN, STREAM_TRAJECTORY, STREAM_TRAFFIC, STREAM_PARKING, STREAM_FRAME = range(5)
+STREAM_TOWN, STREAM_TRAJECTORY, STREAM_TRAFFIC, STREAM_PARKING, STREAM_FRAME, STREAM_DRIFT = range(6)
 _CHUNK = 16  # frames rendered concurrently before they are written to the bag
 
 
@@ -120,7 +122,8 @@ def _write_csv(path: Path, traj: Trajectory, poses: np.ndarray, dyn_frac: np.nda
 class _BagSink:
     """Writes one run's messages in time order: odom at 2x the frame rate, camera, GPS, LiDAR."""
 
-    def __init__(self, path: Path, storage: str, cfg: WorldConfig, traj: Trajectory, poses: np.ndarray):
+    def __init__(self, path: Path, storage: str, cfg: WorldConfig, traj: Trajectory, poses: np.ndarray,
+                 run_index: int = 0):
         from ..rosbag_io import BagWriter
 
         self.writer = BagWriter(path, storage=storage)
@@ -131,10 +134,14 @@ class _BagSink:
                                            g.utm_zone_number, g.utm_zone_letter)
         t = traj.timestamps
         self.yaw_rate = np.gradient(np.unwrap(traj.yaw), t) if len(t) > 1 else np.zeros(len(t))
+        self.drift: DriftedOdometry | None = None
+        if cfg.odometry_drift is not None:
+            self.drift = odometry_drift(cfg, traj, poses, run_index)
 
     def write(self, k: int, image: np.ndarray, cloud: np.ndarray) -> None:
         w, t, cfg = self.writer, self.traj.timestamps, self.cfg
         w.write_odom(t[k], self.poses[k], self.traj.speed[k], self.yaw_rate[k])
+        self._write_drift(2 * k, t[k], self.traj.speed[k], self.yaw_rate[k])
         w.write_image(t[k], image)
         w.write_camera_info(t[k], self.K, cfg.camera.width, cfg.camera.height)
         w.write_gps(t[k], self.lat[k], self.lon[k], cfg.geo.altitude0)
@@ -142,8 +149,17 @@ class _BagSink:
         if k + 1 < len(t):
             tm = round(0.5 * (t[k] + t[k + 1]), 6)
             pose = interpolate_poses(np.array([tm]), t, self.poses)[0]
-            w.write_odom(tm, pose, 0.5 * (self.traj.speed[k] + self.traj.speed[k + 1]),
-                         0.5 * (self.yaw_rate[k] + self.yaw_rate[k + 1]))
+            speed = 0.5 * (self.traj.speed[k] + self.traj.speed[k + 1])
+            yaw_rate = 0.5 * (self.yaw_rate[k] + self.yaw_rate[k + 1])
+            w.write_odom(tm, pose, speed, yaw_rate)
+            self._write_drift(2 * k + 1, tm, speed, yaw_rate)
+
+    def _write_drift(self, j: int, t: float, speed: float, yaw_rate: float) -> None:
+        """Odometry message ``j`` (:func:`odometry_stamps`) of the drifting odometry, when the world has one."""
+        d = self.drift
+        if d is not None:
+            self.writer.write_odom(t, d.poses[j], speed * (1 + d.scale_error[j]), yaw_rate + d.yaw_bias[j],
+                                   topic=self.cfg.odometry_drift.topic)
 
     def close(self) -> None:
         self.writer.close()
@@ -173,7 +189,7 @@ def _generate_run(out_dir: Path, cfg: WorldConfig, i: int, *, bag_storage: str, 
     (run_dir / CLOUDS_DIR).mkdir(parents=True)
     frame = functools.partial(_write_frame, rr, run_dir)
     bag_dir.parent.mkdir(parents=True, exist_ok=True)
-    sink = _BagSink(bag_dir, bag_storage, cfg, traj, rr.poses) if write_bags else None
+    sink = _BagSink(bag_dir, bag_storage, cfg, traj, rr.poses, i) if write_bags else None
     dyn_frac = np.zeros(len(traj))
     try:
         with ThreadPoolExecutor(max(1, cfg.render.workers)) as pool:
@@ -252,6 +268,21 @@ def generate_world(out_dir: Path, cfg: WorldConfig, *, bag_storage: str = "mcap"
         "frames_per_region": region_counts, "bags": write_bags, "seconds": round(seconds, 2),
         "frames_per_second": round(total / seconds, 2),
     }
+
+
+def odometry_stamps(t: np.ndarray) -> np.ndarray:
+    """Stamps of a run's odometry messages: every frame stamp and the midpoint after it (2x the frame rate)."""
+    mid = np.round(0.5 * (t[:-1] + t[1:]), 6)
+    return np.insert(t, np.arange(1, len(t)), mid) if len(t) > 1 else t.copy()
+
+
+def odometry_drift(cfg: WorldConfig, traj: Trajectory, poses: np.ndarray, run_index: int) -> DriftedOdometry:
+    """Drifting odometry of run ``run_index`` at :func:`odometry_stamps` (seeded by the world seed and the run)."""
+    if cfg.odometry_drift is None:
+        raise ValueError("the world config has no odometry_drift section")
+    stamps = odometry_stamps(traj.timestamps)
+    return simulate_drift(interpolate_poses(stamps, traj.timestamps, poses), stamps, cfg.odometry_drift,
+                          [cfg.seed, STREAM_DRIFT, run_index])
 
 
 def _run_meta(traj: Trajectory, index: int, rr: RunRenderer) -> dict:
