@@ -21,7 +21,7 @@ TINY_MODEL = {"model.image_size": [64, 48], "model.pretrained": False, "model.im
 NODE = {"models.num_threads": 1, "diagnostics.period_s": 0.3}
 
 
-def settings(hz: float = 20.0, corridor_root: str = "/nonexistent/corridor") -> dict:
+def settings(hz: float = 10.0, corridor_root: str = "/nonexistent/corridor") -> dict:
     return {"quick": {
         "world": "tiny",
         "teacher": dict(TINY_MODEL),
@@ -131,7 +131,7 @@ def test_demo_resumes_and_reruns_only_what_changed(first, capsys):
     assert {name: (work / name / STAGE_FILE).stat().st_mtime_ns for name in built} == built
     assert "reusing" in capsys.readouterr().out
     # another replay rate: only the localization stage runs again
-    changed = write_settings(first["root"] / "changed.yaml", hz=25.0)
+    changed = write_settings(first["root"] / "changed.yaml", hz=12.5)
     summary = json.loads((run_demo(config=changed, **common) / "summary.json").read_text())
     status = {s["stage"]: s["status"] for s in summary["stages"]}
     assert status == {**{name: "reused" for name in built}, "localize": "ran", "corridor": "skipped"}
