@@ -98,3 +98,62 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
     return {"map": str(out_map), "run": builder.run, "frames": len(sequence), "keyframes": len(builder.db) - first,
             "map_size": len(builder.db), "skipped": skipped, "loop_closures": loops,
             "loop_closure_verification": verification, "calibration": calibration is not None}
+
+
+def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = None, stride: int = 1,
+                      max_frames: int | None = None, pose_ok_m: float = 1.0, pose_ok_deg: float = 5.0,
+                      progress: bool = False) -> dict:
+    """Run ``localizer`` (a :class:`~.localizer.Localizer`, verification on or off) over a sequence with ground-truth
+    poses and score it (:func:`~distilvpr_ros.evaluation.verified_matches.score_verified_matches`): precision
+    and recall before and after verification, metric pose error, re-ranking's R@1, plus latency and the most
+    common rejection reasons. The localizer's ``run`` is set to the sequence's, so the temporal exclusion
+    hides only the sequence's own keyframes."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from ..config import CORRECT_M
+    from ..evaluation.replay_metrics import positives
+    from ..evaluation.verified_matches import score_verified_matches
+
+    correct_m = CORRECT_M if correct_m is None else correct_m
+    localizer.run = str(getattr(sequence, "run", "") or "") or localizer.run
+    localizer.reset()
+    frames = list(range(0, len(sequence), max(1, int(stride))))[:max_frames]
+    q = len(frames)
+    top1 = np.full(q, -1, np.int64)
+    accepted_before = np.zeros(q, bool)
+    verified_ids = np.full(q, -1, np.int64)
+    verified = np.zeros(q, bool)
+    est = np.full((q, 4, 4), np.nan)
+    true_poses = np.stack([np.asarray(sequence.poses[i], float) for i in frames]) if q else np.zeros((0, 4, 4))
+    stamps = np.array([float(sequence.timestamps[i]) for i in frames])
+    seconds, reasons = [], Counter()
+    for j, i in enumerate(tqdm(frames, desc=f"localize {localizer.run}", unit="frame", disable=not progress)):
+        try:
+            out = localizer.localize(stamps[j], sequence[i].image)
+        except ValueError as e:  # unusable / low-quality frame: nothing matched
+            reasons[f"frame rejected: {str(e).split(' (')[0]}"] += 1
+            continue
+        seconds.append(out.seconds)
+        m = out.match
+        top1[j] = m.best.id if m.best is not None else -1
+        accepted_before[j] = m.accepted
+        v = out.verification
+        if v is None:
+            verified[j], verified_ids[j] = m.accepted, top1[j]
+            if out.pose is not None:
+                est[j] = out.pose
+        elif v.verified:
+            verified[j], verified_ids[j], est[j] = True, v.id, v.pose
+        else:
+            reasons[v.reason.split(" (")[0]] += 1
+    truth = positives(true_poses[:, :2, 3], localizer.db.positions, correct_m)
+    scores = score_verified_matches(truth, top1, accepted_before, verified_ids, verified, est, true_poses,
+                                    pose_ok_m, pose_ok_deg)
+    ms = np.asarray(seconds) * 1e3
+    scores.update(run=localizer.run, verification=localizer.verification.enabled, correct_m=float(correct_m),
+                  latency_ms_p50=float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+                  latency_ms_p99=float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+                  rejections=dict(reasons.most_common(5)))
+    return scores
