@@ -134,9 +134,10 @@ class Localizer:
         self.matcher = PlaceMatcher(db, student.kind, matcher)
         db.index(student.kind)  # build the index now, not at the first query
         self.verification = verification or VerificationConfig(enabled=False)
-        self.calibration = calibration  # the query camera's; None: the keyframe's (same rig)
+        # the query camera's; None: the keyframe's (same rig). Also stands in for runs of the map without one.
+        self.calibration = calibration
         self.verifier = CameraVerifier(self.verification.camera)
-        self.cache = ViewCache(db, self.verification.cache_keyframes)
+        self.cache = ViewCache(db, self.verification.cache_keyframes, calibration)
         r = self.verification.rerank
         self.agreement = ConsecutiveAgreement(r.consecutive, r.agree_m, r.agree_deg)
 

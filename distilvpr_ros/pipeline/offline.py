@@ -153,6 +153,7 @@ def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = N
                                     pose_ok_m, pose_ok_deg)
     ms = np.asarray(seconds) * 1e3
     scores.update(run=localizer.run, verification=localizer.verification.enabled, correct_m=float(correct_m),
+                  top_k=min(localizer.matcher.cfg.top_k, localizer.verification.rerank.top_k),
                   latency_ms_p50=float(np.percentile(ms, 50)) if len(ms) else float("nan"),
                   latency_ms_p99=float(np.percentile(ms, 99)) if len(ms) else float("nan"),
                   rejections=dict(reasons.most_common(5)))

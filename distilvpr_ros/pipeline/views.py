@@ -36,18 +36,19 @@ class ViewCache:
 
     :meth:`camera` gives a :class:`~distilvpr_ros.verification.camera.KeyframeView` (decoded image, sparse
     depth from the stored points, pose, calibration; the camera verifier caches its features on it), or the
-    reason there is none. :meth:`points` gives the stored LiDAR points as float64.
+    reason there is none. :meth:`points` gives the stored LiDAR points as float64. ``fallback``: the calibration
+    of runs that recorded none (a map built by a node that was given no calibration; same rig assumed).
     """
 
-    def __init__(self, db: PlaceDatabase, size: int = 512) -> None:
-        self.db, self.size = db, int(size)
+    def __init__(self, db: PlaceDatabase, size: int = 512, fallback: CameraCalibration | None = None) -> None:
+        self.db, self.size, self.fallback = db, int(size), fallback
         self._camera: OrderedDict[int, KeyframeView | str] = OrderedDict()
         self._calib: dict[str, CameraCalibration | None] = {}
 
     def calibration(self, run: str) -> CameraCalibration | None:
         if run not in self._calib:
             d = self.db.calibration(run)
-            self._calib[run] = None if d is None else CameraCalibration.from_dict(d)
+            self._calib[run] = self.fallback if d is None else CameraCalibration.from_dict(d)
         return self._calib[run]
 
     def points(self, id: int) -> np.ndarray | None:
