@@ -146,8 +146,9 @@ def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = N
                 est[j] = out.pose
         elif v.verified:
             verified[j], verified_ids[j], est[j] = True, v.id, v.pose
-        else:
-            reasons[v.reason.split(" (")[0]] += 1
+        else:  # why the descriptor's top-1 was not verified (or why nothing was)
+            top = next((c for c in v.candidates if c.descriptor_rank == 0), None)
+            reasons[(top.reason if top is not None else v.reason).split(" (")[0]] += 1
     truth = positives(true_poses[:, :2, 3], localizer.db.positions, correct_m)
     scores = score_verified_matches(truth, top1, accepted_before, verified_ids, verified, est, true_poses,
                                     pose_ok_m, pose_ok_deg)
