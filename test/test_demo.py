@@ -116,6 +116,14 @@ def test_demo_maps_and_localizes_through_the_nodes(first):
     assert 0 < loc["latency_ms_p50"] <= loc["latency_ms_p99"]
     metrics = json.loads((first["work"] / "localize" / "replay" / "metrics.json").read_text())
     assert metrics["recall@1"] == loc["recall@1"]
+    assert db.has_views and db.format_version == 2  # the node's map can be verified against
+    v = loc["verification"]  # the same frames through the verified pipeline, under stable keys
+    assert v["queries"] == len(night) and v["verification"] is True
+    for side in ("before", "after"):
+        assert 0 <= v[side]["correct"] <= v[side]["accepted"] <= v["queries"]
+    assert v["pose_error"]["count"] == v["after"]["accepted"]
+    assert set(v["recall@1"]) == {"before", "after", "delta"}
+    assert "Geometric verification" in (first["out"] / "report.md").read_text()
 
 
 @pytest.mark.ros

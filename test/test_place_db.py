@@ -204,7 +204,8 @@ def test_round_trip(saved):
     assert schema["spaces"]["camera_student"]["model"] == {"name": "student:ckpt", "sha256": STUDENT_SHA}
     assert sorted(p.name for p in path.iterdir()) == [
         "descriptors_camera_student.npy", "descriptors_teacher.npy", "index_camera_student.faiss",
-        "index_teacher.faiss", "meta.json", "schema.json"]
+        "index_teacher.faiss", "meta.json", "schema.json", "views_image_offsets.npy", "views_images.bin",
+        "views_point_offsets.npy", "views_points.npy"]
 
 
 def test_save_replaces_old_map_and_crash_keeps_it_loadable(saved, monkeypatch):

@@ -61,6 +61,17 @@ def test_replay_metrics_count_tp_fp_fn_drops_and_latency():
     assert m["loop_closures"] == 1 and m["node"] == {"drops": 1.0} and m["node_rss_mb_max"] == 101.0
     assert details["answered"].tolist() == [True, True, True, True, False, True]
     assert details["accepted_correct"].tolist() == [True, False, False, False, False, False]
+    # the pose each place_match carries against the truth: planar without query poses; 3D + rotation with them
+    assert m["match_translation_m_median"] == pytest.approx((2 + 99) / 2) and np.isnan(m["match_rotation_deg_median"])
+    yaw = np.radians(10.0)
+    quat = (0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2))
+    rec.matches = [(wall[0] + 0.01, stamps[0], (0.0, 0.0, 0.0), quat)]
+    poses = np.tile(np.eye(4), (6, 1, 1))
+    poses[:, :2, 3] = query_xy
+    poses[:, 2, 3] = 1.0
+    m2, _ = score_replay(rec, query_xy, map_xy, truth, correct_m=25.0, query_poses=poses)
+    assert m2["match_translation_m_median"] == pytest.approx(np.sqrt(5.0))
+    assert m2["match_rotation_deg_median"] == pytest.approx(10.0)
 
 
 def test_replay_metrics_helpers():

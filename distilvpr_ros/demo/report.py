@@ -183,12 +183,36 @@ def _localization_section(demo: Demo, figures: _Figures) -> list[str]:
         "Latency: image published → `place_candidates/scores` received (same machine, one clock): "
         "transport, decoding, inference, matching. Accepted = the node's `place_match` after its "
         "threshold and sequence check; PR curve and max F1 sweep the top-1 score instead.", ""]
+    lines += _verification_lines(loc.get("verification"))
     lines += figures.md("pr.png", "PR curve")
     lines += ["Trajectory of the replayed run over the map, with an edge from each query to the keyframe "
               "matched, green when within the correct distance, red otherwise: first the node's accepted "
               "matches (its `loop_closure` / `place_match` outputs), then every top-1 candidate.", ""]
     lines += figures.md("trajectory.png", "accepted matches") + figures.md("trajectory_top1.png", "top-1 candidates")
     return lines + figures.md("matches.png", "query -> matched keyframe") + figures.md("latency.png", "latency")
+
+
+def _verification_lines(v: dict | None) -> list[str]:
+    """The same frames through the verified pipeline: before / after verification, pose error, re-ranking."""
+    if not v:
+        return []
+    b, a, e, r = v["before"], v["after"], v["pose_error"], v["recall@1"]
+    return [
+        f"Geometric verification (ROS-free pipeline on the same {v['queries']} frames: the student's top-"
+        f"{v.get('top_k', 5)} verified by ORB + PnP against the map's keyframe images and LiDAR points; "
+        f"`summary.json` → `localize.verification`):", "",
+        *_header("", "accepted", "correct", "precision", "recall", "R@1"),
+        _row("descriptor match (before)", b["accepted"], b["correct"], fmt(b["precision"]), fmt(b["recall"]),
+             fmt(r["before"])),
+        _row("verified (after)", a["accepted"], a["correct"], fmt(a["precision"]), fmt(a["recall"]),
+             fmt(r["after"])), "",
+        f"Metric pose error of verified matches ({e['count']}): translation median "
+        f"{fmt(e['translation_m_median'], '.2f')} m, p90 {fmt(e['translation_m_p90'], '.2f')} m; rotation median "
+        f"{fmt(e['rotation_deg_median'], '.2f')} deg, "
+        f"p90 {fmt(e['rotation_deg_p90'], '.2f')} deg; within {v['pose_ok_m']:g} m / {v['pose_ok_deg']:g} deg: "
+        f"{fmt(a['metric_precision'])}. Latency per frame p50 {fmt(v['latency_ms_p50'], '.0f')} ms, p99 "
+        f"{fmt(v['latency_ms_p99'], '.0f')} ms (one thread). Most common rejections: "
+        + (", ".join(f"{k} ({n})" for k, n in v.get("rejections", {}).items()) or "none") + ".", ""]
 
 
 def _corridor_section(demo: Demo, figures: _Figures) -> list[str]:

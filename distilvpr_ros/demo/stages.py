@@ -7,7 +7,10 @@
  5. map        play one run's bag (camera + LiDAR + odometry) into the mapping node over DDS; the node
                builds the place map with teacher and student descriptors (``ros.replay_mapping.run_mapping``)
  6. localize   play a bag of another condition into the localization node (camera only, ONNX Runtime) and
-               score what it publishes (``ros.replay_localization.run_replay``)
+               score what it publishes (``ros.replay_localization.run_replay``); then the same frames through the
+               ROS-free verified pipeline (``pipeline.offline.localize_sequence``, camera PnP against the map's
+               keyframe views): precision / recall before and after verification, metric pose error, R@1
+               before and after re-ranking (``verification`` in its results)
  7. evaluate   offline cross-run Recall@N of teacher and student (``evaluation.evaluate.run_evaluate``)
  8. corridor   the student on the real Corridor images beside 10 published methods (skipped, with a line
                in the report, where the data is absent)
@@ -232,7 +235,26 @@ def build_localize(demo: Demo, out: Path) -> dict:
     map_bag = region_bag(world_path(demo), demo.settings.mapping.run, demo.settings.mapping.region,
                          demo.folder("map") / "bags")
     replay_plots(out, bag, map_bag, demo.folder("map") / "map", metrics)
-    return {**metrics, "condition": info["condition"], "direction": info["direction"], "region": s.region}
+    verification = verified_localization(demo, bag, s.node, metrics.get("correct_m", GroundTruthConfig().correct_m))
+    return {**metrics, "condition": info["condition"], "direction": info["direction"], "region": s.region,
+            "verification": verification}
+
+
+def verified_localization(demo: Demo, bag: Path, node: dict, correct_m: float) -> dict:
+    """The localization bag's frames through the ROS-free pipeline with camera verification against the map's
+    keyframe views (the node's settings, the world's calibration for runs the map recorded none for)."""
+    from ..pipeline.calibration import world_calibration
+    from ..pipeline.config import load_node_config
+    from ..pipeline.embedder import Embedder
+    from ..pipeline.localizer import Localizer
+    from ..pipeline.offline import localize_sequence, open_bag_sequence
+
+    cfg = load_node_config(None, **node)
+    run = Path(bag).name
+    student = Embedder.from_onnx(demo.folder("export") / "student.onnx")
+    loc = Localizer.load(student, demo.folder("map") / "map", cfg.matcher, run, cfg.image_quality,
+                         cfg.verification.model_copy(update={"enabled": True}), world_calibration(world_path(demo)))
+    return localize_sequence(loc, open_bag_sequence(bag, cfg, run), correct_m, progress=demo.progress)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ How queries are counted (one query = one camera frame the player published; stam
       = FP, a query with a match not a TP = FN, a query without one and not accepted = TN.
     * ``accepted_precision`` / ``accepted_recall``: the same counting for the node's own decisions (a
       ``place_match`` message for the stamp = accepted; its pose within ``correct_m`` = correct).
+    * ``match_translation_m_*`` / ``match_rotation_deg_*`` (median, p90): the pose each ``place_match`` carries
+      against the query's ground-truth pose (translation in 3D; rotation when the match carries an orientation
+      and ``query_poses`` are given): a keyframe's pose for an unverified node, the metric PnP pose for a
+      verified one (:mod:`.verified_matches`).
     * latency: receive time of the query's ``place_candidates/scores`` minus the publish time of its image
       (same machine, one monotonic clock); ``rate_hz``: answered queries per second over the span of their
       outputs; ``input_hz``: the same for the published images.
@@ -34,7 +38,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import CORRECT_M
+from ..data.geometry import make_pose
 from .metrics import precision_recall, recall_at_n
+from .verified_matches import error_summary, pose_errors
 
 #: Metric keys every replay writes (``metrics.json``), in table order.
 REPLAY_KEYS = ("frames", "recall@1", "pr_auc", "max_f1", "recall@100p", "accepted_precision", "accepted_recall",
@@ -47,14 +53,15 @@ class Recording:
     """What one replay published and received. Wall times are ``time.monotonic()`` seconds of one machine.
 
     ``scores`` holds the raw ``place_candidates/scores`` data (``[t_query, id_1, score_1, t_1, ...]``),
-    ``matches`` the ``place_match`` stamp and position, ``loop_closures`` the ``[t_query, t_match]`` pairs,
+    ``matches`` the ``place_match`` stamp and position (and, optionally, its quaternion x y z w),
+    ``loop_closures`` the ``[t_query, t_match]`` pairs,
     ``node`` the node's last ``/diagnostics`` values and ``node_rss_mb`` samples of its resident memory.
     """
 
     sent_stamps: np.ndarray
     sent_wall: np.ndarray
     scores: list[tuple[float, Sequence[float]]] = field(default_factory=list)  # (receive, data)
-    matches: list[tuple[float, float, Sequence[float]]] = field(default_factory=list)  # (receive, t, xyz)
+    matches: list[tuple] = field(default_factory=list)  # (receive, t, xyz[, quat xyzw])
     loop_closures: list[tuple[float, float, float]] = field(default_factory=list)  # (receive, t_query, t_match)
     node: dict[str, Any] = field(default_factory=dict)
     node_rss_mb: list[float] = field(default_factory=list)
@@ -105,11 +112,13 @@ def _operating_point(pr: dict, threshold: float) -> tuple[float, float]:
 
 
 def score_replay(rec: Recording, query_xy: np.ndarray, map_xy: np.ndarray, truth: Sequence[np.ndarray],
-                 correct_m: float = CORRECT_M) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                 correct_m: float = CORRECT_M,
+                 query_poses: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics of a replay (module docstring) and per-query details for plots.
 
     ``query_xy``: ground-truth planar position of each published frame (aligned with ``rec.sent_stamps``);
-    ``map_xy``: planar position of each map keyframe (row = keyframe id); ``truth``: :func:`positives`.
+    ``map_xy``: planar position of each map keyframe (row = keyframe id); ``truth``: :func:`positives`;
+    ``query_poses``: optional (Q, 4, 4) ground-truth poses of the published frames (for the match pose errors).
     Returns ``(metrics, details)``; ``details`` has per-query arrays (``answered``, ``top1``, ``top1_score``,
     ``top1_correct``, ``accepted``, ``accepted_correct``, ``latency_s``, ``has_match``).
     """
@@ -136,12 +145,22 @@ def score_replay(rec: Recording, query_xy: np.ndarray, map_xy: np.ndarray, truth
     # place_match: the node's accepted matches, correct when the matched pose is near the query
     accepted = np.zeros(n, dtype=bool)
     accepted_correct = np.zeros(n, dtype=bool)
-    m_idx = align(rec.sent_stamps, [t for _, t, _ in rec.matches])
-    for i, (_, _, xyz) in zip(m_idx, rec.matches):
+    m_idx = align(rec.sent_stamps, [m[1] for m in rec.matches])
+    trans_err, rot_err = [], []
+    for i, m in zip(m_idx, rec.matches):
         if i >= 0:
+            xyz = np.asarray(m[2], dtype=np.float64)
             accepted[i] = True
-            near = np.hypot(*(np.asarray(xyz[:2], dtype=np.float64) - query_xy[i])) <= correct_m
+            near = np.hypot(*(xyz[:2] - query_xy[i])) <= correct_m
             accepted_correct[i] = near and has_match[i]
+            if query_poses is not None:
+                truth_pose = np.asarray(query_poses[i], dtype=np.float64)
+                trans_err.append(float(np.linalg.norm(xyz - truth_pose[:3, 3])))
+                if len(m) > 3:
+                    est = make_pose(xyz, np.asarray(m[3], dtype=np.float64))
+                    rot_err.append(float(pose_errors(est[None], truth_pose[None])[1][0]))
+            else:
+                trans_err.append(float(np.hypot(*(xyz[:2] - query_xy[i]))))
 
     out: dict[str, Any] = {"frames": int(n), "answered": int(answered.sum()), "dropped_frames": int(n - answered.sum()),
                            "queries_with_match": int((answered & has_match).sum()), "top_k": int(k),
@@ -170,6 +189,8 @@ def score_replay(rec: Recording, query_xy: np.ndarray, map_xy: np.ndarray, truth
         out["accepted_precision"] = out["accepted_recall"] = float("nan")
     out.update(pr_auc=pr["auc"], max_f1=pr["max_f1"], **{"recall@100p": pr["recall@100p"]})
     out["accepted"] = int(accepted.sum())
+    err = error_summary(np.asarray(trans_err), np.asarray(rot_err))
+    out.update({f"match_{k}": v for k, v in err.items() if k != "count"})
 
     latency = receive - np.asarray(rec.sent_wall, dtype=np.float64)
     lat = latency[answered]

@@ -22,8 +22,10 @@ Scores
 Where the rest lives
     * :mod:`.index`: :class:`EmbeddingSpace`, :class:`IndexConfig` and the faiss indexes (flat, HNSW,
       IVF-PQ with exact re-ranking), built and brought up to date lazily.
-    * :mod:`.map_io`: the folder format (schema.json, meta.json, descriptors, index files, checksums),
-      written crash-safely and read with every number checked before allocating.
+    * :mod:`.map_io`: the folder format (schema.json, meta.json, descriptors, index files, keyframe views,
+      checksums), written crash-safely and read with every number checked before allocating.
+    * :mod:`.views`: per keyframe the JPEG image and LiDAR points geometric verification needs, and the
+      calibration of each run (:meth:`PlaceDatabase.view`, :meth:`PlaceDatabase.calibration`).
     * :mod:`.errors`: :class:`MapError`, :class:`MapCompatibilityError`.
 """
 
@@ -41,7 +43,8 @@ from scipy.spatial.transform import Rotation
 from ..data.geometry import make_pose
 from .errors import MapCompatibilityError, MapError
 from .index import EmbeddingSpace, IndexConfig, SpaceIndex
-from .map_io import MapContents, StoredIndex, read_map, write_map
+from .map_io import FORMAT_VERSION, MapContents, StoredIndex, read_map, write_map
+from .views import ViewData, ViewStore
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ class PlaceDatabase:
         self._poses = _Growing((7,), np.float64)
         self._frame_ids: list[str] = []
         self._runs: list[str] = []
+        self._views = ViewStore()
+        self.format_version = FORMAT_VERSION  # of the file it was loaded from (1: no views)
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -197,6 +202,29 @@ class PlaceDatabase:
         return KeyframeMeta(int(id), float(self.stamps[id]), self.poses[id].copy(), self._frame_ids[id],
                             self._runs[id])
 
+    def view(self, id: int) -> ViewData:
+        """Keyframe ``id``'s stored view (JPEG bytes, float16 LiDAR-frame points); empty when it has none."""
+        if not 0 <= id < len(self):
+            raise IndexError(f"keyframe id {id} not in the map (0..{len(self) - 1})")
+        return self._views.get(int(id))
+
+    @property
+    def has_views(self) -> bool:
+        """Whether any keyframe has a stored view (a map of format 1 has none)."""
+        return self._views.any
+
+    def calibration(self, run: str) -> dict | None:
+        """The camera calibration (``CameraCalibration.to_dict``) recorded for ``run``, or None."""
+        return self._views.calibrations.get(run)
+
+    @property
+    def calibrations(self) -> Mapping[str, dict]:
+        return MappingProxyType(self._views.calibrations)
+
+    def set_calibration(self, run: str, calibration: Mapping) -> None:
+        """Record the calibration of ``run`` (once per run; a different one for the same run: ValueError)."""
+        self._views.set_calibration(str(run), dict(calibration))
+
     def _space(self, name: str) -> EmbeddingSpace:
         if name not in self._spaces:
             raise KeyError(f"no embedding space {name!r} in the map (has {sorted(self._spaces)})")
@@ -221,14 +249,17 @@ class PlaceDatabase:
             x = x / norm
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def add(self, stamp: float, pose, frame_id: str, run: str, descriptors: Mapping[str, np.ndarray]) -> int:
-        """Add one keyframe; ``pose`` is a 4x4 ``world_T_base`` or a 7-vector. Returns its id."""
+    def add(self, stamp: float, pose, frame_id: str, run: str, descriptors: Mapping[str, np.ndarray],
+            view: ViewData | None = None) -> int:
+        """Add one keyframe; ``pose`` is a 4x4 ``world_T_base`` or a 7-vector; ``view``: what verification needs
+        of it (None = no view). Returns its id."""
         rows = {k: np.asarray(v, dtype=np.float32).reshape(1, -1) for k, v in descriptors.items()}
-        return int(self.add_many([stamp], np.asarray(pose)[None], [frame_id], [run], rows)[0])
+        return int(self.add_many([stamp], np.asarray(pose)[None], [frame_id], [run], rows, [view])[0])
 
     def add_many(self, stamps, poses, frame_ids: Iterable[str], runs: Iterable[str],
-                 descriptors: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Add N keyframes at once (all inputs length N, one (N, dim) matrix per space). Returns their ids.
+                 descriptors: Mapping[str, np.ndarray], views: Iterable[ViewData | None] | None = None) -> np.ndarray:
+        """Add N keyframes at once (all inputs length N, one (N, dim) matrix per space, optionally N views).
+        Returns their ids.
 
         Every space of the map must be given; ``ip`` descriptors are L2-normalised. Nothing is added if
         any input is invalid (ValueError).
@@ -246,6 +277,12 @@ class PlaceDatabase:
             raise ValueError(f"descriptors must cover exactly the map's spaces {sorted(self._spaces)}: "
                              f"missing {sorted(missing)}, unknown {sorted(unknown)}")
         checked = {name: self._check_vectors(self._spaces[name], x, n) for name, x in descriptors.items()}
+        views = [None] * n if views is None else list(views)
+        if len(views) != n:
+            raise ValueError(f"{len(views)} views for {n} keyframes")
+        packed = ViewStore()
+        for v in views:
+            packed.append(v)  # validates (and converts) before anything is added
         first = len(self)
         for name, x in checked.items():
             self._desc[name].extend(x)
@@ -253,6 +290,8 @@ class PlaceDatabase:
         self._poses.extend(poses)
         self._frame_ids.extend(frame_ids)
         self._runs.extend(runs)
+        for i in range(n):
+            self._views.append(packed.get(i))
         return np.arange(first, len(self), dtype=np.int64)
 
     # ------------------------------------------------------------------ search
@@ -287,7 +326,7 @@ class PlaceDatabase:
             indexes[name] = StoredIndex(idx.index, idx.built, idx.trained_on)
         return write_map(path, MapContents(list(self._spaces.values()), self.stamps, self.poses, self._frame_ids,
                                            self._runs, {name: self.descriptors(name) for name in self._spaces},
-                                           indexes))
+                                           indexes, self._views))
 
     @classmethod
     def load(cls, path: str | Path, expect: Mapping[str, str] | None = None) -> "PlaceDatabase":
@@ -303,6 +342,8 @@ class PlaceDatabase:
         db._stamps.extend(m.stamps)
         db._poses.extend(m.poses)
         db._frame_ids, db._runs = list(m.frame_ids), list(m.runs)
+        db._views = m.views if m.views is not None else ViewStore.empty(len(m.stamps))
+        db.format_version = m.format_version
         for sp in m.spaces:
             stored, idx = m.indexes[sp.name], db._index[sp.name]
             if stored.index is None:
@@ -313,4 +354,4 @@ class PlaceDatabase:
 
 
 __all__ = ["EmbeddingSpace", "IndexConfig", "KeyframeMeta", "MapCompatibilityError", "MapError",
-           "PlaceDatabase"]
+           "PlaceDatabase", "ViewData"]

@@ -12,6 +12,20 @@ Layout (no pickle anywhere)
                                     "frame_id": [...], "run": [...]}
           descriptors_<space>.npy  float32 N x dim (np.save; read with allow_pickle=False)
           index_<space>.faiss      faiss.write_index of HNSW / trained IVF-PQ indexes (flat is rebuilt)
+          views_images.bin         format 2: every keyframe's camera image as JPEG, concatenated (b"" = none)
+          views_image_offsets.npy  int64 (N+1,): keyframe i's JPEG is bytes [off[i], off[i+1])
+          views_points.npy         float16 (P, 3): every keyframe's LiDAR points x y z (LiDAR frame), concatenated
+          views_point_offsets.npy  int64 (N+1,): keyframe i's points are rows [off[i], off[i+1])
+
+        schema.json["views"] (format 2) names those four files with their sha256, the image encoding, the
+        points' frame and dtype, and per run the camera calibration (``CameraCalibration.to_dict``).
+
+Format versions
+    2 (written now) adds the keyframe views that geometric verification needs. 1 (no views) is still read,
+    as a map whose keyframes have no views, with a warning: place matching works as before, verification
+    rejects every match with reason "map has no keyframe views". Rebuild such a map to verify against it
+    (``distilvpr build-map --fresh ...``); extending it (``map.resume``) writes format 2 with views for the
+    new keyframes only.
 
 Writing (:func:`write_map`) goes through :func:`~distilvpr_ros.utils.fileio.atomic_write`: a temporary sibling
 folder with every file fsynced, the old map kept as ``<name>.bak`` until the new one is renamed into place. A
@@ -41,9 +55,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..utils.fileio import atomic_write, recovered_path, sha256_file
 from .errors import MapCompatibilityError, MapError
 from .index import MAX_DIM, METRICS, EmbeddingSpace, IndexConfig, index_class
+from .views import POINT_DTYPE, ViewStore
 
 FORMAT_NAME = "distilvpr_ros.place_database"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+UPGRADE_HINT = "rebuild it to add keyframe views: distilvpr build-map --fresh ..."
+VIEW_FILES = {"images": "views_images.bin", "image_offsets": "views_image_offsets.npy",
+              "points": "views_points.npy", "point_offsets": "views_point_offsets.npy"}
 SCHEMA_FILE = "schema.json"
 META_FILE = "meta.json"
 MAX_SCHEMA_BYTES = 1 << 20  # a schema is a few kB; anything larger is not one
@@ -71,6 +90,8 @@ class MapContents:
     runs: list[str]
     descriptors: dict[str, np.ndarray]  # space -> (N, dim) float32
     indexes: dict[str, StoredIndex]
+    views: ViewStore | None = None  # None: no views (written as N empty views)
+    format_version: int = FORMAT_VERSION  # as read (1 or 2); written maps are always FORMAT_VERSION
 
 
 # ---------------------------------------------------------------------- schema (what schema.json may hold)
@@ -105,10 +126,22 @@ class _SpaceEntry(_Strict):
     descriptors: _FileRef
 
 
+class _ViewsEntry(_Strict):
+    images: _FileRef
+    image_offsets: _FileRef
+    points: _FileRef
+    point_offsets: _FileRef
+    image_encoding: Literal["jpeg"]
+    points_frame: Literal["lidar"]
+    points_dtype: Literal["float16"]
+    calibrations: dict[str, dict] = Field(max_length=100000)
+
+
 class _Schema(_Strict):
     count: int = Field(ge=0)
     meta: _FileRef
     spaces: dict[str, _SpaceEntry] = Field(min_length=1, max_length=MAX_SPACES)
+    views: _ViewsEntry | None = None
 
 
 def _validation_message(e: ValidationError) -> str:
@@ -149,8 +182,23 @@ def _write(folder: Path, m: MapContents) -> None:
     _write_json(folder / META_FILE, meta)
     schema = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "count": count,
-              "meta": {"file": META_FILE, "sha256": sha256_file(folder / META_FILE)}, "spaces": spaces}
+              "meta": {"file": META_FILE, "sha256": sha256_file(folder / META_FILE)}, "spaces": spaces,
+              "views": _write_views(folder, m.views if m.views is not None else ViewStore.empty(count), count)}
     _write_json(folder / SCHEMA_FILE, schema, indent=2)
+
+
+def _write_views(folder: Path, views: ViewStore, count: int) -> dict:
+    if len(views) != count:
+        raise ValueError(f"{len(views)} keyframe views for {count} keyframes")
+    images, img_off, points, pts_off = views.packed()
+    (folder / VIEW_FILES["images"]).write_bytes(images)
+    np.save(folder / VIEW_FILES["image_offsets"], img_off, allow_pickle=False)
+    np.save(folder / VIEW_FILES["points"], points, allow_pickle=False)
+    np.save(folder / VIEW_FILES["point_offsets"], pts_off, allow_pickle=False)
+    entry = {k: {"file": f, "sha256": sha256_file(folder / f)} for k, f in VIEW_FILES.items()}
+    entry.update(image_encoding="jpeg", points_frame="lidar", points_dtype="float16",
+                 calibrations=dict(views.calibrations))
+    return entry
 
 
 def _write_json(path: Path, obj, indent: int | None = None) -> None:
@@ -165,7 +213,7 @@ def read_map(path: str | Path, expect: Mapping[str, str] | None = None) -> MapCo
     model, and :class:`MapError` naming the file for anything missing, corrupt or out of bounds.
     """
     path = recovered_path(path)
-    schema = _read_schema(path)
+    schema, version = _read_schema(path)
     spaces = [_space(path, name, entry) for name, entry in schema.spaces.items()]
     _check_expectations(path, {sp.name: sp for sp in spaces}, expect or {})
     meta = _read_meta(_member(path, schema.meta.file), schema.meta.sha256, schema.count)
@@ -177,10 +225,19 @@ def read_map(path: str | Path, expect: Mapping[str, str] | None = None) -> MapCo
         descriptors[sp.name] = _read_descriptors(_member(path, entry.descriptors.file), entry.descriptors.sha256,
                                                  sp, schema.count)
         indexes[sp.name] = _read_index(path, entry.index, sp, schema.count)
-    return MapContents(spaces, meta["stamp"], meta["pose"], meta["frame_id"], meta["run"], descriptors, indexes)
+    if schema.views is not None:
+        views = _read_views(path, schema.views, schema.count)
+    else:
+        if version >= 2:
+            raise MapError(path / SCHEMA_FILE, f"format {version} map without its views entry")
+        warnings.warn(f"{path}: map format {version} has no keyframe views (geometric verification will reject "
+                      f"its matches); {UPGRADE_HINT}", stacklevel=3)
+        views = ViewStore.empty(schema.count)
+    return MapContents(spaces, meta["stamp"], meta["pose"], meta["frame_id"], meta["run"], descriptors, indexes,
+                       views, version)
 
 
-def _read_schema(path: Path) -> _Schema:
+def _read_schema(path: Path) -> tuple[_Schema, int]:
     file = path / SCHEMA_FILE
     if not path.is_dir():
         raise MapError(path, "map folder not found")
@@ -195,11 +252,14 @@ def _read_schema(path: Path) -> _Schema:
         raise MapError(file, f"corrupt JSON ({e})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise MapError(file, f"not a {FORMAT_NAME} schema")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise MapError(file, f"format version {raw.get('format_version')} not supported (this package reads "
-                             f"{FORMAT_VERSION})")
+    version = raw.get("format_version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise MapError(file, f"format version {version!r} not supported (this package reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))})")
+    if version == 1 and "views" in raw:
+        raise MapError(file, "format 1 map with a views entry")
     try:
-        return _Schema.model_validate(raw)
+        return _Schema.model_validate(raw), int(version)
     except ValidationError as e:
         raise MapError(file, f"malformed schema: {_validation_message(e)}") from None
 
@@ -296,6 +356,56 @@ def _read_descriptors(file: Path, sha256: str, space: EmbeddingSpace, count: int
     if not np.isfinite(desc).all():
         raise MapError(file, "descriptors contain NaN or inf")
     return desc
+
+
+def _read_offsets(file: Path, sha256: str, count: int) -> np.ndarray:
+    """An int64 (count + 1,) offsets array: starts at 0, never decreases (checked before use)."""
+    _verify(file, sha256)
+    _check_npy(file, np.dtype(np.int64), (count + 1,))
+    off = np.load(file, allow_pickle=False)
+    if off[0] != 0 or np.any(np.diff(off) < 0):
+        raise MapError(file, "offsets must start at 0 and never decrease")
+    return off
+
+
+def _check_npy(file: Path, dtype: np.dtype, shape: tuple) -> None:
+    """The ``.npy`` header says ``dtype`` and ``shape`` (C order) and the file holds exactly that much data."""
+    try:
+        got_dtype, got_shape, fortran, offset = _npy_layout(file)
+    except (ValueError, OSError, EOFError) as e:
+        raise MapError(file, f"unreadable array file ({e})") from None
+    if got_dtype != dtype or got_shape != shape or fortran:
+        raise MapError(file, f"expected {dtype} {shape}, got {got_dtype} {got_shape}"
+                             + (" in Fortran order" if fortran else ""))
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    data_bytes = file.stat().st_size - offset
+    if data_bytes != need:
+        raise MapError(file, f"holds {data_bytes} bytes of data, but {dtype} {shape} needs {need} "
+                             "(truncated or padded)")
+
+
+def _read_views(folder: Path, entry: _ViewsEntry, count: int) -> ViewStore:
+    """The keyframe views, every file checked (sha256, header, sizes, offsets) before it is loaded."""
+    from ..verification.calibration import CameraCalibration
+
+    img_off = _read_offsets(_member(folder, entry.image_offsets.file), entry.image_offsets.sha256, count)
+    pts_off = _read_offsets(_member(folder, entry.point_offsets.file), entry.point_offsets.sha256, count)
+    images_file = _member(folder, entry.images.file)
+    _verify(images_file, entry.images.sha256)
+    if images_file.stat().st_size != img_off[-1]:
+        raise MapError(images_file, f"{images_file.stat().st_size} bytes, but the offsets end at {img_off[-1]}")
+    points_file = _member(folder, entry.points.file)
+    _verify(points_file, entry.points.sha256)
+    _check_npy(points_file, np.dtype(POINT_DTYPE), (int(pts_off[-1]), 3))
+    points = np.load(points_file, allow_pickle=False)
+    if not np.isfinite(points).all():
+        raise MapError(points_file, "points contain NaN or inf")
+    for run, calib in entry.calibrations.items():
+        try:
+            CameraCalibration.from_dict(calib)
+        except (ValueError, TypeError) as e:
+            raise MapError(folder / SCHEMA_FILE, f"calibration of run {run!r}: {e}") from None
+    return ViewStore.unpacked(images_file.read_bytes(), img_off, points, pts_off, entry.calibrations)
 
 
 def _read_index(folder: Path, entry: _IndexEntry, space: EmbeddingSpace, count: int) -> StoredIndex:

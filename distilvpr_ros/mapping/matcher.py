@@ -163,6 +163,13 @@ class PlaceMatcher:
             self._emitted.append((stamp, best.pose[:2].copy()))
         return result
 
+    def withdraw(self, result: MatchResult) -> None:
+        """Forget the loop closure ``result`` emitted (a verifier rejected it), so that it does not suppress a
+        later loop closure to the same place."""
+        if result.loop_closure is not None:
+            t = result.loop_closure[0]
+            self._emitted = [(tq, p) for tq, p in self._emitted if tq != t]
+
     def _ambiguity(self, cands: list[Candidate]) -> str:
         """'' when the best candidate beats every distinct place by ``min_distinct_margin`` (or the test is
         off), else the margin it got."""

@@ -11,8 +11,14 @@ Modules, one concept each
     * ``keyframes``: :class:`OdometryBuffer` (odometry interpolated to keyframe stamps) and :class:`Keyframer`.
     * ``embedder``: :class:`Embedder`, one network (torch or ONNX Runtime) from numpy inputs to one
       L2-normalised descriptor, with input validation.
-    * ``map_builder``: :class:`MapBuilder`, teacher + student descriptors of each keyframe into a
-      :class:`~distilvpr_ros.mapping.database.PlaceDatabase`, plus teacher-space loop-closure candidates.
-    * ``localizer``: :class:`Localizer`, student descriptor → matcher over the map's student space.
-    * ``offline``: build a map from a bag or sample sequence (``distilvpr build-map``).
+    * ``map_builder``: :class:`MapBuilder`, teacher + student descriptors and the view of each keyframe into a
+      :class:`~distilvpr_ros.mapping.database.PlaceDatabase`, plus teacher-space loop-closure candidates
+      verified by LiDAR registration against the candidate's stored points.
+    * ``localizer``: :class:`Localizer`, student descriptor → matcher over the map's student space → camera
+      verification (PnP against the keyframe views): the metric pose with its covariance.
+    * ``views``: what a keyframe stores for verification, and the verification inputs of stored keyframes
+      (cached per keyframe id).
+    * ``calibration``: the camera calibration from a world's ``world.json``, ``CameraInfo`` or the parameters.
+    * ``offline``: build a map from a bag or sample sequence (``distilvpr build-map``); localize a sequence and
+      score it (``localize_sequence``).
 """

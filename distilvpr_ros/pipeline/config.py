@@ -15,6 +15,7 @@ from pydantic import Field
 from ..config import Section, load_yaml, merge_config, validate_config
 from ..mapping.database import IndexConfig
 from ..mapping.matcher import MatcherConfig
+from ..verification.config import CameraVerificationConfig, LidarVerificationConfig, RerankConfig
 from .image_quality import ImageQualityConfig
 
 #: A frame id: not empty, no whitespace (tf2 frame ids carry no leading '/', but that is only a warning there).
@@ -106,6 +107,66 @@ class MapConfig(Section):
                                      "temporal exclusion applies only within a run")
 
 
+class ViewsConfig(Section):
+    """What the map stores per keyframe for geometric verification (map format 2)."""
+
+    store: bool = Field(True, description="store each keyframe's JPEG image and LiDAR points in the map")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of the stored keyframe images")
+    voxel_m: float = Field(
+        0.3, ge=0.0, le=10.0, description="stored LiDAR points are voxel-downsampled to this size (m, 0 = all points; "
+                                          "0.3 keeps camera PnP recall, measured)")
+
+
+class CalibrationConfig(Section):
+    """Camera intrinsics and the camera / LiDAR extrinsics of a real robot (base_link frame).
+
+    Used when the data carries none: a synthetic world's ``world.json`` calibration wins (``build-map`` on a
+    world's run or bag), and a bag's or topic's ``CameraInfo`` gives the intrinsics. The camera pose is the
+    *optical* frame (z forward, x right, y down) in the base frame, as ``x y z`` (m) and fixed-axis
+    roll / pitch / yaw (deg, ``R = Rz(yaw) Ry(pitch) Rx(roll)``); the defaults (-90, 0, -90) are a camera at the
+    base origin looking along the base's x axis. Intrinsics 0 = take them from ``CameraInfo``.
+    """
+
+    camera_x: float = Field(0.0, description="camera optical frame x in base_link (m)")
+    camera_y: float = Field(0.0, description="camera optical frame y in base_link (m)")
+    camera_z: float = Field(0.0, description="camera optical frame z in base_link (m)")
+    camera_roll_deg: float = Field(-90.0, description="camera optical frame roll in base_link (deg)")
+    camera_pitch_deg: float = Field(0.0, description="camera optical frame pitch in base_link (deg)")
+    camera_yaw_deg: float = Field(-90.0, description="camera optical frame yaw in base_link (deg)")
+    lidar_x: float = Field(0.0, description="LiDAR frame x in base_link (m)")
+    lidar_y: float = Field(0.0, description="LiDAR frame y in base_link (m)")
+    lidar_z: float = Field(0.0, description="LiDAR frame z in base_link (m)")
+    lidar_roll_deg: float = Field(0.0, description="LiDAR frame roll in base_link (deg)")
+    lidar_pitch_deg: float = Field(0.0, description="LiDAR frame pitch in base_link (deg)")
+    lidar_yaw_deg: float = Field(0.0, description="LiDAR frame yaw in base_link (deg)")
+    fx: float = Field(0.0, ge=0.0, description="focal length x (px, 0 = from CameraInfo)")
+    fy: float = Field(0.0, ge=0.0, description="focal length y (px, 0 = from CameraInfo)")
+    cx: float = Field(0.0, ge=0.0, description="principal point x (px)")
+    cy: float = Field(0.0, ge=0.0, description="principal point y (px)")
+    width: int = Field(0, ge=0, description="image width (px, 0 = from CameraInfo)")
+    height: int = Field(0, ge=0, description="image height (px, 0 = from CameraInfo)")
+
+
+class VerificationConfig(Section):
+    """Geometric verification of matches against the map's keyframe views (``distilvpr_ros.verification``)."""
+
+    enabled: bool = Field(True, description="verify loop closures (LiDAR) and place matches (camera PnP)")
+    camera: CameraVerificationConfig = Field(default_factory=CameraVerificationConfig)
+    lidar: LidarVerificationConfig = Field(default_factory=LidarVerificationConfig)
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    lidar_seed: Literal["yaw", "pose", "none"] = Field(
+        "yaw", description="registration's initial guess: the keyframes' relative yaw from odometry, their whole "
+                           "relative pose, or identity")
+    lidar_candidates: int = Field(
+        1, ge=1, le=50, description="mapping: loop-closure candidates registered per keyframe, best first, until one "
+                                    "is accepted")
+    require_descriptor_match: bool = Field(
+        False, description="localisation: verify only frames whose descriptor match the matcher accepted "
+                           "(min_score, sequence); false: verify the top-k of every frame")
+    cache_keyframes: int = Field(
+        512, ge=1, le=1000000, description="keyframes whose decoded image, depth and features stay cached")
+
+
 class DiagnosticsConfig(Section):
     """The /diagnostics status of a node."""
 
@@ -132,6 +193,9 @@ class NodeConfig(Section):
     matcher: MatcherConfig = Field(default_factory=MatcherConfig)
     image_quality: ImageQualityConfig = Field(default_factory=ImageQualityConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    verification: VerificationConfig = Field(default_factory=VerificationConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
 

@@ -1,55 +1,215 @@
-"""Camera-only place recognition: the student's descriptor matched against the map's student space
-(:class:`Localizer`)."""
+"""Camera-only place recognition: the student's descriptor matched against the map's student space, then
+(optionally) verified against the map's keyframe views, which gives the camera's metric pose (:class:`Localizer`).
+
+Verification (``verification.enabled`` and a map with views). The matcher's top-k candidates
+(``min(matcher.top_k, verification.rerank.top_k)``) of every frame — or only of frames the matcher accepted,
+with ``verification.require_descriptor_match`` — are verified in descriptor order with
+:class:`~distilvpr_ros.verification.camera.CameraVerifier` (local features of the query once per frame,
+the keyframes' features cached per keyframe id; PnP + RANSAC against the keyframe's LiDAR depth), stopping at
+the first accepted candidate (``rerank.stop_at_first``), and re-ranked by inliers
+(:func:`~distilvpr_ros.verification.rerank.rerank`). The accepted candidate gives the query's base pose in the
+map frame and its PnP covariance; with ``rerank.consecutive`` > 1 it counts only once that many consecutive
+frames agree (:class:`~distilvpr_ros.verification.agreement.ConsecutiveAgreement`, the odometry ``motion``
+between frames when given). :meth:`LocalizationResult.output` is the match to publish: the verified metric
+pose and covariance when verified, and nothing accepted otherwise.
+
+Without verification (off, or a map without views when ``verification.enabled`` is false) the result is the
+matcher's, as before. With verification on and a map without views, every frame is rejected with reason
+"map has no keyframe views".
+"""
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from ..data.geometry import pose_to_xyz_quat
 from ..mapping.database import MapError, PlaceDatabase
-from ..mapping.matcher import MatcherConfig, MatchResult, PlaceMatcher
+from ..mapping.matcher import Candidate, MatcherConfig, MatchResult, PlaceMatcher
+from ..verification.agreement import ConsecutiveAgreement
+from ..verification.calibration import CameraCalibration
+from ..verification.camera import CameraVerification, CameraVerifier
+from ..verification.rerank import Reranked, rerank
+from .config import VerificationConfig
 from .embedder import Embedder
 from .image_quality import ImageQualityConfig, check_quality
+from .views import NO_VIEWS, ViewCache
+
+
+@dataclass
+class CandidateCheck:
+    """One verified (or skipped) candidate, in the re-ranked order."""
+
+    id: int
+    descriptor_score: float
+    descriptor_rank: int
+    accepted: bool
+    reason: str
+    inliers: int = 0
+    correspondences: int = 0
+    reprojection_error_px: float = float("inf")
+    pose: np.ndarray | None = None  # world_T_base of the query from this candidate's PnP (4x4)
+
+
+@dataclass
+class VerifiedMatch:
+    """Verification of one frame's candidates."""
+
+    verified: bool  # a candidate was accepted (and confirmed by ``rerank.consecutive`` frames)
+    reason: str  # why nothing was verified; "" when verified
+    id: int | None = None  # the accepted keyframe
+    pose: np.ndarray | None = None  # world_T_base (4x4) of the query, metric, map frame
+    covariance: np.ndarray | None = None  # 6x6 (x, y, z, roll, pitch, yaw in the map frame)
+    relative_pose: np.ndarray | None = None  # keyframe_base_T_query_base
+    inliers: int = 0
+    candidates: list[CandidateCheck] = field(default_factory=list)  # re-ranked; accepted first
+    streak: int = 0  # consecutive agreeing frames so far
+    seconds: float = 0.0
+
+    @property
+    def reranked_ids(self) -> list[int]:
+        return [c.id for c in self.candidates]
+
+    def inliers_of(self, id: int) -> int:
+        return next((c.inliers for c in self.candidates if c.id == id), 0)
 
 
 @dataclass
 class LocalizationResult:
-    match: MatchResult
+    match: MatchResult  # the descriptor matcher's result
     descriptor: np.ndarray
     seconds: float
+    verification: VerifiedMatch | None = None  # None when verification is off
+
+    @property
+    def accepted(self) -> bool:
+        """The frame is localised: verified when verification runs, else the matcher's acceptance."""
+        return self.verification.verified if self.verification is not None else self.match.accepted
+
+    @property
+    def pose(self) -> np.ndarray | None:
+        """world_T_base to report: the verified metric pose, else (unverified path) the matched keyframe's."""
+        if self.verification is not None:
+            return self.verification.pose if self.verification.verified else None
+        if self.match.accepted and self.match.best is not None:
+            from ..data.geometry import make_pose
+            return make_pose(self.match.best.pose[:3], self.match.best.pose[3:])
+        return None
+
+    def output(self) -> MatchResult:
+        """The :class:`MatchResult` to publish. Without verification: the matcher's. With it: accepted only when
+        verified; ``best`` is the accepted keyframe carrying the *query's* metric pose, ``covariance`` the PnP
+        one, ``loop_closure`` ``(t_query, t_keyframe)``; candidates in re-ranked order."""
+        v, m = self.verification, self.match
+        if v is None:
+            return m
+        by_id = {c.id: c for c in m.candidates}
+        cands = [by_id[c.id] for c in v.candidates if c.id in by_id] + \
+            [c for c in m.candidates if c.id not in {x.id for x in v.candidates}]
+        if not v.verified:
+            return replace(m, accepted=False, reason=f"not verified: {v.reason}", candidates=cands,
+                           best=cands[0] if cands else None, loop_closure=None)
+        kf = by_id[v.id]
+        xyz, quat = pose_to_xyz_quat(v.pose)
+        best = Candidate(kf.id, kf.score, kf.stamp, np.concatenate([xyz, quat]))
+        return replace(m, accepted=True, reason="", candidates=cands, best=best, covariance=v.covariance,
+                       loop_closure=(m.stamp, kf.stamp))
 
 
 class Localizer:
-    """Camera-only place recognition: the student's descriptor matched against the map's student space."""
+    """Camera-only place recognition: the student's descriptor matched against the map's student space,
+    optionally verified against the map's keyframe views (module doc)."""
 
     def __init__(self, student: Embedder, db: PlaceDatabase, matcher: MatcherConfig | None = None,
-                 run: str | None = None, quality: ImageQualityConfig | None = None) -> None:
+                 run: str | None = None, quality: ImageQualityConfig | None = None,
+                 verification: VerificationConfig | None = None, calibration: CameraCalibration | None = None) -> None:
         if student.kind not in db.spaces:
             raise MapError(None, f"map has no {student.kind!r} space (has {sorted(db.spaces)})")
         self.student, self.db, self.run = student, db, run or None
         self.quality = quality or ImageQualityConfig()
         self.matcher = PlaceMatcher(db, student.kind, matcher)
         db.index(student.kind)  # build the index now, not at the first query
+        self.verification = verification or VerificationConfig(enabled=False)
+        # the query camera's; None: the keyframe's (same rig). Also stands in for runs of the map without one.
+        self.calibration = calibration
+        self.verifier = CameraVerifier(self.verification.camera)
+        self.cache = ViewCache(db, self.verification.cache_keyframes, calibration)
+        r = self.verification.rerank
+        self.agreement = ConsecutiveAgreement(r.consecutive, r.agree_m, r.agree_deg)
 
     @classmethod
     def load(cls, student: Embedder, map_path: str | Path, matcher: MatcherConfig | None = None,
-             run: str | None = None, quality: ImageQualityConfig | None = None) -> "Localizer":
+             run: str | None = None, quality: ImageQualityConfig | None = None,
+             verification: VerificationConfig | None = None,
+             calibration: CameraCalibration | None = None) -> "Localizer":
         """Load ``map_path`` refusing a map whose student space was built with another model
         (:class:`MapCompatibilityError`) or that is corrupt (:class:`MapError`)."""
         if not str(map_path):
             raise MapError(None, "map.path is not set")
         db = PlaceDatabase.load(map_path, expect={student.kind: student.sha256})
-        return cls(student, db, matcher, run, quality)
+        return cls(student, db, matcher, run, quality, verification, calibration)
 
-    def localize(self, stamp: float, image: np.ndarray) -> LocalizationResult:
-        """Match one camera frame. ValueError for an unusable image (:class:`LowQualityImage` for one below
-        the quality gate: nothing is matched)."""
+    def reset(self) -> None:
+        """Forget the matcher's sequence history and the agreement streak (e.g. after a relocalisation)."""
+        self.matcher.reset()
+        self.agreement.reset()
+
+    def localize(self, stamp: float, image: np.ndarray, motion: np.ndarray | None = None) -> LocalizationResult:
+        """Match one camera frame and, when enabled, verify it. ``motion``: odometry ``previous_base_T_current_base``
+        since the previous frame (for ``rerank.consecutive`` > 1). ValueError for an unusable image
+        (:class:`LowQualityImage` for one below the quality gate: nothing is matched)."""
         t0 = time.perf_counter()
         if image is not None and np.ndim(image) == 3 and np.size(image):
             check_quality(np.asarray(image), self.quality)
         desc = self.student(image=image)
         match = self.matcher.match(desc, stamp, run=self.run)
-        return LocalizationResult(match, desc, time.perf_counter() - t0)
+        verified = None
+        if self.verification.enabled:
+            verified = self.verify(image, match, motion)
+        return LocalizationResult(match, desc, time.perf_counter() - t0, verified)
+
+    def verify(self, image: np.ndarray, match: MatchResult, motion: np.ndarray | None = None) -> VerifiedMatch:
+        """Verify ``match``'s candidates against the query ``image`` (module doc); never raises on bad data."""
+        t0 = time.perf_counter()
+        cfg = self.verification
+        out = self._verify(image, match, cfg)
+        confirmed = self.agreement.update(out.pose if out.verified else None, motion)
+        out.streak = self.agreement.streak
+        if out.verified and not confirmed:
+            out.verified = False
+            out.reason = f"waiting for {cfg.rerank.consecutive} consecutive agreeing frames ({out.streak} so far)"
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def _verify(self, image: np.ndarray, match: MatchResult, cfg: VerificationConfig) -> VerifiedMatch:
+        if not self.db.has_views:
+            return VerifiedMatch(False, NO_VIEWS)
+        if not match.candidates:
+            return VerifiedMatch(False, match.reason or "no candidates")
+        if cfg.require_descriptor_match and not match.accepted:
+            return VerifiedMatch(False, f"descriptor match not accepted: {match.reason}")
+        query = self.verifier.features(image)
+
+        def check(id: int) -> CameraVerification:
+            view = self.cache.camera(id)
+            if isinstance(view, str):
+                return CameraVerification(False, view)
+            return self.verifier.verify(query, view, self.calibration)
+
+        cands = match.candidates[:cfg.rerank.top_k]
+        ranked: Reranked = rerank([c.id for c in cands], [c.score for c in cands], check,
+                                  stop_at_first=cfg.rerank.stop_at_first)
+        checks = [CandidateCheck(c.id, c.descriptor_score, c.descriptor_rank, c.accepted, c.result.reason,
+                                 int(getattr(c.result, "inliers", 0)), int(getattr(c.result, "correspondences", 0)),
+                                 float(getattr(c.result, "reprojection_error_px", math.inf)),
+                                 getattr(c.result, "pose", None)) for c in ranked.candidates]
+        best = ranked.best
+        if best is None:
+            reasons = "; ".join(f"{c.id}: {c.reason}" for c in checks[:3])
+            return VerifiedMatch(False, f"no candidate verified ({reasons})", candidates=checks)
+        r: CameraVerification = best.result
+        return VerifiedMatch(True, "", best.id, r.pose, r.covariance, r.relative_pose, r.inliers, checks)

@@ -1,5 +1,15 @@
-"""Keyframes (teacher + student descriptors) into a place database, with teacher-space loop-closure
-candidates (:class:`MapBuilder`)."""
+"""Keyframes (teacher + student descriptors and the view verification needs) into a place database, with
+teacher-space loop-closure candidates verified by LiDAR registration (:class:`MapBuilder`).
+
+Loop closures. The teacher-space matcher proposes ``(t_query, t_match)`` (score, sequence and
+de-duplication checks of :mod:`~distilvpr_ros.mapping.matcher`). With ``verification.enabled`` the
+keyframe's LiDAR points are registered (GICP, :class:`~distilvpr_ros.verification.lidar.LidarVerifier`) to
+the candidate's stored points, seeded per ``verification.lidar_seed`` (the keyframes' relative yaw from
+odometry by default; the teacher's descriptor is yaw-invariant and gives none); up to
+``verification.lidar_candidates`` candidates are tried, best first. Only an accepted registration
+emits the loop closure; a rejected one leaves ``match.loop_closure`` None, ``match.accepted`` False and the
+reason in ``match.reason``. :attr:`KeyframeResult.verification` carries the registration either way.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +20,33 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.geometry import invert, yaw_of
 from ..mapping.database import IndexConfig, PlaceDatabase
-from ..mapping.matcher import MatcherConfig, MatchResult, PlaceMatcher
-from .config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig, default_run_name
+from ..mapping.matcher import Candidate, MatcherConfig, MatchResult, PlaceMatcher
+from ..verification.calibration import CameraCalibration
+from ..verification.lidar import LidarVerifier, Registration, yaw_transform
+from .config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig, VerificationConfig, ViewsConfig, default_run_name
 from .embedder import Embedder
+from .views import NO_VIEWS, ViewCache, make_view
 
 
 class DuplicateKeyframe(ValueError):
     """A keyframe stamp that this run of the map already holds (nothing added)."""
+
+
+@dataclass
+class LoopVerification:
+    """LiDAR verification of one proposed loop closure (the candidate that was accepted, else the last tried)."""
+
+    candidate: int  # keyframe id of the candidate
+    accepted: bool
+    reason: str  # "" when accepted
+    transform: np.ndarray | None = None  # candidate_base_T_query_base (4x4) from the registration
+    fitness: float = float("inf")  # mean squared correspondence distance (m^2)
+    inlier_ratio: float = 0.0
+    tried: int = 0  # candidates registered
+    seconds: float = 0.0
+    registration: Registration | None = None
 
 
 @dataclass
@@ -27,8 +56,15 @@ class KeyframeResult:
     id: int
     stamp: float
     pose: np.ndarray
-    match: MatchResult
-    seconds: float  # time spent in the networks and the map
+    match: MatchResult  # after verification: loop_closure only when verified
+    seconds: float  # time spent in the networks, the map and verification
+    proposed: tuple[float, float] | None = None  # the matcher's loop closure before verification
+    verification: LoopVerification | None = None  # None: nothing proposed, or verification off
+
+    @property
+    def loop_closure(self) -> tuple[float, float] | None:
+        """``(t_query, t_match)`` to publish: proposed and (when enabled) verified."""
+        return self.match.loop_closure
 
 
 class MapBuilder:
@@ -40,7 +76,8 @@ class MapBuilder:
 
     def __init__(self, teacher: Embedder, student: Embedder, db: PlaceDatabase | None = None,
                  index: IndexConfig | None = None, matcher: MatcherConfig | None = None,
-                 run: str = "", frame_id: str = "map") -> None:
+                 run: str = "", frame_id: str = "map", calibration: CameraCalibration | None = None,
+                 verification: VerificationConfig | None = None, views: ViewsConfig | None = None) -> None:
         if teacher.kind != TEACHER_SPACE or student.kind != STUDENT_SPACE:
             raise ValueError(f"MapBuilder needs a teacher and a camera_student, got {teacher.kind}, {student.kind}")
         self.teacher, self.student = teacher, student
@@ -52,23 +89,35 @@ class MapBuilder:
         # stamps of this run already in the map: a bag played again (clock jumping back) must not add
         # its keyframes a second time
         self._run_stamps = {float(t) for t, r in zip(self.db.stamps, self.db.runs) if r == self.run}
+        self.views = views or ViewsConfig()
+        self.verification = verification or VerificationConfig()
+        self.calibration = calibration
+        if calibration is not None and self.views.store:
+            self.db.set_calibration(self.run, calibration.to_dict())  # ValueError: another rig in this run
+        self.lidar = LidarVerifier(self.verification.lidar)
+        self.cache = ViewCache(self.db, self.verification.cache_keyframes)
+        self.T_base_lidar = calibration.T_base_lidar if calibration is not None else np.eye(4)
 
     @classmethod
-    def open(cls, teacher: Embedder, student: Embedder, cfg: NodeConfig, frame_id: str = "map") -> "MapBuilder":
+    def open(cls, teacher: Embedder, student: Embedder, cfg: NodeConfig, frame_id: str = "map",
+             calibration: CameraCalibration | None = None) -> "MapBuilder":
         """A builder for ``cfg.map.path``: appends to the existing map there when ``cfg.map.resume`` (it must
-        have been built with the same two models, else :class:`MapCompatibilityError`), else starts empty."""
+        have been built with the same two models, else :class:`MapCompatibilityError`), else starts empty.
+        ``calibration``: the rig's (:func:`~.calibration.resolve_calibration`), stored with the run's views."""
         db = None
         path = Path(cfg.map.path) if cfg.map.path else None
         if cfg.map.resume and path is not None and (path.exists() or path.with_name(f"{path.name}.bak").exists()):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 db = PlaceDatabase.load(path, expect={TEACHER_SPACE: teacher.sha256, STUDENT_SPACE: student.sha256})
-        return cls(teacher, student, db, cfg.index, cfg.matcher, cfg.map.run, frame_id)
+        return cls(teacher, student, db, cfg.index, cfg.matcher, cfg.map.run, frame_id, calibration,
+                   cfg.verification, cfg.views)
 
     def add_keyframe(self, stamp: float, pose: np.ndarray, image: np.ndarray, cloud: np.ndarray,
                      frame_id: str | None = None) -> KeyframeResult:
         """Embed one camera+LiDAR keyframe with both models, match it (teacher space, this run's recent
-        keyframes excluded) and add it. ValueError (nothing added) for unusable inputs."""
+        keyframes excluded), verify a proposed loop closure (module doc) and add it with its view.
+        ValueError (nothing added) for unusable inputs."""
         t0 = time.perf_counter()
         pose = np.asarray(pose, dtype=np.float64)
         if pose.shape != (4, 4) or not np.isfinite(pose).all():
@@ -78,12 +127,62 @@ class MapBuilder:
                                     "(the same data played again?)")
         teacher_desc = self.teacher(image=image, cloud=cloud)
         student_desc = self.student(image=image)
+        view = make_view(image, cloud, self.views)
         match = self.matcher.match(teacher_desc, stamp, run=self.run)
+        proposed, verification = match.loop_closure, None
+        if proposed is not None and self.verification.enabled:
+            verification = self.verify_loop(pose, view.points, match)
+            if verification.accepted:
+                best = self.db.meta(verification.candidate)
+                match.best = next(c for c in match.candidates if c.id == verification.candidate)
+                match.loop_closure = (float(stamp), best.stamp)
+            else:
+                self.matcher.withdraw(match)
+                match.accepted, match.loop_closure = False, None
+                match.reason = f"loop closure rejected by LiDAR verification: {verification.reason}"
         kf_id = self.db.add(stamp, pose, frame_id or self.frame_id, self.run,
-                            {TEACHER_SPACE: teacher_desc, STUDENT_SPACE: student_desc})
+                            {TEACHER_SPACE: teacher_desc, STUDENT_SPACE: student_desc},
+                            view=view if self.views.store else None)
         self._run_stamps.add(float(stamp))
         self.unsaved += 1
-        return KeyframeResult(kf_id, float(stamp), pose, match, time.perf_counter() - t0)
+        return KeyframeResult(kf_id, float(stamp), pose, match, time.perf_counter() - t0, proposed, verification)
+
+    def verify_loop(self, pose: np.ndarray, query_points: np.ndarray | None, match: MatchResult) -> LoopVerification:
+        """Register the query keyframe's LiDAR points (LiDAR frame) to the stored points of the match's
+        candidates, best first, until one is accepted (at most ``verification.lidar_candidates``)."""
+        t0 = time.perf_counter()
+        cfg = self.verification
+        cands: list[Candidate] = [match.best] + [c for c in match.candidates if c.id != match.best.id
+                                                 and c.score >= self.matcher.cfg.min_score]
+        out = LoopVerification(match.best.id, False, NO_VIEWS)
+        if not self.db.has_views:
+            out.seconds = time.perf_counter() - t0
+            return out
+        for tried, cand in enumerate(cands[:cfg.lidar_candidates], start=1):
+            target = self.cache.points(cand.id)
+            if target is None:
+                out = LoopVerification(cand.id, False, f"keyframe {cand.id} has no stored LiDAR points", tried=tried)
+                continue
+            reg = self.lidar.register(query_points, target, initial=self._seed(pose, cand.id))
+            transform = None
+            if reg.transform is not None:
+                transform = self.T_base_lidar @ reg.transform @ invert(self.T_base_lidar)
+            out = LoopVerification(cand.id, reg.accepted, reg.reason, transform, reg.fitness, reg.inlier_ratio,
+                                   tried, registration=reg)
+            if reg.accepted:
+                break
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def _seed(self, pose: np.ndarray, candidate: int) -> np.ndarray:
+        """Initial ``candidate_lidar_T_query_lidar`` for the registration (``verification.lidar_seed``)."""
+        seed = self.verification.lidar_seed
+        if seed == "none":
+            return np.eye(4)
+        rel = invert(self.db.meta(candidate).pose_matrix) @ pose  # candidate_base_T_query_base from odometry
+        if seed == "yaw":
+            return yaw_transform(yaw_of(rel))
+        return invert(self.T_base_lidar) @ rel @ self.T_base_lidar
 
     def save(self, path: str | Path) -> Path:
         """Write the map atomically (see :meth:`PlaceDatabase.save`)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import resolve_calibration
 from .config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig, default_run_name
 from .embedder import Embedder
 from .keyframes import Keyframer
@@ -35,7 +36,9 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
                             out_map: str | Path, cfg: NodeConfig | None = None, progress: bool = False) -> dict:
     """Build (or, with ``cfg.map.resume``, extend) the map at ``out_map`` from one sequence, as the mapping
     node does live: keyframes gated by :class:`Keyframer` on the sequence's poses, teacher and student
-    descriptors, teacher-space loop closures. Frames without a finite pose or a LiDAR cloud are skipped.
+    descriptors, keyframe views (image + LiDAR points + the calibration of
+    :func:`~.calibration.resolve_calibration`), teacher-space loop closures verified by LiDAR registration.
+    Frames without a finite pose or a LiDAR cloud are skipped.
 
     ``sequence``: a :class:`~distilvpr_ros.data.sample.Sequence` (``BagSequence`` from
     :func:`open_bag_sequence`, a ``SyntheticRun``, ...). Returns a summary dict (counts, loop closures,
@@ -49,10 +52,13 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
         cfg.map.run = str(getattr(sequence, "run", "") or default_run_name())
     teacher = Embedder.from_checkpoint(teacher_ckpt, TEACHER_SPACE, cfg.models.num_threads)
     student = Embedder.from_checkpoint(student_ckpt, STUDENT_SPACE, cfg.models.num_threads)
-    builder = MapBuilder.open(teacher, student, cfg, cfg.frames.map)
+    calibration = resolve_calibration(cfg.calibration, sequence)
+    builder = MapBuilder.open(teacher, student, cfg, cfg.frames.map, calibration)
     keyframer = Keyframer(cfg.keyframes)
     skipped = {"no_pose": 0, "no_cloud": 0, "invalid": 0, "duplicate": 0}
     loops: list[list[float]] = []
+    verification = {"enabled": cfg.verification.enabled, "proposed": 0, "verified": 0, "rejected": 0,
+                    "rejections": {}, "fitness": []}
     first = len(builder.db)
     for i in tqdm(range(len(sequence)), desc=f"build map {builder.run}", unit="frame", disable=not progress):
         pose, stamp = np.asarray(sequence.poses[i]), float(sequence.timestamps[i])
@@ -74,8 +80,82 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
             skipped["invalid"] += 1
             continue
         keyframer.accept(pose, stamp)
-        if result.match.loop_closure is not None:
-            loops.append(list(result.match.loop_closure))
+        if result.proposed is not None:
+            verification["proposed"] += 1
+        if result.verification is not None:
+            key = "verified" if result.verification.accepted else "rejected"
+            verification[key] += 1
+            if result.verification.accepted:
+                verification["fitness"].append(result.verification.fitness)
+            else:
+                why = result.verification.reason.split(" (")[0]
+                verification["rejections"][why] = verification["rejections"].get(why, 0) + 1
+        if result.loop_closure is not None:
+            loops.append(list(result.loop_closure))
     builder.save(out_map)
+    fitness = verification.pop("fitness")
+    verification["fitness_median"] = float(np.median(fitness)) if fitness else None
     return {"map": str(out_map), "run": builder.run, "frames": len(sequence), "keyframes": len(builder.db) - first,
-            "map_size": len(builder.db), "skipped": skipped, "loop_closures": loops}
+            "map_size": len(builder.db), "skipped": skipped, "loop_closures": loops,
+            "loop_closure_verification": verification, "calibration": calibration is not None}
+
+
+def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = None, stride: int = 1,
+                      max_frames: int | None = None, pose_ok_m: float = 1.0, pose_ok_deg: float = 5.0,
+                      progress: bool = False) -> dict:
+    """Run ``localizer`` (a :class:`~.localizer.Localizer`, verification on or off) over a sequence with ground-truth
+    poses and score it (:func:`~distilvpr_ros.evaluation.verified_matches.score_verified_matches`): precision
+    and recall before and after verification, metric pose error, re-ranking's R@1, plus latency and the most
+    common rejection reasons. The localizer's ``run`` is set to the sequence's, so the temporal exclusion
+    hides only the sequence's own keyframes."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from ..config import CORRECT_M
+    from ..evaluation.replay_metrics import positives
+    from ..evaluation.verified_matches import score_verified_matches
+
+    correct_m = CORRECT_M if correct_m is None else correct_m
+    localizer.run = str(getattr(sequence, "run", "") or "") or localizer.run
+    localizer.reset()
+    frames = list(range(0, len(sequence), max(1, int(stride))))[:max_frames]
+    q = len(frames)
+    top1 = np.full(q, -1, np.int64)
+    accepted_before = np.zeros(q, bool)
+    verified_ids = np.full(q, -1, np.int64)
+    verified = np.zeros(q, bool)
+    est = np.full((q, 4, 4), np.nan)
+    true_poses = np.stack([np.asarray(sequence.poses[i], float) for i in frames]) if q else np.zeros((0, 4, 4))
+    stamps = np.array([float(sequence.timestamps[i]) for i in frames])
+    seconds, reasons = [], Counter()
+    for j, i in enumerate(tqdm(frames, desc=f"localize {localizer.run}", unit="frame", disable=not progress)):
+        try:
+            out = localizer.localize(stamps[j], sequence[i].image)
+        except ValueError as e:  # unusable / low-quality frame: nothing matched
+            reasons[f"frame rejected: {str(e).split(' (')[0]}"] += 1
+            continue
+        seconds.append(out.seconds)
+        m = out.match
+        top1[j] = m.best.id if m.best is not None else -1
+        accepted_before[j] = m.accepted
+        v = out.verification
+        if v is None:
+            verified[j], verified_ids[j] = m.accepted, top1[j]
+            if out.pose is not None:
+                est[j] = out.pose
+        elif v.verified:
+            verified[j], verified_ids[j], est[j] = True, v.id, v.pose
+        else:  # why the descriptor's top-1 was not verified (or why nothing was)
+            top = next((c for c in v.candidates if c.descriptor_rank == 0), None)
+            reasons[(top.reason if top is not None else v.reason).split(" (")[0]] += 1
+    truth = positives(true_poses[:, :2, 3], localizer.db.positions, correct_m)
+    scores = score_verified_matches(truth, top1, accepted_before, verified_ids, verified, est, true_poses,
+                                    pose_ok_m, pose_ok_deg)
+    ms = np.asarray(seconds) * 1e3
+    scores.update(run=localizer.run, verification=localizer.verification.enabled, correct_m=float(correct_m),
+                  top_k=min(localizer.matcher.cfg.top_k, localizer.verification.rerank.top_k),
+                  latency_ms_p50=float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+                  latency_ms_p99=float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+                  rejections=dict(reasons.most_common(5)))
+    return scores

@@ -125,7 +125,9 @@ class LocalizationReplay(ReplaySession):
             np.asarray(self.player.sent_wall[self.camera], dtype=np.float64),
             scores=[(t, list(msg.data)) for t, msg in m["place_candidates/scores"]],
             matches=[(t, msg_stamp(msg), (msg.pose.pose.position.x, msg.pose.pose.position.y,
-                                          msg.pose.pose.position.z)) for t, msg in m["place_match"]],
+                                          msg.pose.pose.position.z),
+                      (msg.pose.pose.orientation.x, msg.pose.pose.orientation.y, msg.pose.pose.orientation.z,
+                       msg.pose.pose.orientation.w)) for t, msg in m["place_match"]],
             loop_closures=[(t, msg.data[0], msg.data[1]) for t, msg in m["loop_closure"] if len(msg.data) == 2],
             node=self.recorder.node_values(), node_rss_mb=list(self.rss))
 
@@ -193,10 +195,11 @@ def run_replay(bag: str | Path, map_path: str | Path, model: str | Path, rate: f
     out.mkdir(parents=True, exist_ok=True)
     rec = record_replay(seq, cfg, out, rate=rate, hz=hz, max_frames=max_frames, warmup=warmup)
 
-    query_xy = interpolate_poses(rec.sent_stamps, seq.timestamps, seq.poses)[:, :2, 3]
+    query_poses = interpolate_poses(rec.sent_stamps, seq.timestamps, seq.poses)
+    query_xy = query_poses[:, :2, 3]
     truth = positives(query_xy, db.positions, correct_m, rec.sent_stamps, db.stamps, db.runs, cfg.map.run,
                       cfg.matcher.exclude_recent_s)
-    metrics, details = score_replay(rec, query_xy, db.positions, truth, correct_m)
+    metrics, details = score_replay(rec, query_xy, db.positions, truth, correct_m, query_poses)
     metrics.update(bag=str(bag), map=str(map_path), map_size=len(db), model=str(model),
                    backend=cfg.models.backend, rate=rate, hz=hz, clock="/clock" if Clock is not None else "none",
                    outputs_bag=str(out / OUTPUTS_BAG), out=str(out))

@@ -61,6 +61,9 @@ class RerankConfig(Section):
     """Re-ranking of the top-k descriptor candidates by verification, and temporal confirmation."""
 
     top_k: int = Field(5, ge=1, description="candidates verified per query")
+    stop_at_first: bool = Field(
+        True, description="stop verifying at the first accepted candidate (latency); false: verify all top_k and "
+                          "keep the one with the most inliers")
     consecutive: int = Field(1, ge=1, description="accepted only after this many consecutive agreeing frames")
     agree_m: float = Field(3.0, gt=0, description="consecutive poses agree within this distance (m)")
     agree_deg: float = Field(10.0, gt=0, description="consecutive poses agree within this rotation (deg)")

@@ -82,7 +82,7 @@ def _xyz(cloud) -> np.ndarray:
     return np.ascontiguousarray(pts[np.all(np.isfinite(pts), axis=1)])
 
 
-def _voxel_downsample(pts: np.ndarray, voxel: float) -> np.ndarray:
+def voxel_downsample(pts: np.ndarray, voxel: float) -> np.ndarray:
     """Centroid per occupied voxel (the same reduction for every backend)."""
     if len(pts) == 0:
         return pts
@@ -132,8 +132,8 @@ class LidarVerifier:
     def _register(self, source, target, initial, yaw, timings) -> Registration:
         cfg = self.config
         t = time.perf_counter()
-        src = _voxel_downsample(_xyz(source), cfg.voxel_m)
-        tgt = _voxel_downsample(_xyz(target), cfg.voxel_m)
+        src = voxel_downsample(_xyz(source), cfg.voxel_m)
+        tgt = voxel_downsample(_xyz(target), cfg.voxel_m)
         timings["downsample"] = (time.perf_counter() - t) * 1e3
         counts = dict(source_points=len(src), target_points=len(tgt))
         if len(src) < cfg.min_points or len(tgt) < cfg.min_points:

@@ -3,7 +3,9 @@
 :func:`rerank` verifies each of the top-k candidates with any verifier callable (camera PnP,
 LiDAR registration, ...) whose result has ``accepted``, ``reason`` and ``score`` (the inlier count),
 and orders them: accepted first, by verification score, then by descriptor score; the rejected
-follow in the same order. The best is the first accepted candidate, or None.
+follow in the same order. The best is the first accepted candidate, or None. With ``stop_at_first``
+the candidates are verified in descriptor order until one is accepted (bounded latency); the ones after
+it are listed as rejected with reason "not verified".
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Reranked:
 
 
 def rerank(ids: Sequence, descriptor_scores: Sequence[float], verify: Callable[[Any], Verified],
-           top_k: int | None = None) -> Reranked:
+           top_k: int | None = None, stop_at_first: bool = False) -> Reranked:
     """Verify the first ``top_k`` candidates (all when None) and re-rank them; see the module doc.
 
     A verifier that raises does not stop the others: its candidate is rejected with the error as reason.
@@ -76,11 +78,16 @@ def rerank(ids: Sequence, descriptor_scores: Sequence[float], verify: Callable[[
     if len(descriptor_scores) < n:
         raise ValueError(f"{len(ids)} candidates but {len(descriptor_scores)} scores")
     out = []
+    done = False
     for rank in range(n):
-        try:
-            result = verify(ids[rank])
-        except Exception as e:  # a verifier's failure must not take the node down
-            result = _Failed(f"verifier raised {type(e).__name__}: {e}")
+        if done:
+            result = _Failed("not verified: an earlier candidate was accepted")
+        else:
+            try:
+                result = verify(ids[rank])
+            except Exception as e:  # a verifier's failure must not take the node down
+                result = _Failed(f"verifier raised {type(e).__name__}: {e}")
+            done = stop_at_first and bool(result.accepted)
         out.append(VerifiedCandidate(ids[rank], float(descriptor_scores[rank]), rank, result))
     out.sort(key=lambda c: (not c.accepted, -c.score, -c.descriptor_score, c.descriptor_rank))
     return Reranked(out)
