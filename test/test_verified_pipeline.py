@@ -14,7 +14,7 @@ from distilvpr_ros.pipeline.config import STUDENT_SPACE, TEACHER_SPACE, Calibrat
 from distilvpr_ros.pipeline.localizer import Localizer
 from distilvpr_ros.pipeline.map_builder import MapBuilder
 from distilvpr_ros.pipeline.views import NO_VIEWS, make_view
-from distilvpr_ros.verification.calibration import CameraCalibration
+from distilvpr_ros.data.calibration import CameraCalibration
 from verification_scene import PlaneScene, make_calibration, pose
 
 DIM = 8

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from distilvpr_ros.verification.calibration import CameraCalibration
+from distilvpr_ros.data.calibration import CameraCalibration
 
 
 def make_calibration(width: int = 320, height: int = 240, hfov_deg: float = 90.0) -> CameraCalibration:

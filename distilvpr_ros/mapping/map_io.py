@@ -386,7 +386,7 @@ def _check_npy(file: Path, dtype: np.dtype, shape: tuple) -> None:
 
 def _read_views(folder: Path, entry: _ViewsEntry, count: int) -> ViewStore:
     """The keyframe views, every file checked (sha256, header, sizes, offsets) before it is loaded."""
-    from ..verification.calibration import CameraCalibration
+    from ..data.calibration import CameraCalibration
 
     img_off = _read_offsets(_member(folder, entry.image_offsets.file), entry.image_offsets.sha256, count)
     pts_off = _read_offsets(_member(folder, entry.point_offsets.file), entry.point_offsets.sha256, count)

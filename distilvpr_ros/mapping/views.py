@@ -3,7 +3,7 @@
 Per keyframe a view is the camera image as JPEG bytes and the LiDAR points as float16 ``x, y, z`` in the
 LiDAR frame (already voxel-downsampled by whoever adds them); a keyframe may have no view (empty bytes,
 zero points: maps of format 1, or a keyframe added without one). The calibration
-(:class:`~distilvpr_ros.verification.calibration.CameraCalibration` as a plain dict) is stored once per
+(:class:`~distilvpr_ros.data.calibration.CameraCalibration` as a plain dict) is stored once per
 run, since one run is one sensor rig.
 
 In memory the views are lists of per-keyframe bytes / arrays; on disk (:mod:`.map_io`) they are one

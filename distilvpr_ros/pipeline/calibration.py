@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from ..verification.calibration import CameraCalibration
+from ..data.calibration import CameraCalibration
 from .config import CalibrationConfig
 
 

@@ -31,7 +31,7 @@ from ..data.geometry import pose_to_xyz_quat
 from ..mapping.database import MapError, PlaceDatabase
 from ..mapping.matcher import Candidate, MatcherConfig, MatchResult, PlaceMatcher
 from ..verification.agreement import ConsecutiveAgreement
-from ..verification.calibration import CameraCalibration
+from ..data.calibration import CameraCalibration
 from ..verification.camera import CameraVerification, CameraVerifier
 from ..verification.rerank import Reranked, rerank
 from .config import VerificationConfig

@@ -23,7 +23,7 @@ import numpy as np
 from ..data.geometry import invert, yaw_of
 from ..mapping.database import IndexConfig, PlaceDatabase
 from ..mapping.matcher import Candidate, MatcherConfig, MatchResult, PlaceMatcher
-from ..verification.calibration import CameraCalibration
+from ..data.calibration import CameraCalibration
 from ..verification.lidar import LidarVerifier, Registration, yaw_transform
 from .config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig, VerificationConfig, ViewsConfig, default_run_name
 from .embedder import Embedder

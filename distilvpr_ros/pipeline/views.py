@@ -10,7 +10,7 @@ import numpy as np
 
 from ..mapping.database import PlaceDatabase
 from ..mapping.views import ViewData, decode_jpeg, encode_jpeg
-from ..verification.calibration import CameraCalibration
+from ..data.calibration import CameraCalibration
 from ..verification.camera import KeyframeView
 from ..verification.lidar import voxel_downsample
 from .config import ViewsConfig

@@ -3,7 +3,7 @@ gives the query's metric 6-DoF pose; LiDAR scan registration; re-ranking of cand
 confirmation over consecutive frames."""
 
 from .agreement import ConsecutiveAgreement
-from .calibration import CameraCalibration
+from ..data.calibration import CameraCalibration
 from .camera import CameraVerification, CameraVerifier, KeyframeView
 from .config import CameraVerificationConfig, LidarVerificationConfig, RerankConfig
 from .lidar import LidarVerifier, Registration

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from ..data.geometry import invert, transform_points
-from .calibration import CameraCalibration
+from ..data.calibration import CameraCalibration
 from .config import CameraVerificationConfig
 from .depth import lookup_points, sparse_depth
 from .features import FeatureExtractor, LocalFeatures, match_features

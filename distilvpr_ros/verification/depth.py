@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import CameraCalibration
+from ..data.calibration import CameraCalibration
 
 _RIDGE = 1e-3  # regularises the (u, v) slope when the samples lie on one LiDAR row
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..data.geometry import invert
+from .geometry import invert
 
 
 def _matrix(value, shape: tuple[int, ...], name: str) -> np.ndarray:
