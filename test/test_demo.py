@@ -143,7 +143,7 @@ def test_demo_resumes_and_reruns_only_what_changed(first, capsys):
     summary = json.loads((run_demo(config=changed, **common) / "summary.json").read_text())
     status = {s["stage"]: s["status"] for s in summary["stages"]}
     assert status == {**{name: "reused" for name in built}, "localize": "ran", "corridor": "skipped"}
-    assert summary["localize"]["hz"] == 25.0
+    assert summary["localize"]["hz"] == 12.5
 
 
 def test_stage_runner_rebuilds_downstream_of_a_rebuilt_stage(tmp_path):
