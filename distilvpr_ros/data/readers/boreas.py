@@ -32,7 +32,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from ..errors import DataError
-from ..files import read_bin_cloud, read_csv_columns, read_image_file
+from .sensor_files import read_bin_cloud, read_csv_columns, read_image_file
 from ..msg_codec import CameraIntrinsics, nearest_stamps
 from ..sample import Sample
 

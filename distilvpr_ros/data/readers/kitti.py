@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..files import read_bin_cloud, read_image_file
+from .sensor_files import read_bin_cloud, read_image_file
 from ..msg_codec import CameraIntrinsics
 from ..sample import Sample
 

@@ -31,7 +31,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..errors import DataError
-from ..files import read_bin_cloud, read_csv_columns, read_image_file
+from .sensor_files import read_bin_cloud, read_csv_columns, read_image_file
 from ..msg_codec import nearest_stamps
 from ..sample import Sample, Sequence
 

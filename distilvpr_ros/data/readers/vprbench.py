@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..files import read_image_file
+from .sensor_files import read_image_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

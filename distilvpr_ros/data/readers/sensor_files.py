@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .msg_codec import encoded_to_rgb
+from ..errors import DataError
+from ..msg_codec import encoded_to_rgb
 
 
 def read_image_file(path: Path, bayer: str | None = None) -> np.ndarray:

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from distilvpr_ros.data import files
 from distilvpr_ros.data.errors import DataError
+from distilvpr_ros.data.readers import sensor_files as files
 
 RNG = np.random.default_rng(0)
 
