@@ -159,7 +159,11 @@ MODEL_CLASSES: dict[str, type[VprModel]] = {
 
 
 def build_model(kind: ModelKind, cfg: ModelConfig | None = None) -> VprModel:
-    """Build the teacher or a student from one ``ModelConfig`` (defaults when None)."""
-    if kind not in MODEL_CLASSES:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_CLASSES)}")
-    return MODEL_CLASSES[kind](cfg or ModelConfig())
+    """Build the teacher, a student or a no-training classical LiDAR kind (``models.classical``) from one
+    ``ModelConfig`` (defaults when None)."""
+    from .classical import CLASSICAL_MODELS
+
+    classes = {**MODEL_CLASSES, **CLASSICAL_MODELS}
+    if kind not in classes:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(classes)}")
+    return classes[kind](cfg or ModelConfig())
