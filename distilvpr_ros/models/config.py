@@ -146,6 +146,8 @@ class ModelConfig(Section):
         "bev", description="LiDAR branch of the teacher and the LiDAR student: bev (Cartesian grid CNN) or polar "
         "(rings x sectors, circular convolutions, yaw-invariant pooling; reads the `polar` grid)")
     polar: PolarConfig = Field(default_factory=PolarConfig, description="grid of the polar LiDAR encoder")
+    polar_channels: tuple[int, ...] = Field(
+        (16, 32, 64), description="channels of the polar encoder's stages; each stage halves the rings only")
     scan_context: PolarConfig = Field(
         default_factory=lambda: scan_context_grid(), description="grid of the classical kinds (ring_key, "
         "scan_context_fft): max height only, 20 rings x 60 sectors to 100 m by default")
@@ -168,6 +170,11 @@ class ModelConfig(Section):
         return self.cloud_dim + self.image_dim
 
     @property
+    def lidar_grid(self) -> BevConfig | PolarConfig:
+        """The grid the LiDAR branch reads (``bev`` or ``polar``, after ``lidar_encoder``)."""
+        return self.polar if self.lidar_encoder == "polar" else self.bev
+
+    @property
     def student_out_dim(self) -> int:
         return self.fused_dim if self.student_dim is None else self.student_dim
 
@@ -180,6 +187,6 @@ class ModelConfig(Section):
             raise ValueError(
                 f"no ImageNet weights are available offline for {self.image_backbone}; set pretrained: false"
             )
-        if not self.lidar_channels:
-            raise ValueError("lidar_channels needs at least one stage")
+        if not self.lidar_channels or not self.polar_channels:
+            raise ValueError("lidar_channels and polar_channels need at least one stage")
         return self

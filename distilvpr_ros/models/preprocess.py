@@ -111,14 +111,12 @@ def polar_cell_indices(points: np.ndarray, cfg: PolarConfig) -> tuple[np.ndarray
     A point is usable when x, y, z are finite and its planar range is in ``[min_range_m, max_range_m)``.
     The azimuth is ``atan2(y, x)``; sector ``j`` starts at ``-pi + j * 2 pi / sectors`` (config doc).
     """
-    xyz = points[:, :3].astype(np.float64, copy=False)
-    finite = np.isfinite(xyz).all(axis=1)
-    xyz = np.where(finite[:, None], xyz, 0.0)
-    planar = np.hypot(xyz[:, X], xyz[:, Y])
-    usable = finite & (planar >= cfg.min_range_m) & (planar < cfg.max_range_m)
-    ring = np.minimum((planar[usable] / cfg.ring_m).astype(np.int64), cfg.rings - 1)
-    azimuth = np.arctan2(xyz[usable, Y], xyz[usable, X]) + np.pi
-    sector = np.floor(azimuth * (cfg.sectors / (2.0 * np.pi))).astype(np.int64) % cfg.sectors
+    x, y = (np.asarray(points[:, k], dtype=np.float64) for k in (X, Y))
+    planar = np.sqrt(x * x + y * y)  # NaN or inf for non-finite x, y: fails both comparisons below
+    usable = (planar >= cfg.min_range_m) & (planar < cfg.max_range_m) & np.isfinite(points[:, Z])
+    ring = np.minimum((planar[usable] * (1.0 / cfg.ring_m)).astype(np.int64), cfg.rings - 1)
+    azimuth = np.arctan2(y[usable], x[usable]) + np.pi
+    sector = (azimuth * (cfg.sectors / (2.0 * np.pi))).astype(np.int64) % cfg.sectors
     return ring * cfg.sectors + sector, usable
 
 
@@ -142,21 +140,24 @@ def cloud_to_polar(cloud: np.ndarray | None, cfg: PolarConfig | None = None) -> 
     flat, usable = polar_cell_indices(cloud, cfg)
     if flat.size == 0:
         return grid.reshape(cfg.shape)
-    kept = cloud[usable].astype(np.float32, copy=False)
-    height, intensity = normalised_height_intensity(kept, cfg)
+    z = np.asarray(cloud[:, Z], dtype=np.float32)[usable]
+    height = np.clip((z - np.float32(cfg.z_min_m)) * np.float32(1.0 / (cfg.z_max_m - cfg.z_min_m)), 0.0, 1.0)
     np.maximum.at(grid[0], flat, height)
     channel = 1
     edges = cfg.height_bands_m
-    for low, high in zip(edges[:-1], edges[1:]):
-        in_band = (kept[:, Z] >= low) & (kept[:, Z] < high)
-        grid[channel, flat[in_band]] = 1.0
-        channel += 1
+    if len(edges) > 1:
+        band = np.searchsorted(np.asarray(edges, dtype=np.float32), z, side="right") - 1
+        inside = (band >= 0) & (band < len(edges) - 1)
+        grid[1:len(edges)].reshape(-1)[band[inside] * cells + flat[inside]] = 1.0
+        channel += len(edges) - 1
     if cfg.density or cfg.intensity:
         count = np.bincount(flat, minlength=cells).astype(np.float32)
     if cfg.density:
         grid[channel] = np.minimum(np.log1p(count) / np.float32(np.log1p(cfg.density_saturation)), np.float32(1.0))
         channel += 1
-    if cfg.intensity:
+    if cfg.intensity and cloud.shape[1] > INTENSITY:
+        raw = np.asarray(cloud[:, INTENSITY], dtype=np.float32)[usable]
+        intensity = np.clip(np.where(np.isfinite(raw), raw, 0) / np.float32(cfg.intensity_max), 0.0, 1.0)
         intensity_sum = np.bincount(flat, weights=intensity, minlength=cells).astype(np.float32)
         grid[channel] = intensity_sum / np.maximum(count, np.float32(1.0))
     return grid.reshape(cfg.shape)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +35,7 @@ from tqdm import tqdm
 from ..data.ground_truth import TrainingGroundTruth
 from ..data.sample import Sample, Sequence
 from ..data.synthetic import load_synthetic
-from ..models.config import BevConfig
+from ..models.config import BevConfig, PolarConfig
 from ..models.image import ImageEncoder
 from ..models.preprocess import PIXEL_MAX, cloud_to_bev, image_to_tensor
 from .augment import ImageAugment, PointAugment
@@ -204,10 +203,10 @@ class FrameStore:
         return TrainingGroundTruth.from_positions(self.positions, cfg)
 
 
-def reachable_radius(bev: BevConfig, augment: PointAugment) -> float:
+def reachable_radius(bev: BevConfig | PolarConfig, augment: PointAugment) -> float:
     """Planar range beyond which no augmented point can enter the BEV grid (rotation and flips keep the
     range; translation and jitter change it by at most ``augment.max_shift_m``)."""
-    return bev.extent_m * math.sqrt(2.0) + augment.max_shift_m
+    return bev.planar_reach_m + augment.max_shift_m
 
 
 class VprDataset(torch.utils.data.Dataset):
