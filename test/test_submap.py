@@ -90,6 +90,8 @@ def test_memory_bounds_range_crop_and_voxel_filter():
     submap = accumulate_submap(clouds, straight_poses(9, 2.0), 4, cfg)
     assert set(np.unique(submap[:, 3]).astype(int)) == {2, 3, 4, 5}  # the 4 nearest in travel
     assert np.hypot(submap[:, 0], submap[:, 1]).max() <= 30.0
+    capped = accumulate_submap(clouds, straight_poses(9, 2.0), 4, cfg.model_copy(update={"max_points": 300}))
+    assert 150 <= len(capped) <= 300 and np.array_equal(capped, submap[:: -(-len(submap) // 300)])
     dense = np.array([[0.1, 0.1, 0.1, 0], [0.2, 0.3, 0.4, 1], [0.6, 0.1, 0.1, 2], [-0.1, 0.1, 0.1, 3]], np.float32)
     assert voxel_filter(dense, 0.5)[:, 3].tolist() == [0, 2, 3]  # first point of each voxel, in order
 

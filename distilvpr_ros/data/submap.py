@@ -10,8 +10,8 @@ transforms matter, so any fixed world or odometry frame works):
 * a missing or non-finite pose (an odometry gap) ends the walk in that direction, so the submap falls
   back to fewer scans, down to the centre scan alone (also when the centre pose itself is missing);
 * memory is bounded: at most ``max_scans`` scans (the nearest in travel), points beyond
-  ``max_range_m`` of the centre sensor dropped, and an optional voxel filter (``voxel_m``) that keeps
-  one point per voxel, the centre scan's first;
+  ``max_range_m`` of the centre sensor dropped, an optional voxel filter (``voxel_m``) that keeps
+  one point per voxel, the centre scan's first, and an optional cap ``max_points`` (every k-th point);
 * ``radius_m = 0`` returns the centre scan unchanged.
 
 Points of scan ``j`` go into the centre scan's sensor frame by
@@ -44,6 +44,8 @@ class SubmapConfig(Section):
     max_range_m: float | None = Field(100.0, gt=0, description="drop points farther (planar) from the centre "
                                       "sensor (None: keep all)")
     voxel_m: float | None = Field(None, gt=0, description="keep one point per voxel of this side (None: no filter)")
+    max_points: int | None = Field(None, ge=1, description="keep every k-th point, k = ceil(points / this), when "
+                                   "the submap has more (None: keep all)")
 
 
 def _finite_pose(pose: np.ndarray | None) -> bool:
@@ -135,6 +137,8 @@ def accumulate_submap(clouds: Sequence[np.ndarray | None] | Callable[[int], np.n
     submap = np.concatenate(parts) if parts else np.zeros((0, columns), dtype=np.float32)
     if cfg.voxel_m is not None:
         submap = voxel_filter(submap, cfg.voxel_m)
+    if cfg.max_points is not None and len(submap) > cfg.max_points:
+        submap = submap[:: -(-len(submap) // cfg.max_points)]
     return submap
 
 

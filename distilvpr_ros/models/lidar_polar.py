@@ -13,7 +13,7 @@
 Invariance: a yaw by whole sectors leaves the descriptor unchanged up to float rounding (relative change
 < 1e-5, tested). Any other yaw moves points across sector borders, so the grid is not an exact roll; the
 test bounds the relative change ``|d(R x) - d(x)| / |d(x)|`` at **0.15** for random yaws on a crafted town
-scene (untrained weights; measured: mean ~0.03, max ~0.08). Training with random yaw
+scene (untrained weights; measured: mean 0.034, max 0.054 over 3 initialisations x 3 scenes x 8 yaws). Training with random yaw
 (``augment.rotate_deg: 180``) makes the trained encoder smoother still.
 
 ``forward`` takes the polar tensor ``B x C x R x S`` (precomputed per sample by ``cloud_to_bev`` with the
