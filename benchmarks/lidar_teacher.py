@@ -51,9 +51,9 @@ from distilvpr_ros.evaluation.metrics import average_recalls, recall_at_n
 from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
 from distilvpr_ros.models import build_model
 from distilvpr_ros.models.checkpoint import load_model
-from distilvpr_ros.models.classical import scan_context, scan_context_distances
+from distilvpr_ros.models.classical import scan_context_distances
 from distilvpr_ros.models.config import scan_context_grid
-from distilvpr_ros.models.inference import embed_sequences
+from distilvpr_ros.models.inference import describe
 from distilvpr_ros.models.preprocess import cloud_to_bev
 from distilvpr_ros.utils.results import write_json
 
@@ -110,9 +110,30 @@ def evaluate_by_distance(distance_fn, sequences) -> dict:
     return out
 
 
-def grids_of(sequences) -> list[np.ndarray]:
-    cfg = scan_context_grid()
-    return [np.stack([scan_context(seq[i].cloud, cfg) for i in range(len(seq))]) for seq in sequences]
+def grid_key(cfg) -> str:
+    return f"{type(cfg).__name__}:{cfg.model_dump_json()}"
+
+
+def grids_of(sequences, configs) -> dict[str, list[np.ndarray]]:
+    """Every frame's cloud (scan or submap) rasterised once per grid config: ``key -> per-run arrays``."""
+    out: dict[str, list[np.ndarray]] = {grid_key(cfg): [] for cfg in configs}
+    unique = {grid_key(cfg): cfg for cfg in configs}
+    for seq in sequences:
+        per_frame = {key: [] for key in unique}
+        for i in range(len(seq)):
+            cloud = seq[i].cloud
+            for key, cfg in unique.items():
+                per_frame[key].append(cloud_to_bev(cloud, cfg))
+        for key in unique:
+            out[key].append(np.stack(per_frame[key]))
+    return out
+
+
+def embed_grids(model, grids: list[np.ndarray], batch: int = 64) -> list[np.ndarray]:
+    """L2-normalised descriptors of precomputed grids (``describe``, the package's one model runner)."""
+    model.eval()
+    return [np.concatenate([describe(model, {"cloud": g[i:i + batch]}) for i in range(0, len(g), batch)])
+            for g in grids]
 
 
 def chance(sequences, draws: int = 5) -> dict:
@@ -289,22 +310,28 @@ def main() -> None:
     single = load_synthetic(args.world, regions={"test"})
     submaps = [SubmapSequence(s, SUBMAP, base_T_lidar) for s in single]
     inputs = {"single scan": single, "20 m submap": submaps}
+    classical = {kind: build_model(kind) for kind in ("ring_key", "scan_context_fft")}
+    learned = {name: [load_model(path) for path in paths] for name, paths in checkpoints.items()}
+    configs = [scan_context_grid()] + [m.input_spec.bev for models in learned.values() for m in models]
     rows = []
     for label, sequences in inputs.items():
-        grids = grids_of(sequences)
-        sc = evaluate_by_distance(lambda q, d: scan_context_distances(grids[q], grids[d]), sequences)
+        started = time.perf_counter()
+        grids = grids_of(sequences, configs)
+        print(label, f"grids in {time.perf_counter() - started:.0f} s", flush=True)
+        sc_grids = [g[:, 0] for g in grids[grid_key(scan_context_grid())]]
+        sc = evaluate_by_distance(lambda q, d: scan_context_distances(sc_grids[q], sc_grids[d]), sequences)
         rows.append({"name": "scan_context (ring key top-10 + column shift)", "input": label, **summary(sc)})
-        for kind in ("ring_key", "scan_context_fft"):
-            descs = embed_sequences(build_model(kind), sequences, progress=False)
+        for kind, model in classical.items():
+            descs = embed_grids(model, grids[grid_key(model.input_spec.bev)])
             metrics = evaluate_sequences(descs, sequences, query_subsets=SUBSETS)
             if kind == "scan_context_fft":  # the pair loop above reproduces evaluate_sequences
                 check = evaluate_by_distance(lambda q, d: -(descs[q] @ descs[d].T), sequences)
                 assert abs(check["recall@1"] - metrics["recall@1"]) < 1e-9, (check["recall@1"], metrics["recall@1"])
             rows.append({"name": kind, "input": label, **summary(metrics)})
-        for name, paths in checkpoints.items():
+        for name, models in learned.items():
             per_seed = []
-            for path in paths:
-                descs = embed_sequences(load_model(path), sequences, progress=False)
+            for model in models:
+                descs = embed_grids(model, grids[grid_key(model.input_spec.bev)])
                 per_seed.append(summary(evaluate_sequences(descs, sequences, query_subsets=SUBSETS)))
             row = {"name": f"learned {name}", "input": label, "seeds": len(per_seed), **per_seed[0]}
             for key in ("recall@1", "recall@5", *SUBSETS):

@@ -5,16 +5,19 @@
    sectors rolls this grid by ``k`` columns.
 2. Conv-BN-ReLU stages with **circular padding along the sectors** (zero padding along the rings);
    strides only halve the rings, never the sectors, so the feature map rolls with the input.
-3. GeM over the rings gives one feature column per sector (``B x C x S``); the **magnitude of its
-   discrete Fourier transform over the sectors** (the first ``frequencies`` bins, a fixed cos/sin
-   matmul, ONNX-friendly) does not change when the columns roll; a linear layer maps ``C x frequencies``
-   to the descriptor.
+3. The **magnitude of the discrete Fourier transform over the sectors** of every (channel, ring) of the
+   last feature map, and of every (channel, ring) of the input grid itself (a skip path: the classical
+   FFT descriptor of all channels), the first ``frequencies`` bins (a fixed cos/sin matmul,
+   ONNX-friendly), does not change when the columns roll; LayerNorm and a linear layer map it to the
+   descriptor. (A first version pooled the rings away with GeM before the DFT: validation AR@1 0.40-0.45
+   against 0.74 for the untrained FFT descriptor, since the radial layout carries most of the place.)
 
 Invariance: a yaw by whole sectors leaves the descriptor unchanged up to float rounding (relative change
 < 1e-5, tested). Any other yaw moves points across sector borders, so the grid is not an exact roll; the
 test bounds the relative change ``|d(R x) - d(x)| / |d(x)|`` at **0.15** for random yaws on a crafted town
-scene (untrained weights; measured: mean 0.034, max 0.054 over 3 initialisations x 3 scenes x 8 yaws). Training with random yaw
-(``augment.rotate_deg: 180``) makes the trained encoder smoother still.
+scene (untrained weights; measured: mean ~0.09, max 0.114 over 3 scenes x 10 yaws). The encoder
+trains with random yaw (``augment.rotate_deg: 180``); ``benchmarks/lidar_teacher.py`` reports the
+trained encoder's change under random yaws of real scans.
 
 ``forward`` takes the polar tensor ``B x C x R x S`` (precomputed per sample by ``cloud_to_bev`` with the
 ``PolarConfig``, the preferred path) or a list of raw ``N_i x C`` clouds (rasterised with numpy, no
@@ -35,8 +38,6 @@ from .preprocess import cloud_to_polar
 
 #: Fourier bins kept by default (0 = the mean over sectors, then 1 .. 7 cycles per turn).
 DEFAULT_FREQUENCIES = 8
-GEM_P = 3.0
-GEM_EPS = 1e-6
 
 
 class CircularConv(nn.Module):
@@ -54,7 +55,7 @@ class CircularConv(nn.Module):
 
 
 class SectorSpectrum(nn.Module):
-    """``B x C x S`` → ``B x C x K``: magnitude of the DFT over the sectors, bins 0 .. K-1, divided by S."""
+    """``(..., S)`` → ``(..., K)``: magnitude of the DFT over the sectors (last axis), bins 0 .. K-1, over S."""
 
     def __init__(self, sectors: int, frequencies: int):
         super().__init__()
@@ -71,9 +72,11 @@ class SectorSpectrum(nn.Module):
 
 
 class PolarLidarEncoder(nn.Module):
-    """Polar BEV ``B x C x R x S`` → circular conv stages → GeM over rings → |DFT| over sectors → linear.
+    """Polar BEV ``B x C x R x S`` → circular conv stages → per-ring |DFT| over sectors (+ the input's) → linear.
 
-    Each stage is a ring-stride-2 ``CircularConv`` then a stride-1 one. ``out_dim`` is the descriptor size.
+    Each stage is a ring-stride-2 ``CircularConv`` then a stride-1 one. The head reads the spectrum of
+    every (channel, ring) of the last feature map and, as a skip path, the spectrum of every (channel,
+    ring) of the input grid (what the classical FFT descriptor holds); ``out_dim`` is the descriptor size.
     """
 
     def __init__(self, out_dim: int = 128, polar: PolarConfig | None = None, channels: Sequence[int] = (16, 32, 64),
@@ -81,16 +84,17 @@ class PolarLidarEncoder(nn.Module):
         super().__init__()
         self.polar_cfg = polar or PolarConfig()
         self.out_dim = out_dim
-        in_channels = len(self.polar_cfg.channels)
+        in_channels, rings = len(self.polar_cfg.channels), self.polar_cfg.rings
         layers: list[nn.Module] = [CircularConv(in_channels, channels[0])]
-        in_channels = channels[0]
+        width_in, feature_rings = channels[0], rings
         for width in channels:
-            layers += [CircularConv(in_channels, width, ring_stride=2), CircularConv(width, width)]
-            in_channels = width
+            layers += [CircularConv(width_in, width, ring_stride=2), CircularConv(width, width)]
+            width_in, feature_rings = width, (feature_rings + 1) // 2
         self.backbone = nn.Sequential(*layers)
-        self.gem_p = nn.Parameter(torch.tensor([GEM_P]))
         self.spectrum = SectorSpectrum(self.polar_cfg.sectors, frequencies)
-        self.head = nn.Linear(in_channels * frequencies, out_dim)
+        features = (width_in * feature_rings + in_channels * rings) * frequencies
+        self.norm = nn.LayerNorm(features)
+        self.head = nn.Linear(features, out_dim)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -115,7 +119,7 @@ class PolarLidarEncoder(nn.Module):
         return torch.from_numpy(np.stack(grids)) if grids else torch.zeros(0, *self.bev_shape)
 
     def forward(self, cloud, mask: torch.Tensor | None = None) -> torch.Tensor:
-        features = self.backbone(self.to_polar(cloud, mask))  # B x C x R' x S
-        p = self.gem_p
-        columns = features.clamp(min=GEM_EPS).pow(p).mean(dim=2).pow(1.0 / p)  # B x C x S
-        return self.head(self.spectrum(columns).flatten(1))
+        grid = self.to_polar(cloud, mask)
+        features = self.backbone(grid)  # B x C' x R' x S
+        spectra = torch.cat([self.spectrum(features).flatten(1), self.spectrum(grid).flatten(1)], dim=1)
+        return self.head(self.norm(spectra))
