@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from distilvpr_ros.data.ground_truth import cross_run_pairs
-from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence, accumulate_submap
+from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence, accumulate_submap, submap_members
 from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
 from distilvpr_ros.evaluation.evaluate import QUERY_SUBSETS, evaluate_sequences, frame_metas
 from distilvpr_ros.evaluation.metrics import average_recalls, recall_at_n
@@ -157,7 +157,7 @@ def train(name: str, world: Path, runs: Path, encoder: str, epochs: int, seed: i
     from distilvpr_ros.training.config import TrainConfig
     from distilvpr_ros.training.trainer import train_student
 
-    out = runs / f"{name}_seed{seed}"
+    out = runs / f"{name}_e{epochs}_seed{seed}"
     if (out / "best" / "checkpoint.json").is_file():
         return out / "best"
     overrides = {"data.root": str(world), "model.lidar_encoder": encoder, "model.student_dim": 128,
@@ -213,8 +213,10 @@ def timing(model_paths: dict[str, Path], sequence, base_T_lidar) -> dict:
     sub = SUBMAP
     poses = sequence.poses[: len(clouds)]
     out["submap_assembly"] = timed(lambda: accumulate_submap(clouds, poses, 20, sub, base_T_lidar))
-    out["submap_scans"] = float(np.mean([len(accumulate_submap(clouds, poses, i, sub, base_T_lidar)) / len(clouds[i])
-                                         for i in range(5, 35)]))
+    out["submap_scans_mean"] = float(np.mean([len(submap_members(poses, i, sub.radius_m, sub.max_scans))
+                                              for i in range(5, 35)]))
+    out["submap_points_mean"] = float(np.mean([len(accumulate_submap(clouds, poses, i, sub, base_T_lidar))
+                                               for i in range(5, 35)]))
     return out
 
 
@@ -278,8 +280,9 @@ def main() -> None:
     parser.add_argument("--world", type=Path, default=Path("data/world_default"))
     parser.add_argument("--out", type=Path, default=Path("docs/results/lidar_teacher"))
     parser.add_argument("--runs", type=Path, default=Path("data/lidar_teacher_runs"))
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs of each single-scan run")
-    parser.add_argument("--submap-epochs", type=int, default=5, help="training epochs of the submap run")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs of the polar single-scan run")
+    parser.add_argument("--bev-epochs", type=int, default=10, help="training epochs of the BEV run")
+    parser.add_argument("--submap-epochs", type=int, default=6, help="training epochs of the submap run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[7])
     parser.add_argument("--learned", nargs="*", default=["polar", "bev", "polar_submap"],
                         help="learned runs to train/evaluate (polar, bev, polar_submap)")
@@ -294,7 +297,7 @@ def main() -> None:
         encoder = "bev" if name == "bev" else "polar"
         for seed in args.seeds:
             submap = name.endswith("submap")
-            epochs = args.submap_epochs if submap else args.epochs
+            epochs = args.submap_epochs if submap else args.bev_epochs if name == "bev" else args.epochs
             path = train(name, args.world, args.runs, encoder, epochs, seed, submap=submap)
             checkpoints.setdefault(name, []).append(path)
             seconds = (path.parent / "train_seconds.txt")
@@ -352,10 +355,11 @@ def main() -> None:
         "targets": TARGETS,
         "conditions": dict(Counter(m["condition"] for seq in single for m in frame_metas(seq))),
         "config": {"world": str(args.world), "submap": SUBMAP.model_dump(), "epochs": args.epochs,
-                   "submap_epochs": args.submap_epochs,
+                   "submap_epochs": args.submap_epochs, "bev_epochs": args.bev_epochs,
                    "seeds": args.seeds, "polar_augment": POLAR_AUGMENT},
         "command": "PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/lidar_teacher.py "
-                   f"--world {args.world} --out {args.out} --epochs {args.epochs} --submap-epochs {args.submap_epochs} "
+                   f"--world {args.world} --out {args.out} --epochs {args.epochs} --bev-epochs {args.bev_epochs} "
+                   f"--submap-epochs {args.submap_epochs} "
                    f"--seeds {' '.join(map(str, args.seeds))}",
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -149,3 +149,18 @@ def test_lateral_shift_and_range_cut_augmentations():
     assert cut(cloud, np.random.default_rng(0))[:, 0].tolist() == [10.0, 0.0]
     clean = PointAugment(AugmentConfig(**base))
     np.testing.assert_array_equal(clean(cloud, np.random.default_rng(0)), cloud)
+
+
+def test_polar_student_exports_to_onnx_with_its_grid(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from distilvpr_ros.models.checkpoint import save_model_checkpoint
+    from distilvpr_ros.models.export import OnnxRunner, export_model
+    from distilvpr_ros.models.inference import input_spec_of
+
+    model = build_model("lidar_student", ModelConfig(lidar_encoder="polar", student_dim=128, pretrained=False)).eval()
+    save_model_checkpoint(tmp_path / "ckpt", model, config={})
+    runner = OnnxRunner(export_model(tmp_path / "ckpt", tmp_path / "polar.onnx"))
+    spec = input_spec_of(runner)
+    assert spec.bev == model.input_spec.bev and spec.descriptor_dim == 128
+    feeds = model_inputs(spec, [None], [town(4)])
+    np.testing.assert_allclose(describe(runner, feeds), describe(model, feeds), atol=1e-5)
