@@ -1,7 +1,8 @@
 """A LiDAR encoder invariant to yaw by construction: polar BEV → circular CNN → shift-invariant pooling.
 
 1. The cloud becomes a polar bird's-eye view ``C x rings x sectors`` (``preprocess.cloud_to_polar``:
-   max height, height-band occupancy, log density, mean intensity). A yaw of the sensor by ``k`` whole
+   max height by default; height-band occupancy, log density, mean intensity as options). A yaw of the
+   sensor by ``k`` whole
    sectors rolls this grid by ``k`` columns.
 2. Conv-BN-ReLU stages with **circular padding along the sectors** (zero padding along the rings);
    strides only halve the rings, never the sectors, so the feature map rolls with the input.
@@ -14,8 +15,9 @@
 
 Invariance: a yaw by whole sectors leaves the descriptor unchanged up to float rounding (relative change
 < 1e-5, tested). Any other yaw moves points across sector borders, so the grid is not an exact roll; the
-test bounds the relative change ``|d(R x) - d(x)| / |d(x)|`` at **0.15** for random yaws on a crafted town
-scene (untrained weights; measured: mean ~0.09, max 0.114 over 3 scenes x 10 yaws). The encoder
+test bounds the relative change ``|d(R x) - d(x)| / |d(x)|`` at **0.25** for random yaws on crafted town
+scenes (untrained weights, the default max-height grid; measured: mean 0.14-0.17, max 0.19-0.21 over 3
+initialisations x 3 scenes x 8 yaws, while another scene changes it by >= 0.53). The encoder
 trains with random yaw (``augment.rotate_deg: 180``); ``benchmarks/lidar_teacher.py`` reports the
 trained encoder's change under random yaws of real scans.
 
