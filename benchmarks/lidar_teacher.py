@@ -260,6 +260,8 @@ def write_markdown(results: dict, path: Path) -> None:
              "Targets (issue 11): learned single scan AR@1 >= 0.80 (same >= 0.92, opposite >= 0.70, fog >= 0.60); "
              "20 m submaps >= 0.88.", ""]
     lines += ["## Training", ""] + [f"- {line}" for line in results["training"]] + [""]
+    if results.get("notes"):
+        lines += ["## Notes", ""] + [f"- {line}" for line in results["notes"]] + [""]
     t = results["timing"]
     lines += ["## Timing (one thread, batch 1; min / median ms; shared 2-core machine)", ""]
     for key, value in t.items():
@@ -287,6 +289,7 @@ def main() -> None:
     parser.add_argument("--learned", nargs="*", default=["polar", "bev", "polar_submap"],
                         help="learned runs to train/evaluate (polar, bev, polar_submap)")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--note", action="append", default=[], help="a line added to the report (repeatable)")
     args = parser.parse_args()
 
     meta = read_world_meta(args.world)
@@ -353,6 +356,7 @@ def main() -> None:
                          single[0], base_T_lidar),
         "yaw_change": {name: yaw_change(paths[0], single[0]) for name, paths in checkpoints.items()},
         "targets": TARGETS,
+        "notes": args.note,
         "conditions": dict(Counter(m["condition"] for seq in single for m in frame_metas(seq))),
         "config": {"world": str(args.world), "submap": SUBMAP.model_dump(), "epochs": args.epochs,
                    "submap_epochs": args.submap_epochs, "bev_epochs": args.bev_epochs,

@@ -2,8 +2,7 @@
 
 1. The cloud becomes a polar bird's-eye view ``C x rings x sectors`` (``preprocess.cloud_to_polar``:
    max height by default; height-band occupancy, log density, mean intensity as options). A yaw of the
-   sensor by ``k`` whole
-   sectors rolls this grid by ``k`` columns.
+   sensor by ``k`` whole sectors rolls this grid by ``k`` columns.
 2. Conv-BN-ReLU stages with **circular padding along the sectors** (zero padding along the rings);
    strides only halve the rings, never the sectors, so the feature map rolls with the input.
 3. The **magnitude of the discrete Fourier transform over the sectors** of every (channel, ring) of the
