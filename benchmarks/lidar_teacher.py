@@ -270,7 +270,7 @@ def write_markdown(results: dict, path: Path) -> None:
         else:
             lines.append(f"- {key}: {value:.1f}" if isinstance(value, float) else f"- {key}: {value}")
     if results.get("yaw_change"):
-        lines += ["", "## Random-yaw change of the trained polar descriptors (real test scans)", ""]
+        lines += ["", "## Random-yaw change of the trained descriptors (real test scans)", ""]
         lines += [f"- {name}: mean {v['mean']:.4f}, max {v['max']:.4f} over {v['n']} rotations"
                   for name, v in results["yaw_change"].items()]
     lines += ["", f"Command: `{results['command']}`", ""]
