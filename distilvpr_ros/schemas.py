@@ -64,6 +64,8 @@ _WHERE = {
     "DistillConfig": "distilvpr_ros.training.config",
     "ModelConfig": "distilvpr_ros.models.config",
     "BevConfig": "distilvpr_ros.models.config",
+    "PolarConfig": "distilvpr_ros.models.config",
+    "SubmapConfig": "distilvpr_ros.data.submap",
     # synthetic world
     "WorldConfig": "distilvpr_ros.data.world.config",
     "Condition": "distilvpr_ros.data.world.config",

@@ -69,7 +69,7 @@ def test_overwrite_and_corruption(tmp_path):
 
 def test_model_checkpoint_round_trip(tmp_path):
     from distilvpr_ros.models.config import ModelConfig
-    from distilvpr_ros.models.vpr import build_model
+    from distilvpr_ros.models.factory import build_model
     from distilvpr_ros.models.checkpoint import load_model, save_model_checkpoint
 
     cfg = ModelConfig(image_backbone="resnet18", pretrained=False, image_size=(64, 48))
@@ -87,7 +87,7 @@ def _student_and_teacher(tmp_path):
 
     from distilvpr_ros.models.checkpoint import save_model_checkpoint
     from distilvpr_ros.models.config import ModelConfig
-    from distilvpr_ros.models.vpr import build_model
+    from distilvpr_ros.models.factory import build_model
 
     torch.manual_seed(0)
     student = save_model_checkpoint(tmp_path / "student", build_model("camera_student", ModelConfig(**TINY)))

@@ -15,7 +15,8 @@ from .image import ImageEncoder, make_image_encoder
 from .lidar import LidarEncoder, bev_from_points, pad_clouds
 from .pooling import GeM
 from .preprocess import cloud_to_bev, image_to_tensor
-from .vpr import CameraStudent, InputSpec, LidarStudent, TeacherModel, VprModel, build_model, l2_normalize
+from .factory import build_model
+from .vpr import CameraStudent, InputSpec, LidarStudent, TeacherModel, VprModel, l2_normalize
 
 __all__ = [
     "BEV_CHANNELS",

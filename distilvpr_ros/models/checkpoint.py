@@ -163,7 +163,7 @@ def load_model(path: str | Path, expect_kind: str | None = None):
     """Rebuild a network from a checkpoint folder (in eval mode); refuses a mismatched kind, and weights
     whose names or shapes do not fit the model the recorded config builds (:class:`CheckpointError`)."""
     from .config import ModelConfig
-    from .vpr import build_model
+    from .factory import build_model
 
     meta, state, _ = load_checkpoint(path)
     kind = meta["kind"]

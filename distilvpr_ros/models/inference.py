@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..data.sample import Sample
 from ..data.sample import Sequence as SampleSequence
-from ..models.config import BevConfig
+from ..models.config import BevConfig, PolarConfig
 from ..models.preprocess import cloud_to_bev, image_to_tensor
 from ..models.vpr import InputSpec
 from .vpr import l2_normalize
@@ -46,7 +46,7 @@ def input_spec_of(model: Any) -> InputSpec:
         inputs=tuple(json.loads(metadata["inputs"])),
         descriptor_dim=int(metadata["descriptor_dim"]),
         image_size=None if image_size is None else tuple(image_size),
-        bev=None if bev is None else BevConfig(**bev),
+        bev=None if bev is None else PolarConfig(**bev) if "rings" in bev else BevConfig(**bev),
     )
 
 

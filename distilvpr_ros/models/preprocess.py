@@ -4,7 +4,10 @@
   The encoders normalise internally, so this is all deployment does before torch or onnxruntime.
 * ``cloud_to_bev``: ``N x C`` cloud (x, y, z, intensity, ...) → float32 BEV pseudo-image
   ``3 x cells x cells``; the same maths as ``lidar.bev_from_points`` (torch), tested equal, so BEVs can
-  be precomputed per sample in the data pipeline.
+  be precomputed per sample in the data pipeline. Given a :class:`~.config.PolarConfig` it returns the polar
+  grid of ``cloud_to_polar`` instead (``channels x rings x sectors``), so every caller that rasterises a
+  model's ``input_spec.bev`` feeds the polar encoder and the classical descriptors without change.
+* ``cloud_to_polar``: ``N x C`` cloud → float32 polar bird's-eye view ``channels x rings x sectors``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .config import BevConfig
+from .config import BevConfig, PolarConfig
 
 PIXEL_MAX = 255.0
 X, Y, Z, INTENSITY = 0, 1, 2, 3
@@ -58,8 +61,10 @@ def bev_cell_indices(points: np.ndarray, cfg: BevConfig) -> tuple[np.ndarray, np
     return flat, usable
 
 
-def cloud_to_bev(cloud: np.ndarray, cfg: BevConfig | None = None) -> np.ndarray:
+def cloud_to_bev(cloud: np.ndarray, cfg: BevConfig | PolarConfig | None = None) -> np.ndarray:
     """BEV pseudo-image of one cloud: float32 ``3 x cells x cells`` (channels ``config.BEV_CHANNELS``).
+
+    With a :class:`~.config.PolarConfig` this is :func:`cloud_to_polar` (``channels x rings x sectors``).
 
     * max height: ``(z - z_min) / (z_max - z_min)`` clipped to [0, 1], maximum over the cell's points;
     * log density: ``log1p(count) / log1p(density_saturation)`` clipped to [0, 1];
@@ -67,6 +72,8 @@ def cloud_to_bev(cloud: np.ndarray, cfg: BevConfig | None = None) -> np.ndarray:
 
     Empty cells are 0 in every channel; an empty or ``None`` cloud gives an all-zero BEV.
     """
+    if isinstance(cfg, PolarConfig):
+        return cloud_to_polar(cloud, cfg)
     cfg = cfg or BevConfig()
     bev = np.zeros((3, cfg.cells * cfg.cells), dtype=np.float32)
     if cloud is None or len(cloud) == 0:
@@ -86,7 +93,7 @@ def cloud_to_bev(cloud: np.ndarray, cfg: BevConfig | None = None) -> np.ndarray:
     return bev.reshape(3, cfg.cells, cfg.cells)
 
 
-def normalised_height_intensity(points: np.ndarray, cfg: BevConfig) -> tuple[np.ndarray, np.ndarray]:
+def normalised_height_intensity(points: np.ndarray, cfg: BevConfig | PolarConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per-point height and intensity mapped to [0, 1] (float32; intensity 0 when absent or non-finite)."""
     span = np.float32(cfg.z_max_m - cfg.z_min_m)
     height = np.clip((points[:, Z] - np.float32(cfg.z_min_m)) / span, np.float32(0.0), np.float32(1.0))
@@ -96,3 +103,61 @@ def normalised_height_intensity(points: np.ndarray, cfg: BevConfig) -> tuple[np.
     else:
         intensity = np.zeros(len(points), dtype=np.float32)
     return height.astype(np.float32), intensity.astype(np.float32)
+
+
+def polar_cell_indices(points: np.ndarray, cfg: PolarConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Flat cell index (ring * sectors + sector) of every usable point and the mask of usable points.
+
+    A point is usable when x, y, z are finite and its planar range is in ``[min_range_m, max_range_m)``.
+    The azimuth is ``atan2(y, x)``; sector ``j`` starts at ``-pi + j * 2 pi / sectors`` (config doc).
+    """
+    x, y = (np.asarray(points[:, k], dtype=np.float64) for k in (X, Y))
+    planar = np.sqrt(x * x + y * y)  # NaN or inf for non-finite x, y: fails both comparisons below
+    usable = (planar >= cfg.min_range_m) & (planar < cfg.max_range_m) & np.isfinite(points[:, Z])
+    ring = np.minimum((planar[usable] * (1.0 / cfg.ring_m)).astype(np.int64), cfg.rings - 1)
+    azimuth = np.arctan2(y[usable], x[usable]) + np.pi
+    sector = (azimuth * (cfg.sectors / (2.0 * np.pi))).astype(np.int64) % cfg.sectors
+    return ring * cfg.sectors + sector, usable
+
+
+def cloud_to_polar(cloud: np.ndarray | None, cfg: PolarConfig | None = None) -> np.ndarray:
+    """Polar bird's-eye view of one cloud: float32 ``channels x rings x sectors`` (``cfg.channels``).
+
+    * max height: ``(z - z_min) / (z_max - z_min)`` clipped to [0, 1], maximum over the cell's points
+      (a cell whose points all lie at or below ``z_min`` reads 0, like an empty one);
+    * ``band_k``: 1 when a point of the cell has ``height_bands_m[k] <= z < height_bands_m[k + 1]``;
+    * log density and mean intensity as in :func:`cloud_to_bev`.
+
+    An empty or ``None`` cloud gives zeros.
+    """
+    cfg = cfg or PolarConfig()
+    channels, cells = len(cfg.channels), cfg.rings * cfg.sectors
+    grid = np.zeros((channels, cells), dtype=np.float32)
+    if cloud is None or len(cloud) == 0:
+        return grid.reshape(cfg.shape)
+    if cloud.ndim != 2 or cloud.shape[1] < 3:
+        raise ValueError(f"expected an N x C cloud with C >= 3, got shape {cloud.shape}")
+    flat, usable = polar_cell_indices(cloud, cfg)
+    if flat.size == 0:
+        return grid.reshape(cfg.shape)
+    z = np.asarray(cloud[:, Z], dtype=np.float32)[usable]
+    height = np.clip((z - np.float32(cfg.z_min_m)) * np.float32(1.0 / (cfg.z_max_m - cfg.z_min_m)), 0.0, 1.0)
+    np.maximum.at(grid[0], flat, height)
+    channel = 1
+    edges = cfg.height_bands_m
+    if len(edges) > 1:
+        band = np.searchsorted(np.asarray(edges, dtype=np.float32), z, side="right") - 1
+        inside = (band >= 0) & (band < len(edges) - 1)
+        grid[1:len(edges)].reshape(-1)[band[inside] * cells + flat[inside]] = 1.0
+        channel += len(edges) - 1
+    if cfg.density or cfg.intensity:
+        count = np.bincount(flat, minlength=cells).astype(np.float32)
+    if cfg.density:
+        grid[channel] = np.minimum(np.log1p(count) / np.float32(np.log1p(cfg.density_saturation)), np.float32(1.0))
+        channel += 1
+    if cfg.intensity and cloud.shape[1] > INTENSITY:
+        raw = np.asarray(cloud[:, INTENSITY], dtype=np.float32)[usable]
+        intensity = np.clip(np.where(np.isfinite(raw), raw, 0) / np.float32(cfg.intensity_max), 0.0, 1.0)
+        intensity_sum = np.bincount(flat, weights=intensity, minlength=cells).astype(np.float32)
+        grid[channel] = intensity_sum / np.maximum(count, np.float32(1.0))
+    return grid.reshape(cfg.shape)

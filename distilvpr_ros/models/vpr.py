@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import BevConfig, ModelConfig, ModelKind
+from .config import BevConfig, ModelConfig, ModelKind, PolarConfig
 from .image import make_image_encoder
 from .lidar import CloudInput, LidarEncoder
 
@@ -42,7 +42,7 @@ class InputSpec:
     inputs: tuple[str, ...]
     descriptor_dim: int
     image_size: tuple[int, int] | None = None  # (W, H)
-    bev: BevConfig | None = None
+    bev: BevConfig | PolarConfig | None = None  # the grid ``cloud`` is rasterised into (``cloud_to_bev``)
 
     @property
     def bev_shape(self) -> tuple[int, int, int] | None:
@@ -59,6 +59,15 @@ class InputSpec:
         if self.bev_shape is not None:
             examples["cloud"] = torch.rand(batch, *self.bev_shape, generator=generator)
         return {name: examples[name] for name in self.inputs}
+
+
+def make_lidar_encoder(out_dim: int, cfg: ModelConfig) -> nn.Module:
+    """The LiDAR branch ``cfg.lidar_encoder`` names: the Cartesian BEV CNN or the yaw-invariant polar one."""
+    if cfg.lidar_encoder == "polar":
+        from .lidar_polar import PolarLidarEncoder
+
+        return PolarLidarEncoder(out_dim, cfg.polar, cfg.polar_channels)
+    return LidarEncoder(out_dim, cfg.bev, cfg.lidar_channels)
 
 
 class VprModel(nn.Module):
@@ -107,8 +116,8 @@ class TeacherModel(VprModel):
         self.image_encoder = make_image_encoder(
             cfg.image_backbone, cfg.image_dim, cfg.pretrained, cfg.image_size, cfg.freeze_stages
         )
-        self.lidar_encoder = LidarEncoder(cfg.cloud_dim, cfg.bev, cfg.lidar_channels)
-        self.input_spec = InputSpec(("image", "cloud"), cfg.fused_dim, cfg.image_size, cfg.bev)
+        self.lidar_encoder = make_lidar_encoder(cfg.cloud_dim, cfg)
+        self.input_spec = InputSpec(("image", "cloud"), cfg.fused_dim, cfg.image_size, cfg.lidar_grid)
 
     def forward(
         self, image: torch.Tensor, cloud: CloudInput, mask: torch.Tensor | None = None
@@ -138,14 +147,14 @@ class CameraStudent(VprModel):
 
 
 class LidarStudent(VprModel):
-    """LiDAR-only student: BEV encoder → ``student_out_dim`` (384 by default)."""
+    """LiDAR-only student: BEV (or polar, ``cfg.lidar_encoder``) encoder → ``student_out_dim`` (384 by default)."""
 
     kind: ModelKind = "lidar_student"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.lidar_encoder = LidarEncoder(cfg.student_out_dim, cfg.bev, cfg.lidar_channels)
-        self.input_spec = InputSpec(("cloud",), cfg.student_out_dim, bev=cfg.bev)
+        self.lidar_encoder = make_lidar_encoder(cfg.student_out_dim, cfg)
+        self.input_spec = InputSpec(("cloud",), cfg.student_out_dim, bev=cfg.lidar_grid)
 
     def forward(self, cloud: CloudInput, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {"fused": self.lidar_encoder(cloud, mask)}
@@ -156,10 +165,3 @@ MODEL_CLASSES: dict[str, type[VprModel]] = {
     "camera_student": CameraStudent,
     "lidar_student": LidarStudent,
 }
-
-
-def build_model(kind: ModelKind, cfg: ModelConfig | None = None) -> VprModel:
-    """Build the teacher or a student from one ``ModelConfig`` (defaults when None)."""
-    if kind not in MODEL_CLASSES:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_CLASSES)}")
-    return MODEL_CLASSES[kind](cfg or ModelConfig())

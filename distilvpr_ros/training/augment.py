@@ -23,6 +23,12 @@ set in this order:
 6. with p 0.4, removal of the points inside a random vertical block: area U(0.02, 0.33) of the cloud's
    x-y bounding box, aspect U(0.3, 3.3), placed uniformly inside the box.
 
+Two more, off by default, make a LiDAR branch robust to another lane and to fog (issue 11; the
+polar encoder trains with them): before step 1, a **lateral shift** of the sensor by
+U(-``lateral_shift_m``, ``lateral_shift_m``) along y (points move the other way); after step 6, with
+p ``range_cut_p``, a **range cut** dropping every point farther (planar) than U(``range_cut_m``). Any
+yaw is ``rotate_deg: 180``; random dropout is step 4 (``remove_max``).
+
 Units: the reference works on clouds normalised to about [-1, 1]; ours are in metres, so jitter and
 translation are multiplied by ``unit_m`` (default 40 m, the BEV half extent: jitter σ 4 cm clipped at
 8 cm, translation σ 0.4 m). Removed points are *dropped*; the official code moves them to the origin,
@@ -135,12 +141,16 @@ class PointAugment:
     def max_shift_m(self) -> float:
         """Largest distance (m) a point's planar range can change by (translation at 5σ plus jitter)."""
         cfg = self.cfg
-        return (5.0 * math.sqrt(2.0) * cfg.translate_sigma + math.sqrt(2.0) * cfg.jitter_clip) * cfg.unit_m
+        oxford = (5.0 * math.sqrt(2.0) * cfg.translate_sigma + math.sqrt(2.0) * cfg.jitter_clip) * cfg.unit_m
+        return oxford + cfg.lateral_shift_m
 
     def __call__(self, cloud: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cfg = self.cfg
         points = np.array(cloud, dtype=np.float32, copy=True)
         xyz = points[:, :3].astype(np.float64)
+
+        if cfg.lateral_shift_m > 0:
+            xyz[:, 1] -= rng.uniform(-cfg.lateral_shift_m, cfg.lateral_shift_m)
 
         theta = math.radians(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))
         c, s = math.cos(theta), math.sin(theta)
@@ -163,6 +173,9 @@ class PointAugment:
 
         if rng.random() < cfg.block_p and keep.any():
             keep &= ~self._block_mask(xyz, keep, rng)
+
+        if cfg.range_cut_p > 0 and rng.random() < cfg.range_cut_p:
+            keep &= np.hypot(xyz[:, 0], xyz[:, 1]) <= rng.uniform(*cfg.range_cut_m)
 
         points[:, :3] = xyz
         return points[keep]

@@ -106,6 +106,11 @@ class AugmentConfig(Section):
     block_p: float = Field(0.4, ge=0, le=1, description="probability of removing a random block")
     block_scale: tuple[float, float] = Field((0.02, 0.33), description="block area / cloud bounding-box area")
     block_ratio: tuple[float, float] = Field((0.3, 3.3), description="block aspect ratio")
+    lateral_shift_m: float = Field(0.0, ge=0, description="move the sensor sideways (along y) by U(-this, this) m "
+                                   "before the rotation (another lane; the polar teacher uses 7)")
+    range_cut_p: float = Field(0.0, ge=0, le=1, description="probability of cutting the cloud at a random range "
+                               "(fog)")
+    range_cut_m: tuple[float, float] = Field((40.0, 90.0), description="the cut range is U(low, high) m")
 
 
 class FeatureCacheConfig(Section):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,7 +38,7 @@ from tqdm import tqdm
 from ..data.ground_truth import TrainingGroundTruth
 from ..data.sample import Sequence
 from ..data.sources import filter_sequences, open_sequences
-from ..models.config import BevConfig
+from ..models.config import BevConfig, PolarConfig
 from ..models.image import ImageEncoder
 from ..models.inference import run_in_batches
 from ..models.preprocess import PIXEL_MAX, cloud_to_bev, image_to_tensor
@@ -144,10 +143,10 @@ class FrameStore:
         return TrainingGroundTruth.from_positions(self.positions, cfg)
 
 
-def reachable_radius(bev: BevConfig, augment: PointAugment) -> float:
+def reachable_radius(bev: BevConfig | PolarConfig, augment: PointAugment) -> float:
     """Planar range beyond which no augmented point can enter the BEV grid (rotation and flips keep the
     range; translation and jitter change it by at most ``augment.max_shift_m``)."""
-    return bev.extent_m * math.sqrt(2.0) + augment.max_shift_m
+    return bev.planar_reach_m + augment.max_shift_m
 
 
 class VprDataset(torch.utils.data.Dataset):

@@ -1,0 +1,131 @@
+"""Submap accumulation (data.submap) against transforms worked out by hand, with odometry gaps."""
+
+import math
+
+import numpy as np
+import pytest
+
+from distilvpr_ros.data.geometry import pose_from_xyz_yaw
+from distilvpr_ros.data.sample import Sample
+from distilvpr_ros.data.submap import (SubmapConfig, SubmapSequence, accumulate_submap, relative_transform,
+                                       submap_members, voxel_filter)
+
+
+def straight_poses(n: int = 7, step_m: float = 5.0) -> np.ndarray:
+    """Driving east along x, one scan every ``step_m``."""
+    return np.stack([pose_from_xyz_yaw(i * step_m, 0.0, 0.0, 0.0) for i in range(n)])
+
+
+def marker_clouds(n: int) -> list[np.ndarray]:
+    """Scan j holds one point 1 m ahead of the sensor, intensity j (to tell scans apart)."""
+    return [np.array([[1.0, 0.0, 0.5, float(j)]], dtype=np.float32) for j in range(n)]
+
+
+def by_scan(cloud: np.ndarray) -> dict[int, list[float]]:
+    return {int(round(row[3])): [round(float(v), 5) for v in row[:3]] for row in cloud}
+
+
+def test_members_within_travel_distance_nearest_first():
+    poses = straight_poses(9)
+    assert submap_members(poses, 4, 10.0, 11) == [4, 3, 5, 2, 6]
+    assert submap_members(poses, 4, 10.0, 3) == [4, 3, 5]
+    assert submap_members(poses, 4, 0.0, 11) == [4]
+    assert submap_members(poses, 0, 10.0, 11) == [0, 1, 2]  # at the start of the run only ahead
+    with pytest.raises(IndexError):
+        submap_members(poses, 9, 10.0, 11)
+
+
+def test_travel_is_path_length_not_straight_line():
+    # a U-turn: scan 2 is 2 m from scan 0 in a straight line but 12 m away along the path
+    poses = np.stack([pose_from_xyz_yaw(0, 0, 0, 0), pose_from_xyz_yaw(5, 0, 0, 0), pose_from_xyz_yaw(5, 2, 0, 0),
+                      pose_from_xyz_yaw(0, 2, 0, math.pi)])
+    assert submap_members(poses, 0, 10.0, 11) == [0, 1, 2]
+    assert submap_members(poses, 0, 6.9, 11) == [0, 1]
+
+
+def test_points_go_into_the_centre_frame():
+    poses = straight_poses(5)
+    submap = accumulate_submap(marker_clouds(5), poses, 2, SubmapConfig(radius_m=10.0))
+    # scan j's point sits at x = 5 j + 1 in the world, so at 5 (j - 2) + 1 from the centre sensor
+    assert by_scan(submap) == {j: [5.0 * (j - 2) + 1.0, 0.0, 0.5] for j in range(5)}
+
+
+def test_rotated_poses_and_sensor_extrinsic_by_hand():
+    # centre: at the origin facing north (yaw 90 deg); other: at (10, 0) facing west (yaw 180 deg).
+    poses = [pose_from_xyz_yaw(0, 0, 0, math.pi / 2), pose_from_xyz_yaw(10, 0, 0, math.pi)]
+    base_T_sensor = pose_from_xyz_yaw(0.3, 0.0, 1.9, 0.0)
+    clouds = [np.zeros((0, 4), np.float32), np.array([[2.0, 1.0, 0.0, 1.0]], np.float32)]
+    submap = accumulate_submap(clouds, poses, 0, SubmapConfig(radius_m=20.0), base_T_sensor)
+    # other sensor: world (10 - 0.3, 0, 1.9), facing west; its point (2, 1, 0) is 2 m west, 1 m south:
+    # world (7.7, -1, 1.9). Centre sensor at world (0, 0.3, 1.9) facing north: x_c = north offset = -1.3,
+    # y_c = west offset (left of north) = -7.7, z_c = 0.
+    np.testing.assert_allclose(submap[:, :3], [[-1.3, -7.7, 0.0]], atol=1e-5)
+    T = relative_transform(poses[0], poses[1], base_T_sensor)
+    np.testing.assert_allclose(T[:3, :3], [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-12)
+
+
+def test_gaps_in_odometry_fall_back_to_fewer_scans():
+    poses = list(straight_poses(7))
+    poses[4] = np.full((4, 4), np.nan)  # odometry lost ahead of the centre
+    poses[1] = None  # and a missing message behind it
+    cfg = SubmapConfig(radius_m=15.0)
+    assert sorted(by_scan(accumulate_submap(marker_clouds(7), poses, 3, cfg))) == [2, 3]
+    # scans beyond a gap are never used, even when within the radius
+    assert submap_members(poses, 5, 15.0, 11) == [5, 6]
+    poses[3] = None  # no pose for the centre scan: the single scan
+    single = accumulate_submap(marker_clouds(7), poses, 3, cfg)
+    assert by_scan(single) == {3: [1.0, 0.0, 0.5]}
+
+
+def test_radius_zero_keeps_the_single_scan_object():
+    clouds = marker_clouds(3)
+    assert accumulate_submap(clouds, straight_poses(3), 1, SubmapConfig(radius_m=0.0)) is clouds[1]
+
+
+def test_memory_bounds_range_crop_and_voxel_filter():
+    rng = np.random.default_rng(0)
+    clouds = [np.concatenate([rng.uniform(-60, 60, (500, 3)), np.full((500, 1), j)], axis=1).astype(np.float32)
+              for j in range(9)]
+    cfg = SubmapConfig(radius_m=100.0, max_scans=4, max_range_m=30.0)
+    submap = accumulate_submap(clouds, straight_poses(9, 2.0), 4, cfg)
+    assert set(np.unique(submap[:, 3]).astype(int)) == {2, 3, 4, 5}  # the 4 nearest in travel
+    assert np.hypot(submap[:, 0], submap[:, 1]).max() <= 30.0
+    capped = accumulate_submap(clouds, straight_poses(9, 2.0), 4, cfg.model_copy(update={"max_points": 300}))
+    assert 150 <= len(capped) <= 300 and np.array_equal(capped, submap[:: -(-len(submap) // 300)])
+    dense = np.array([[0.1, 0.1, 0.1, 0], [0.2, 0.3, 0.4, 1], [0.6, 0.1, 0.1, 2], [-0.1, 0.1, 0.1, 3]], np.float32)
+    assert voxel_filter(dense, 0.5)[:, 3].tolist() == [0, 2, 3]  # first point of each voxel, in order
+
+
+class FakeRun:
+    run = "fake"
+
+    def __init__(self, n: int = 5):
+        self.poses = straight_poses(n)
+        self.timestamps = np.arange(n, dtype=float)
+        self.clouds = marker_clouds(n)
+        self.reads: list[int] = []
+
+    def __len__(self):
+        return len(self.poses)
+
+    def cloud(self, j):
+        self.reads.append(j)
+        return self.clouds[j]
+
+    def __getitem__(self, i):
+        return Sample(image=None, cloud=self.cloud(i), pose=self.poses[i], timestamp=float(i), run=self.run, index=i)
+
+    def meta(self, i):
+        return {"frame": i}
+
+
+def test_submap_sequence_replaces_clouds_and_reads_each_scan_about_once():
+    parent = FakeRun(6)
+    seq = SubmapSequence(parent, SubmapConfig(radius_m=5.0))
+    assert len(seq) == 6 and seq.meta(2) == {"frame": 2} and seq.poses is parent.poses
+    clouds = [seq[i].cloud for i in range(len(seq))]
+    assert sorted(by_scan(clouds[2])) == [1, 2, 3] and sorted(by_scan(clouds[0])) == [0, 1]
+    assert by_scan(seq[-1].cloud) == by_scan(clouds[5])
+    assert len(parent.reads) <= 2 * len(seq) + 2
+    with pytest.raises(IndexError):
+        seq[6]
