@@ -141,16 +141,16 @@ def test_config_validation_and_unknown_space(db):
     assert not res.accepted and res.reason == "empty map" and res.best is None and res.covariance is None
 
 
-def test_distinct_place_margin_rejects_frames_that_resemble_many_places(db):
+def test_distance_ratio_rejects_frames_that_resemble_many_places(db):
     """A query halfway between two far-apart places (as noise or a blank wall resembles many places) passes
-    min_score but not the distinct-place margin; a clean revisit passes both."""
+    min_score but not the ratio test against the best distinct place; a clean revisit passes both."""
     codes = db.descriptors("camera_student")
     mixed = codes[10] / np.linalg.norm(codes[10]) + codes[60] / np.linalg.norm(codes[60])
     plain = matcher(db, min_score=0.3).match(mixed, stamp=1000.0)
     assert plain.accepted and plain.best.id in (10, 60)  # without the test: a confident wrong-or-right guess
-    strict = matcher(db, min_score=0.3, min_distinct_margin=0.1).match(mixed, stamp=1000.0)
+    strict = matcher(db, min_score=0.3, max_distance_ratio=0.8).match(mixed, stamp=1000.0)
     assert not strict.accepted and strict.reason.startswith("ambiguous") and strict.loop_closure is None
-    clean = matcher(db, min_distinct_margin=0.1).match(query(db, 40), stamp=1000.0)
+    clean = matcher(db, max_distance_ratio=0.8).match(query(db, 40), stamp=1000.0)
     assert clean.accepted and clean.best.id == 40
 
 

@@ -10,9 +10,11 @@ For each query keyframe (descriptor in the matcher's embedding space + stamp), :
    exact search the ``top_k`` survivors are the true top-k of the rest.
 2. **Candidates.** The ``top_k`` remaining keyframes in rank order (best first), whatever their score;
    ``best`` is the first one.
-3. **Threshold.** The best score must be ``>= min_score``. With ``min_distinct_margin > 0`` it must also beat
-   the best candidate of a *distinct* place (farther than ``same_place_radius_m`` from the best) by that
-   margin: a frame that resembles many places equally (noise, a blank wall) is no match.
+3. **Threshold.** The best score must be ``>= min_score``. With ``max_distance_ratio < 1`` the best match must
+   also be clearly better than the best candidate of a *distinct* place (farther than ``same_place_radius_m``
+   from the best): the ratio of their descriptor distances ``sqrt(2 - 2 s)`` (Lowe's ratio test) must be at
+   most ``max_distance_ratio``. A frame that resembles many places equally (noise, a blank wall) is no match.
+   Only the ``ip`` metric on unit descriptors (the nodes' spaces) is supported.
 4. **Sequence consistency.** The last ``sequence_length`` query frames (this one included) must *all*
    have a best match above ``min_score``, and every two consecutive ones must agree: their database
    keyframes are within ``sequence_radius_m`` of each other (planar distance between map positions)
@@ -73,9 +75,9 @@ class MatcherConfig(Section):
     same_place_radius_m: float = Field(
         10.0, gt=0.0, le=1000.0,
         description="matches within this distance (m) count as the same place for de-duplication")
-    min_distinct_margin: float = Field(
-        0.0, ge=0.0, le=2.0, description="best score must exceed the best distinct place's (farther than "
-                                         "same_place_radius_m) by this margin (0 = off)")
+    max_distance_ratio: float = Field(
+        1.0, gt=0.0, le=1.0, description="best / best-distinct-place descriptor distance must be at most this "
+                                         "(Lowe's ratio test; 1 = off)")
     cov_sigma_xy_m: float = Field(1.0, gt=0.0, le=1000.0, description="position sigma (m) at score 1")
     cov_sigma_xy_slope_m: float = Field(
         20.0, ge=0.0, le=1000.0, description="extra position sigma (m) per unit of 1 - score")
@@ -171,17 +173,20 @@ class PlaceMatcher:
             self._emitted = [(tq, p) for tq, p in self._emitted if tq != t]
 
     def _ambiguity(self, cands: list[Candidate]) -> str:
-        """'' when the best candidate beats every distinct place by ``min_distinct_margin`` (or the test is
-        off), else the margin it got."""
-        margin = self.cfg.min_distinct_margin
-        if margin <= 0:
+        """'' when the best candidate passes the ratio test against the best distinct place (or the test is
+        off, or no distinct place is among the candidates), else the ratio it got."""
+        limit = self.cfg.max_distance_ratio
+        if limit >= 1.0:
             return ""
         best = cands[0]
         for c in cands[1:]:
-            if float(np.hypot(*(c.pose[:2] - best.pose[:2]))) > self.cfg.same_place_radius_m:
-                if best.score - c.score < margin:
-                    return (f"ambiguous: keyframe {c.id}, {float(np.hypot(*(c.pose[:2] - best.pose[:2]))):.0f} m "
-                            f"away, scores {c.score:.3f} vs {best.score:.3f} (min_distinct_margin {margin:g})")
+            apart = float(np.hypot(*(c.pose[:2] - best.pose[:2])))
+            if apart > self.cfg.same_place_radius_m:
+                d_best = math.sqrt(max(2.0 - 2.0 * best.score, 0.0))
+                ratio = d_best / max(math.sqrt(max(2.0 - 2.0 * c.score, 0.0)), 1e-12)
+                if ratio > limit:
+                    return (f"ambiguous: keyframe {c.id}, {apart:.0f} m away, scores {c.score:.3f} vs {best.score:.3f} "
+                            f"(distance ratio {ratio:.3f} > max_distance_ratio {limit:g})")
                 break
         return ""
 
