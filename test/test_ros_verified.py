@@ -138,6 +138,13 @@ def test_localization_node_publishes_the_verified_metric_pose(ros, canyon_map):
                       **msg_codec.camera_info_fields(scene.calib.K, scene.calib.width, scene.calib.height))
     assert spin_until(executor, lambda: node.camera_info is not None, each=lambda: info_pub.publish(info))
     assert node.calibration_source.startswith("map (same camera") and node.localizer.calibration is None
+    # another camera (other focal length): its own calibration, extrinsics from calibration.*
+    K = scene.calib.K.copy()
+    K[0, 0] *= 1.1
+    other = CameraInfo(header=header(0.0, "camera_optical"),
+                       **msg_codec.camera_info_fields(K, scene.calib.width, scene.calib.height))
+    assert spin_until(executor, lambda: node.localizer.calibration is not None, each=lambda: info_pub.publish(other))
+    assert node.calibration_source == "camera_info + calibration.*" and node.localizer.calibration.K[0, 0] == K[0, 0]
 
 
 @pytest.mark.parametrize("kind", ["wrong_street", "featureless"])

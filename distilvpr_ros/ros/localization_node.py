@@ -75,6 +75,7 @@ from ..pipeline.config import NodeConfig
 from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.image_quality import LowQualityImage
 from ..pipeline.localizer import LocalizationResult, Localizer
+from ..pipeline.views import ViewCache
 from .diagnostics import ERROR, TransportLosses
 from .latency import LatencyWindow
 from .managed_node import SUCCESS, ManagedNode, run_managed
@@ -142,10 +143,9 @@ class LocalizationNode(ManagedNode):
             calib, self.calibration_source = None, f"map (same camera as {source})"
         else:
             calib, self.calibration_source = resolved, source
-        if calib is not localizer.calibration:
-            localizer.calibration = localizer.cache.fallback = calib
-            localizer.cache._camera.clear()  # views built with the previous calibration
-            localizer.cache._calib.clear()
+        if calib is not localizer.calibration:  # views built with the previous calibration are built again
+            localizer.calibration = calib
+            localizer.cache = ViewCache(localizer.db, self.cfg.verification.cache_keyframes, calib)
 
     def configure(self) -> str:
         try:
