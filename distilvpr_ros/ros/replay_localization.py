@@ -63,7 +63,7 @@ WARMUP_LEAD_S = 100.0  # warm-up frames are stamped up to this long before the b
 WARMUP_SENDS = 1000  # at most this many warm-up sends (each waits up to 2 s for its answer)
 #: Cumulative counters of the node's diagnostics, reported for the timed playback only (warm-up removed).
 NODE_COUNTERS = ("frames", "processed", "drops", "drops_transport", "drops_duplicate", "drops_out_of_order",
-                 "input_errors", "accepted", "loop_closures")
+                 "input_errors", "accepted", "loop_closures", "verified", "descriptor_accepted")
 
 
 def camera_topic(seq, cfg: NodeConfig) -> dict[str, tuple[str, str]]:
