@@ -134,6 +134,8 @@ def record_mapping(bag: Path, cfg: NodeConfig, out_dir: Path, rate: float = 1.0,
         result = {"published": dict(session.player.sent), "hold_timeouts": session.player.hold_timeouts,
                   "node": session.recorder.node_values(),
                   "loop_closures": [list(msg.data) for _, msg in session.recorder.messages["loop_closure"]],
+                  "loop_closure_transforms": [list(msg.data) for _, msg in
+                                              session.recorder.messages["loop_closure/transform"]],
                   "node_rss_mb_max": max(session.rss, default=math.nan)}
     finally:
         session.close()
