@@ -123,6 +123,14 @@ def test_demo_maps_and_localizes_through_the_nodes(first):
         assert 0 <= v[side]["correct"] <= v[side]["accepted"] <= v["queries"]
     assert v["pose_error"]["count"] == v["after"]["accepted"]
     assert set(v["recall@1"]) == {"before", "after", "delta"}
+    # the node's own verified matches, scored from what it published; the map records the world's calibration
+    vm = loc["verified_matches"]
+    assert vm["queries"] == loc["answered"] and set(vm["recall@1"]) == {"before", "after", "delta"}
+    for side in ("before", "after"):
+        assert 0 <= vm[side]["correct"] <= vm[side]["accepted"] <= vm["queries"]
+    assert vm["pose_error"]["count"] == vm["after"]["accepted"] == loc["accepted"] == loc["node"]["verified"]
+    assert loc["loop_closures"] == loc["accepted"] and "loop_closure_precision" in loc
+    assert db.calibration(s["map"]["run"]) is not None
     assert "Geometric verification" in (first["out"] / "report.md").read_text()
 
 

@@ -102,7 +102,8 @@ def test_shared_launch_options_are_consistent():
     assert len(names) == len(set(names)) and {"rviz", "bag", "bag_rate", "autostart"} <= set(names)
     assert set(launch_options.COMMON_PARAMETERS.values()) <= set(names)
     defaults = TopicsConfig()
-    node_topics = {defaults.camera, defaults.camera_compressed, defaults.lidar, defaults.odom, "loop_closure"}
+    node_topics = {defaults.camera, defaults.camera_compressed, defaults.lidar, defaults.odom, defaults.camera_info,
+                   "loop_closure"}
     for topic, arg, _ in launch_options.COMMON_REMAPPINGS:
         assert topic in node_topics and arg in names
     source = (ROOT / "distilvpr_ros" / "ros" / "launch_options.py").read_text()

@@ -74,6 +74,39 @@ def test_replay_metrics_count_tp_fp_fn_drops_and_latency():
     assert m2["match_rotation_deg_median"] == pytest.approx(10.0)
 
 
+def test_replay_scores_the_nodes_verified_matches():
+    """Three keyframes 100 m apart; the node verified q0 (right keyframe, metric pose 0.5 m off) and q1 (re-ranked
+    from a wrong top-1 to the right one), rejected q2 (its descriptor match was accepted and wrong)."""
+    from distilvpr_ros.ros.messages import inliers_msg
+
+    map_xy = np.array([[0, 0], [100, 0], [200, 0]], float)
+    query_xy = np.array([[1, 0], [100, 2], [200, 0]], float)
+    stamps, wall = 50.0 + np.arange(3), 5.0 + np.arange(3)
+    truth = positives(query_xy, map_xy, 25.0)
+    tops = {0: ([0, 1], [0.9, 0.5]), 1: ([2, 1], [0.8, 0.7]), 2: ([0, 2], [0.95, 0.1])}
+    inl = {0: (False, True, [(0, 80, 1.0), (1, 0, -1.0)]), 1: (True, True, [(2, 3, 0.0), (1, 60, 1.0)]),
+           2: (True, False, [(0, 4, 0.0), (2, 12, 0.0)])}
+    poses = np.tile(np.eye(4), (3, 1, 1))
+    poses[:, :2, 3] = query_xy
+    ident = (0.0, 0.0, 0.0, 1.0)
+    rec = Recording(stamps, wall, scores=[(wall[i] + 0.01, scores_data(stamps[i], *o)) for i, o in tops.items()],
+                    matches=[(wall[0] + 0.01, stamps[0], (1.5, 0.0, 0.0), ident),
+                             (wall[1] + 0.01, stamps[1], (100.0, 2.0, 0.0), ident)],
+                    loop_closures=[(wall[0] + 0.01, stamps[0], 0.0), (wall[1] + 0.01, stamps[1], 1.0)],
+                    inliers=[(wall[i] + 0.01, list(inliers_msg(stamps[i], *o).data)) for i, o in inl.items()])
+    m, details = score_replay(rec, query_xy, map_xy, truth, correct_m=25.0, query_poses=poses,
+                              map_stamps=np.array([0.0, 1.0, 2.0]))
+    v = m["verified_matches"]
+    assert v["before"]["accepted"] == 2 and v["before"]["correct"] == 0 and v["before"]["precision"] == 0.0
+    assert v["after"]["accepted"] == 2 and v["after"]["correct"] == 2 and v["after"]["precision"] == 1.0
+    assert v["after"]["recall"] == pytest.approx(2 / 3)
+    assert v["recall@1"]["before"] == pytest.approx(1 / 3) and v["recall@1"]["after"] == pytest.approx(2 / 3)
+    assert v["pose_error"]["count"] == 2 and v["pose_error"]["translation_m_median"] == pytest.approx(0.25)
+    assert details["verified_id"].tolist() == [0, 1, -1] and details["verified"].tolist() == [True, True, False]
+    assert m["loop_closures_correct"] == 2 and m["loop_closure_precision"] == 1.0
+    assert m["match_translation_m_median"] == pytest.approx(0.25)
+
+
 def test_replay_metrics_helpers():
     assert parse_scores([5.0, 3, 0.5, 1.5, 1, 0.25, 2.5])[1].tolist() == [3, 1]
     with pytest.raises(ValueError):

@@ -183,6 +183,7 @@ def _localization_section(demo: Demo, figures: _Figures) -> list[str]:
         "Latency: image published → `place_candidates/scores` received (same machine, one clock): "
         "transport, decoding, inference, matching. Accepted = the node's `place_match` after its "
         "threshold and sequence check; PR curve and max F1 sweep the top-1 score instead.", ""]
+    lines += _node_verification_lines(loc)
     lines += _verification_lines(loc.get("verification"))
     lines += figures.md("pr.png", "PR curve")
     lines += ["Trajectory of the replayed run over the map, with an edge from each query to the keyframe "
@@ -190,6 +191,28 @@ def _localization_section(demo: Demo, figures: _Figures) -> list[str]:
               "matches (its `loop_closure` / `place_match` outputs), then every top-1 candidate.", ""]
     lines += figures.md("trajectory.png", "accepted matches") + figures.md("trajectory_top1.png", "top-1 candidates")
     return lines + figures.md("matches.png", "query -> matched keyframe") + figures.md("latency.png", "latency")
+
+
+def _node_verification_lines(loc: dict) -> list[str]:
+    """The node's own verified matches, scored from what it published (``localize.verified_matches``)."""
+    v = loc.get("verified_matches")
+    if not v:
+        return []
+    b, a, r = v["before"], v["after"], v["recall@1"]
+    return [
+        f"Verified by the node (`place_candidates/inliers`, `place_match`; `summary.json` → "
+        f"`localize.verified_matches`, over the {v['queries']} answered frames):", "",
+        *_header("", "accepted", "correct", "precision", "recall", "R@1"),
+        _row("descriptor match (before)", b["accepted"], b["correct"], fmt(b["precision"]), fmt(b["recall"]),
+             fmt(r["before"])),
+        _row("verified (after)", a["accepted"], a["correct"], fmt(a["precision"]), fmt(a["recall"]),
+             fmt(r["after"])), "",
+        f"Pose error of the node's verified `place_match`: translation median "
+        f"{fmt(loc.get('match_translation_m_median'), '.2f')} m, p90 {fmt(loc.get('match_translation_m_p90'), '.2f')}"
+        f" m; rotation median {fmt(loc.get('match_rotation_deg_median'), '.2f')} deg, p90 "
+        f"{fmt(loc.get('match_rotation_deg_p90'), '.2f')} deg. Published loop closures: {loc.get('loop_closures', 0)}"
+        f", correct {loc.get('loop_closures_correct', 0)} (precision {fmt(loc.get('loop_closure_precision'))}).",
+        ""]
 
 
 def _verification_lines(v: dict | None) -> list[str]:

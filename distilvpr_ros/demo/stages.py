@@ -188,6 +188,7 @@ def _run_info(demo: Demo, run: str) -> dict:
 
 
 def build_map(demo: Demo, out: Path) -> dict:
+    from ..pipeline.calibration import world_calibration
     from ..ros.node_process import ReplayError
     from ..ros.replay_mapping import run_mapping
 
@@ -198,7 +199,8 @@ def build_map(demo: Demo, out: Path) -> dict:
         summary = run_mapping(bag, demo.folder("teacher") / "best", demo.folder("student") / "best",
                               out / "map", rate=s.rate, max_gap_s=s.max_gap_s, odom_lead_s=s.odom_lead_s,
                               max_unpaired=s.max_unpaired,
-                              overrides={**s.node, "map.resume": False}, out_dir=out, progress=demo.progress)
+                              overrides={**s.node, "map.resume": False}, out_dir=out, progress=demo.progress,
+                              calibration=world_calibration(world_path(demo)))
     except ReplayError as e:
         raise DemoError(f"map stage: {e}") from None
     return {**summary, "condition": info["condition"], "direction": info["direction"], "region": s.region,

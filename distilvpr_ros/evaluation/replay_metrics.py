@@ -24,6 +24,14 @@ How queries are counted (one query = one camera frame the player published; stam
       against the query's ground-truth pose (translation in 3D; rotation when the match carries an orientation
       and ``query_poses`` are given): a keyframe's pose for an unverified node, the metric PnP pose for a
       verified one (:mod:`.verified_matches`).
+    * ``verified_matches`` (when the node published ``place_candidates/inliers``, i.e. ran with verification):
+      :func:`.verified_matches.score_verified_matches` over the answered queries, from what the node published:
+      *before* = its descriptor decision (``descriptor_accepted``) and top-1 candidate, *after* = ``verified``
+      and the candidate whose check accepted it; the verified poses are the ``place_match`` poses (metric),
+      scored against ``query_poses``; ``recall@1.after`` is the re-ranked top-1.
+    * ``loop_closures_correct`` / ``loop_closure_precision``: a published ``[t_query, t_match]`` is correct when
+      the keyframe stamped ``t_match`` lies within ``correct_m`` of the query's ground-truth position
+      (``map_stamps`` needed).
     * latency: receive time of the query's ``place_candidates/scores`` minus the publish time of its image
       (same machine, one monotonic clock); ``rate_hz``: answered queries per second over the span of their
       outputs; ``input_hz``: the same for the published images.
@@ -40,7 +48,7 @@ import numpy as np
 from ..config import CORRECT_M
 from ..data.geometry import make_pose
 from .metrics import precision_recall, recall_at_n
-from .verified_matches import error_summary, pose_errors
+from .verified_matches import error_summary, pose_errors, score_verified_matches
 
 #: Metric keys every replay writes (``metrics.json``), in table order.
 REPLAY_KEYS = ("frames", "recall@1", "pr_auc", "max_f1", "recall@100p", "accepted_precision", "accepted_recall",
@@ -54,7 +62,9 @@ class Recording:
 
     ``scores`` holds the raw ``place_candidates/scores`` data (``[t_query, id_1, score_1, t_1, ...]``),
     ``matches`` the ``place_match`` stamp and position (and, optionally, its quaternion x y z w),
-    ``loop_closures`` the ``[t_query, t_match]`` pairs,
+    ``loop_closures`` the ``[t_query, t_match]`` pairs, ``inliers`` the raw ``place_candidates/inliers`` data
+    (``[t_query, descriptor_accepted, verified, id_1, inliers_1, check_1, ...]``, with verification),
+    ``transforms`` the raw ``loop_closure/transform`` data,
     ``node`` the node's last ``/diagnostics`` values and ``node_rss_mb`` samples of its resident memory.
     """
 
@@ -63,6 +73,8 @@ class Recording:
     scores: list[tuple[float, Sequence[float]]] = field(default_factory=list)  # (receive, data)
     matches: list[tuple] = field(default_factory=list)  # (receive, t, xyz[, quat xyzw])
     loop_closures: list[tuple[float, float, float]] = field(default_factory=list)  # (receive, t_query, t_match)
+    inliers: list[tuple[float, Sequence[float]]] = field(default_factory=list)  # (receive, data)
+    transforms: list[tuple[float, Sequence[float]]] = field(default_factory=list)  # (receive, data)
     node: dict[str, Any] = field(default_factory=dict)
     node_rss_mb: list[float] = field(default_factory=list)
 
@@ -74,6 +86,15 @@ def parse_scores(data: Sequence[float]) -> tuple[float, np.ndarray, np.ndarray, 
         raise ValueError(f"place_candidates/scores must hold 1 + 3k values, got {len(data)}")
     rows = data[1:].reshape(-1, 3)
     return float(data[0]), rows[:, 0].astype(np.int64), rows[:, 1], rows[:, 2]
+
+
+def parse_inliers(data: Sequence[float]) -> tuple[float, bool, bool, np.ndarray, np.ndarray, np.ndarray]:
+    """``place_candidates/inliers`` data → ``(t_query, descriptor_accepted, verified, ids, inliers, checks)``."""
+    data = np.asarray(data, dtype=np.float64)
+    if len(data) < 3 or (len(data) - 3) % 3:
+        raise ValueError(f"place_candidates/inliers must hold 3 + 3k values, got {len(data)}")
+    rows = data[3:].reshape(-1, 3)
+    return float(data[0]), bool(data[1]), bool(data[2]), rows[:, 0].astype(np.int64), rows[:, 1], rows[:, 2]
 
 
 def align(sent_stamps: np.ndarray, stamps: Sequence[float], tol: float = STAMP_TOLERANCE_S) -> np.ndarray:
@@ -112,13 +133,14 @@ def _operating_point(pr: dict, threshold: float) -> tuple[float, float]:
 
 
 def score_replay(rec: Recording, query_xy: np.ndarray, map_xy: np.ndarray, truth: Sequence[np.ndarray],
-                 correct_m: float = CORRECT_M,
-                 query_poses: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                 correct_m: float = CORRECT_M, query_poses: np.ndarray | None = None,
+                 map_stamps: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics of a replay (module docstring) and per-query details for plots.
 
     ``query_xy``: ground-truth planar position of each published frame (aligned with ``rec.sent_stamps``);
     ``map_xy``: planar position of each map keyframe (row = keyframe id); ``truth``: :func:`positives`;
-    ``query_poses``: optional (Q, 4, 4) ground-truth poses of the published frames (for the match pose errors).
+    ``query_poses``: optional (Q, 4, 4) ground-truth poses of the published frames (for the match pose errors);
+    ``map_stamps``: the keyframes' stamps (row = id; for scoring the published loop closures).
     Returns ``(metrics, details)``; ``details`` has per-query arrays (``answered``, ``top1``, ``top1_score``,
     ``top1_correct``, ``accepted``, ``accepted_correct``, ``latency_s``, ``has_match``).
     """
@@ -202,14 +224,47 @@ def score_replay(rec: Recording, query_xy: np.ndarray, map_xy: np.ndarray, truth
 
     loop_idx = align(rec.sent_stamps, [t for _, t, _ in rec.loop_closures])
     out["loop_closures"] = int((loop_idx >= 0).sum())
+    if map_stamps is not None:
+        kf = _nearest_ids(map_stamps, [t for _, _, t in rec.loop_closures])
+        ok = [i >= 0 and k >= 0 and np.hypot(*(map_xy[k] - query_xy[i])) <= correct_m for i, k in zip(loop_idx, kf)]
+        out["loop_closures_correct"] = int(sum(ok))
+        out["loop_closure_precision"] = float(np.mean(ok)) if ok else float("nan")
+    verified, verified_id, desc_accepted = np.zeros(n, bool), np.full(n, -1, np.int64), np.zeros(n, bool)
+    if rec.inliers:
+        parsed_inl = [parse_inliers(data) for _, data in rec.inliers]
+        for i, (_, d_acc, ver, ids, _, checks) in zip(align(rec.sent_stamps, [p[0] for p in parsed_inl]), parsed_inl):
+            if i >= 0:
+                desc_accepted[i], verified[i] = d_acc, ver
+                hit = np.flatnonzero(checks == 1.0)
+                verified_id[i] = ids[hit[0]] if ver and len(hit) else -1
+        poses = np.full((n, 4, 4), np.nan)
+        for i, m in zip(m_idx, rec.matches):
+            if i >= 0 and len(m) > 3:
+                poses[i] = make_pose(np.asarray(m[2], dtype=np.float64), np.asarray(m[3], dtype=np.float64))
+        a_idx = np.flatnonzero(answered)
+        out["verified_matches"] = score_verified_matches(
+            [truth[i] for i in a_idx], top1[a_idx], desc_accepted[a_idx], verified_id[a_idx], verified[a_idx],
+            poses[a_idx], None if query_poses is None else np.asarray(query_poses, dtype=np.float64)[a_idx])
     out["node"] = dict(rec.node)
     if rec.node_rss_mb:
         out["node_rss_mb_start"], out["node_rss_mb_max"] = float(rec.node_rss_mb[0]), float(max(rec.node_rss_mb))
     details = {"answered": answered, "has_match": has_match, "top1": top1, "top1_score": top1_score,
                "top1_correct": top1_correct, "accepted": accepted, "accepted_correct": accepted_correct,
                "latency_s": latency, "precision": pr["precision"], "recall": pr["recall"],
-               "thresholds": pr["thresholds"]}
+               "thresholds": pr["thresholds"], "verified": verified, "verified_id": verified_id,
+               "descriptor_accepted": desc_accepted}
     return out, details
+
+
+def _nearest_ids(stamps: np.ndarray, wanted: Sequence[float], tol: float = STAMP_TOLERANCE_S) -> np.ndarray:
+    """Id of the keyframe stamped each of ``wanted`` (-1 where none is), for unsorted stamps."""
+    stamps = np.asarray(stamps, dtype=np.float64)
+    out = np.full(len(wanted), -1, np.int64)
+    for j, t in enumerate(wanted):
+        if len(stamps):
+            k = int(np.argmin(np.abs(stamps - t)))
+            out[j] = k if abs(stamps[k] - t) <= tol else -1
+    return out
 
 
 def _rate(times: np.ndarray) -> float:
@@ -234,7 +289,13 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], details: dict[str
     write_json(paths["json"], to_jsonable(metrics))
     fmt = {key: "d" for key in ("frames", "dropped_frames")}
     fmt.update({key: ".1f" for key in ("latency_ms_p50", "latency_ms_p99", "rate_hz")})
-    paths["table"].write_text(f"# {title}\n\n" + markdown_table([metrics], REPLAY_KEYS, fmt))
+    table = f"# {title}\n\n" + markdown_table([metrics], REPLAY_KEYS, fmt)
+    if metrics.get("verified_matches"):
+        from .verified_matches import VERIFIED_KEYS, flatten_scores
+
+        table += "\n\nVerified matches (from the node's outputs):\n\n" + markdown_table(
+            [flatten_scores(metrics["verified_matches"])], VERIFIED_KEYS)
+    paths["table"].write_text(table)
     np.savez(paths["queries"], stamps=np.asarray(stamps), query_xy=np.asarray(query_xy),
              **{k: v for k, v in details.items() if k not in ("precision", "recall", "thresholds")})
     paths["pr"] = plot_pr({"top-1 score": (details["precision"], details["recall"], metrics["pr_auc"])},

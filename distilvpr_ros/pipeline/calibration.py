@@ -55,6 +55,22 @@ def calibration_from_config(cfg: CalibrationConfig, camera_info: Any = None) -> 
     return None
 
 
+def calibration_overrides(calib: CameraCalibration) -> dict[str, float | int]:
+    """The ``calibration.*`` keys (dotted) that give ``calib`` back through :func:`calibration_from_config`
+    (distortion aside): how a replay hands a synthetic world's calibration to a node."""
+    out: dict[str, float | int] = {}
+    for name, T in (("camera", calib.T_base_camera), ("lidar", calib.T_base_lidar)):
+        yaw, pitch, roll = Rotation.from_matrix(T[:3, :3]).as_euler("ZYX", degrees=True)
+        out.update({f"calibration.{name}_x": float(T[0, 3]), f"calibration.{name}_y": float(T[1, 3]),
+                    f"calibration.{name}_z": float(T[2, 3]), f"calibration.{name}_roll_deg": float(roll),
+                    f"calibration.{name}_pitch_deg": float(pitch), f"calibration.{name}_yaw_deg": float(yaw)})
+    K = calib.K
+    out.update({"calibration.fx": float(K[0, 0]), "calibration.fy": float(K[1, 1]), "calibration.cx": float(K[0, 2]),
+                "calibration.cy": float(K[1, 2]), "calibration.width": int(calib.width),
+                "calibration.height": int(calib.height)})
+    return out
+
+
 def world_calibration(path: str | Path | None) -> CameraCalibration | None:
     """The calibration of the synthetic world that ``path`` (a world, or a run / bag folder in one) belongs to."""
     if path is None:

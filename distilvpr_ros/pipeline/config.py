@@ -34,6 +34,9 @@ class TopicsConfig(Section):
         "camera/image_raw/compressed", description="sensor_msgs/CompressedImage topic ('' = not subscribed)")
     lidar: str = Field("lidar/points", description="sensor_msgs/PointCloud2 topic (mapping only)")
     odom: str = Field("odom", description="nav_msgs/Odometry topic giving keyframe poses (mapping only)")
+    camera_info: str = Field(
+        "camera/camera_info", description="sensor_msgs/CameraInfo topic: the camera's intrinsics for verification "
+                                          "('' = not subscribed; calibration.* give them instead)")
 
 
 class FramesConfig(Section):

@@ -1,6 +1,7 @@
 """The launch arguments both launch files share and the optional actions they switch on (``launch/*.launch.py``).
 
-Shared arguments: ``namespace``, ``use_sim_time``, ``autostart``, ``camera_topic``, ``loop_closure_topic``,
+Shared arguments: ``namespace``, ``use_sim_time``, ``autostart``, ``camera_topic``, ``camera_info_topic``,
+``loop_closure_topic``,
 ``rviz`` (start RViz with ``config/distilvpr.rviz``), ``bag`` (play a rosbag2 with ``ros2 bag play --clock``;
 playing a bag also turns ``use_sim_time`` on), ``bag_rate`` and ``dds_profile`` (``large_frames``: the shipped
 Fast DDS profile ``config/fastdds_large_frames.xml`` for 720p/1080p best-effort frames; or a profile file's
@@ -21,6 +22,7 @@ COMMON_ARGUMENTS = [
     ("use_sim_time", "false", "use /clock (bag replay with --clock); on whenever bag is set"),
     ("autostart", "true", "configure and activate the node at start-up (false: a lifecycle manager does it)"),
     ("camera_topic", "camera/image_raw", "sensor_msgs/Image input"),
+    ("camera_info_topic", "camera/camera_info", "sensor_msgs/CameraInfo of the camera (intrinsics for verification)"),
     ("loop_closure_topic", "loop_closure", "loop closures [t_query, t_match]; e.g. lio_loop/loop_closure_detection"),
     ("rviz", "false", "start RViz with config/" + RVIZ_CONFIG),
     ("bag", "", "rosbag2 to play into the node (ros2 bag play --clock); empty: none"),
@@ -36,6 +38,7 @@ COMMON_PARAMETERS = {"use_sim_time": "use_sim_time", "autostart": "autostart"}
 COMMON_REMAPPINGS = [
     ("camera/image_raw", "camera_topic", ""),
     ("camera/image_raw/compressed", "camera_topic", "/compressed"),
+    ("camera/camera_info", "camera_info_topic", ""),
     ("loop_closure", "loop_closure_topic", ""),
 ]
 

@@ -8,17 +8,41 @@ Inputs (sensor QoS: best-effort by default)
     sequence numbers (``drops_transport``). Duplicate and out-of-order stamps are dropped with a throttled
     WARN.
 
+Calibration
+    ``topics.camera_info`` (sensor_msgs/CameraInfo, '' = off) gives the query camera's intrinsics, ``calibration.*``
+    its extrinsics (or, without CameraInfo, both): :func:`~distilvpr_ros.pipeline.calibration.calibration_from_config`.
+    A camera with the intrinsics (K, image size) the map recorded is taken to be the map's own camera: its stored
+    calibration is used (same rig). Without any calibration the map's is used; runs of the map without one are
+    rejected by camera verification with a reason.
+
+Verification (``verification.enabled``, default true; a map with keyframe views, format 2)
+    The top-k candidates are verified against the keyframes' images and LiDAR points (local features, PnP +
+    RANSAC: :class:`~distilvpr_ros.pipeline.localizer.Localizer`); a verified frame gives the camera's metric
+    6-DoF pose in the map. With verification on, a frame that is not verified publishes no ``place_match`` and no
+    ``loop_closure`` (``last_match`` in the diagnostics says why: e.g. "no candidate verified (...)", "map has
+    no keyframe views"). With it off the node publishes the matcher's decisions as before.
+
 Outputs (reliable, depth 10; every header stamp is the query image's stamp, frame ``frames.map``)
-    * ``place_match`` (geometry_msgs/PoseWithCovarianceStamped): accepted best match, pose of the
-      matched keyframe, covariance from the matcher; remappable to ``/initialpose``.
-    * ``place_candidates`` (geometry_msgs/PoseArray): the top-k keyframes in rank order, every frame.
+    * ``place_match`` (geometry_msgs/PoseWithCovarianceStamped): the accepted match. Verified: the query's
+      metric pose in the map with the PnP covariance (x, y, z, roll, pitch, yaw); unverified (verification off):
+      the matched keyframe's pose, covariance from the matcher. Remappable to ``/initialpose``.
+    * ``place_candidates`` (geometry_msgs/PoseArray): the top-k keyframes in descriptor rank order, every frame.
     * ``place_candidates/scores`` (std_msgs/Float64MultiArray):
-      ``[t_query, id_1, score_1, t_1, id_2, score_2, t_2, ...]`` (``layout.data_offset = 1``).
-    * ``loop_closure`` (std_msgs/Float64MultiArray ``[t_query, t_match]`` s, the LIO-SAM contract).
+      ``[t_query, id_1, score_1, t_1, id_2, score_2, t_2, ...]`` (``layout.data_offset = 1``), same order.
+    * ``place_candidates/inliers`` (std_msgs/Float64MultiArray, with verification on):
+      ``[t_query, descriptor_accepted, verified, id_1, inliers_1, check_1, ...]`` (``data_offset = 3``), the
+      candidates of ``place_candidates`` in the same order; ``check`` 1 accepted, 0 rejected, -1 not checked.
+    * ``loop_closure`` (std_msgs/Float64MultiArray ``[t_query, t_match]`` s, the LIO-SAM contract): only
+      verified matches when verification is on.
+    * ``loop_closure/transform`` (std_msgs/Float64MultiArray, verified matches):
+      ``[t_query, t_match, x, y, z, qx, qy, qz, qw, cov36]``: the query base in the matched keyframe's base frame
+      (from PnP) and its 6x6 covariance about the keyframe's axes (:func:`~.messages.transform_msg`).
+    * ``~/debug/matches`` (sensor_msgs/Image rgb8): query and matched keyframe side by side with the PnP inlier
+      lines; built only for verified frames while someone subscribes.
     * ``markers`` (visualization_msgs/MarkerArray): edges from the best match to the other candidates,
       candidate spheres, and all keyframes (``keyframes`` namespace, every 10 s).
     * ``/diagnostics``: rate, latency p50/p99, drops (replaced / lost in transport), map size, backend,
-      last error.
+      verification (on/off, verified frames, calibration source), last match decision, last error.
 
 Services
     ``~/reload`` (std_srvs/Trigger): load the model and the map again (e.g. after a new map was saved). When
@@ -36,29 +60,37 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from ..data import msg_codec
+from ..data.calibration import CameraCalibration
 from ..mapping.database import MapError
+from ..pipeline.calibration import calibration_from_config
 from ..pipeline.config import NodeConfig
 from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.image_quality import LowQualityImage
-from ..pipeline.localizer import Localizer
+from ..pipeline.localizer import LocalizationResult, Localizer
+from ..pipeline.views import ViewCache
 from .diagnostics import ERROR, TransportLosses
 from .latency import LatencyWindow
 from .managed_node import SUCCESS, ManagedNode, run_managed
-from .messages import (candidates_msgs, keyframe_markers, loop_closure_msg, match_markers, msg_stamp,
-                       place_match_msg)
+from .messages import (CHECK_ACCEPTED, CHECK_REJECTED, CHECK_SKIPPED, candidates_msgs, inliers_msg, keyframe_markers,
+                       loop_closure_msg, match_markers, matches_image, msg_stamp, place_match_msg, transform_msg)
 from .qos import OUTPUT_QOS, sensor_qos
 from .sync import StampGuard
 
 NODE_NAME = "distilvpr_localization"
 OUTPUT_TOPICS = {"match_pub": "place_match", "cand_pub": "place_candidates", "score_pub": "place_candidates/scores",
-                 "loop_pub": "loop_closure", "marker_pub": "markers"}
+                 "inlier_pub": "place_candidates/inliers", "loop_pub": "loop_closure",
+                 "transform_pub": "loop_closure/transform", "marker_pub": "markers", "debug_pub": "~/debug/matches"}
+OUTPUT_TYPES = {"match_pub": PoseWithCovarianceStamped, "cand_pub": PoseArray, "score_pub": Float64MultiArray,
+                "inlier_pub": Float64MultiArray, "loop_pub": Float64MultiArray, "transform_pub": Float64MultiArray,
+                "marker_pub": MarkerArray, "debug_pub": Image}
 RAW_PREFERRED_S = 1.0
 KEYFRAME_MARKERS_PERIOD_S = 10.0
 
@@ -72,13 +104,16 @@ class LocalizationNode(ManagedNode):
         self.guard = StampGuard(cfg.sync.reset_jump_s)
         self.window = LatencyWindow(cfg.diagnostics.window)
         self.counts = {"frames": 0, "processed": 0, "dropped": 0, "accepted": 0, "loop_closures": 0,
-                       "low_quality": 0}
+                       "low_quality": 0, "verified": 0, "descriptor_accepted": 0}
         self.localizer: Localizer | None = None
         self.last_reason = ""
         self._pending = None
         self._last_raw = -1e9
         self.lost = {True: TransportLosses(), False: TransportLosses()}  # raw, compressed
-        self.match_pub = self.cand_pub = self.score_pub = self.loop_pub = self.marker_pub = None
+        self.camera_info = None  # the latest CameraInfo's intrinsics (msg_codec.CameraIntrinsics)
+        self.calibration_source = "map"
+        for name in OUTPUT_TOPICS:
+            setattr(self, name, None)
         self._work = self.create_guard_condition(self._process)
         self.create_service(Trigger, "~/reload", self._on_reload)
         self.autostart()
@@ -89,20 +124,36 @@ class LocalizationNode(ManagedNode):
         cfg = self.cfg
         student = Embedder.student_from_config(cfg.models)
         localizer = Localizer.load(student, cfg.map.path, cfg.matcher, cfg.map.run or None,
-                                   cfg.image_quality)
-        self.get_logger().info(f"localising against {cfg.map.path} ({len(localizer.db)} keyframes) with "
-                               f"{student.identity[0]} on {student.backend}; camera {cfg.topics.camera}")
+                                   cfg.image_quality, cfg.verification)
+        self._set_calibration(localizer)
+        views = "with keyframe views" if localizer.db.has_views else "WITHOUT keyframe views"
+        verify = f"verification on, calibration: {self.calibration_source}" if cfg.verification.enabled \
+            else "verification off"
+        self.get_logger().info(f"localising against {cfg.map.path} ({len(localizer.db)} keyframes, {views}) with "
+                               f"{student.identity[0]} on {student.backend}; camera {cfg.topics.camera}; {verify}")
         return localizer
+
+    def _set_calibration(self, localizer: Localizer) -> None:
+        """The query camera's calibration (module doc "Calibration") for ``localizer``."""
+        resolved = calibration_from_config(self.cfg.calibration, self.camera_info)
+        source = ("camera_info + calibration.*" if self.camera_info is not None else "calibration.*")
+        if resolved is None:
+            calib, self.calibration_source = None, "map"
+        elif any(same_camera(resolved, CameraCalibration.from_dict(d)) for d in localizer.db.calibrations.values()):
+            calib, self.calibration_source = None, f"map (same camera as {source})"
+        else:
+            calib, self.calibration_source = resolved, source
+        if calib is not localizer.calibration:  # views built with the previous calibration are built again
+            localizer.calibration = calib
+            localizer.cache = ViewCache(localizer.db, self.cfg.verification.cache_keyframes, calib)
 
     def configure(self) -> str:
         try:
             self.localizer = self.load()
         except (ModelLoadError, MapError) as e:
             return str(e)
-        for name, msg_type in (("match_pub", PoseWithCovarianceStamped), ("cand_pub", PoseArray),
-                               ("score_pub", Float64MultiArray), ("loop_pub", Float64MultiArray),
-                               ("marker_pub", MarkerArray)):
-            setattr(self, name, self.add_output(msg_type, OUTPUT_TOPICS[name], OUTPUT_QOS))
+        for name, topic in OUTPUT_TOPICS.items():
+            setattr(self, name, self.add_output(OUTPUT_TYPES[name], topic, OUTPUT_QOS))
         return ""
 
     def activate(self) -> None:
@@ -113,6 +164,8 @@ class LocalizationNode(ManagedNode):
         if cfg.topics.camera_compressed:
             self.add_subscription(CompressedImage, cfg.topics.camera_compressed,
                                   lambda m, info: self._on_camera(m, False, info), qos, watch=True)
+        if cfg.topics.camera_info:
+            self.add_subscription(CameraInfo, cfg.topics.camera_info, self._on_camera_info, qos)
         self.add_timer(KEYFRAME_MARKERS_PERIOD_S, self._publish_keyframes)
         self._publish_keyframes()
 
@@ -121,7 +174,8 @@ class LocalizationNode(ManagedNode):
 
     def cleanup(self, reason: str) -> None:
         self.localizer = None
-        self.match_pub = self.cand_pub = self.score_pub = self.loop_pub = self.marker_pub = None
+        for name in OUTPUT_TOPICS:
+            setattr(self, name, None)
 
     def reload(self) -> tuple[bool, str]:
         """Load the model and map again; on failure keep the ones in use and say why."""
@@ -156,6 +210,27 @@ class LocalizationNode(ManagedNode):
             self.localizer.matcher.reset()
 
     # ------------------------------------------------------------------ input
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            info = msg_codec.camera_info_from_msg(msg)
+        except ValueError as e:
+            self.problems.report("bad_camera_info", f"camera_info dropped: {e}")
+            return
+        old = self.camera_info
+        if old is not None and old.width == info.width and old.height == info.height and np.allclose(old.K, info.K) \
+                and np.array_equal(np.asarray(old.D), np.asarray(info.D)):
+            return
+        with self.lock:
+            self.camera_info = info
+            if self.localizer is not None:
+                try:
+                    self._set_calibration(self.localizer)
+                except ValueError as e:  # e.g. K with a zero focal length
+                    self.camera_info = old
+                    self.problems.report("bad_camera_info", f"camera_info not usable: {e}")
+                    return
+            self.get_logger().info(f"camera_info {info.width}x{info.height}: calibration {self.calibration_source}")
+
     def _on_camera(self, msg, raw: bool, info=None) -> None:
         self.lost[raw].update(info)
         now = time.monotonic()
@@ -204,15 +279,23 @@ class LocalizationNode(ManagedNode):
             return
         self.counts["processed"] += 1
         self.window.add(out.seconds)
-        self.publish(out.match)
+        self.publish(out, image)
 
-    def publish(self, match) -> None:
-        """Publish the outputs of one match result."""
+    def publish(self, out: LocalizationResult, image: np.ndarray | None = None) -> None:
+        """Publish the outputs of one localisation result (``image``: the query, for the debug image)."""
         frame = self.cfg.frames.map
+        match, v = out.output(), out.verification
         self.last_reason = match.reason
-        poses, scores = candidates_msgs(match, frame)
+        self.counts["descriptor_accepted"] += bool(out.match.accepted)
+        poses, scores = candidates_msgs(out.match, frame)  # descriptor rank order (the contract before verification)
         self.cand_pub.publish(poses)
         self.score_pub.publish(scores)
+        if v is not None:
+            checks = {c.id: c for c in v.candidates}
+            rows = [(c.id, checks[c.id].inliers if c.id in checks else 0,
+                     CHECK_SKIPPED if c.id not in checks else CHECK_ACCEPTED if checks[c.id].accepted
+                     else CHECK_REJECTED) for c in out.match.candidates]
+            self.inlier_pub.publish(inliers_msg(match.stamp, out.match.accepted, v.verified, rows))
         if match.best is not None:
             edges = [(match.best.pose[:3], c.pose[:3]) for c in match.candidates[1:]]
             self.marker_pub.publish(match_markers(match.stamp, frame, edges, match.candidates))
@@ -222,6 +305,23 @@ class LocalizationNode(ManagedNode):
         if match.loop_closure is not None:
             self.counts["loop_closures"] += 1
             self.loop_pub.publish(loop_closure_msg(*match.loop_closure))
+        if v is not None and v.verified:
+            self.counts["verified"] += 1
+            cov = keyframe_covariance(v.covariance, self.localizer.db.meta(v.id).pose_matrix)
+            self.transform_pub.publish(transform_msg(*match.loop_closure, v.relative_pose, cov))
+            if image is not None and self.debug_pub.get_subscription_count() > 0:
+                self._publish_debug(match.stamp, image, v.id)
+
+    def _publish_debug(self, stamp: float, image: np.ndarray, keyframe: int) -> None:
+        """``~/debug/matches`` of a verified frame: the accepted keyframe verified again (only while subscribed)."""
+        loc = self.localizer
+        view = loc.cache.camera(keyframe)
+        if isinstance(view, str) or view.image is None:
+            return
+        check = loc.verifier.verify(image, view, loc.calibration)
+        if check.inlier_uv_query is not None and check.inlier_uv_keyframe is not None:
+            self.debug_pub.publish(matches_image(image, view.image, check.inlier_uv_query, check.inlier_uv_keyframe,
+                                                 stamp, self.cfg.frames.map))
 
     def _publish_keyframes(self) -> None:
         if self.localizer is not None and self.marker_pub is not None and len(self.localizer.db):
@@ -240,12 +340,30 @@ class LocalizationNode(ManagedNode):
             "input_errors": self.problems.counts.get("bad_image", 0), "accepted": self.counts["accepted"],
             "loop_closures": self.counts["loop_closures"], "map_size": len(loc.db) if loc else 0,
             "map_path": self.cfg.map.path, "backend": self.cfg.models.backend,
+            "verification": bool(loc is not None and loc.verification.enabled),
+            "map_has_views": bool(loc is not None and loc.db.has_views), "verified": self.counts["verified"],
+            "descriptor_accepted": self.counts["descriptor_accepted"], "calibration": self.calibration_source,
             "model": loc.student.identity[0] if loc else "", "last_match": self.last_reason or "accepted",
             "last_error": self.fatal or self.problems.last,
         }
 
     def ok_message(self, values: dict) -> str:
         return f"localising against {values['map_size']} keyframes"
+
+
+def same_camera(a: CameraCalibration, b: CameraCalibration) -> bool:
+    """Same intrinsics and image size (the node then takes ``b``, the map's, as the query camera's calibration)."""
+    return a.width == b.width and a.height == b.height and np.allclose(a.K, b.K, rtol=1e-6, atol=1e-6) \
+        and np.allclose(np.pad(a.dist, (0, max(0, len(b.dist) - len(a.dist)))),
+                        np.pad(b.dist, (0, max(0, len(a.dist) - len(b.dist)))))
+
+
+def keyframe_covariance(covariance: np.ndarray, world_T_keyframe: np.ndarray) -> np.ndarray:
+    """A 6x6 pose covariance about the map's axes expressed about the keyframe's axes (both blocks rotated)."""
+    R = np.asarray(world_T_keyframe, float)[:3, :3]
+    J = np.zeros((6, 6))
+    J[:3, :3] = J[3:, 3:] = R.T
+    return J @ np.asarray(covariance, float).reshape(6, 6) @ J.T
 
 
 def main(args: list[str] | None = None) -> int:

@@ -19,10 +19,26 @@ Threads
     odometry and sensor messages are taken while the networks run: a pair never misses its odometry because
     the odometry callback waited behind inference.
 
-Outputs
-    ``loop_closure`` (std_msgs/Float64MultiArray ``[t_query, t_match]`` s, reliable depth 10; the LIO-SAM
-    contract, remap to ``lio_loop/loop_closure_detection``), ``markers`` (visualization_msgs/MarkerArray:
-    query→match loop edges, and all keyframes every 10 s), ``/diagnostics``.
+Calibration
+    ``topics.camera_info`` (sensor_msgs/CameraInfo, '' = off) gives the camera's intrinsics and ``calibration.*``
+    the extrinsics (or both, without CameraInfo):
+    :func:`~distilvpr_ros.pipeline.calibration.calibration_from_config`.
+    The map records it with the run's keyframe views (``views.store``), so localisation can verify against them;
+    a CameraInfo that arrives later completes the run's calibration, one that contradicts it is reported (WARN)
+    and ignored. Without intrinsics the views carry no calibration (LiDAR verification still runs).
+
+Loop closures (``verification.enabled``, default true)
+    A loop closure the teacher-space matcher proposes is published only when LiDAR registration of the keyframe's
+    scan to the candidate's stored points accepts it (:class:`~distilvpr_ros.pipeline.map_builder.MapBuilder`);
+    rejected ones are counted (``loop_closures_rejected``) and the last reason is in ``last_loop_rejection``.
+
+Outputs (reliable, depth 10)
+    ``loop_closure`` (std_msgs/Float64MultiArray ``[t_query, t_match]`` s; the LIO-SAM
+    contract, remap to ``lio_loop/loop_closure_detection``), ``loop_closure/transform`` (std_msgs/Float64MultiArray
+    ``[t_query, t_match, x, y, z, qx, qy, qz, qw, cov36]``, verified loop closures only: the registration's
+    ``match_base_T_query_base`` and a diagonal covariance of the registration fitness (mean squared
+    correspondence distance, m² and rad², as LIO-SAM weighs its ICP loops; floor 1e-6)), ``markers``
+    (visualization_msgs/MarkerArray: query→match loop edges, and all keyframes every 10 s), ``/diagnostics``.
 
 Services
     ``~/save_map`` (std_srvs/Trigger). The map is also saved every ``map.save_period_s``, on ``cleanup`` and on
@@ -42,16 +58,18 @@ import threading
 import time
 from collections import deque
 
+import numpy as np
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from ..data import msg_codec
 from ..mapping.database import MapError
+from ..pipeline.calibration import calibration_from_config
 from ..pipeline.config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig
 from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.keyframes import Keyframer, OdometryBuffer
@@ -59,7 +77,7 @@ from ..pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from .latency import LatencyWindow
 from .diagnostics import ERROR
 from .managed_node import SUCCESS, ManagedNode, run_managed
-from .messages import keyframe_markers, loop_closure_msg, match_markers, msg_stamp
+from .messages import keyframe_markers, loop_closure_msg, match_markers, msg_stamp, transform_msg
 from .qos import OUTPUT_QOS, sensor_qos
 from .sync import ApproxTimeSync, Pair
 
@@ -88,13 +106,16 @@ class MappingNode(ManagedNode):
                                    k.max_speed_mps)
         self.keyframer = Keyframer(cfg.keyframes)
         self.window = LatencyWindow(cfg.diagnostics.window)
-        self.counts = {"pairs": 0, "drops_queue_full": 0, "missing_odometry": 0, "loop_closures": 0, "saves": 0}
+        self.counts = {"pairs": 0, "drops_queue_full": 0, "missing_odometry": 0, "loop_closures": 0, "saves": 0,
+                       "loop_closures_proposed": 0, "loop_closures_rejected": 0}
+        self.last_rejection = ""
+        self.camera_info = None  # the latest CameraInfo's intrinsics (msg_codec.CameraIntrinsics)
         self._pairs: deque[Pair] = deque()  # pairs waiting for odometry or the networks, oldest first
         self._odom_frame = cfg.frames.map
         self._last_raw = -1e9
         self._last_save = time.monotonic()
         self.builder: MapBuilder | None = None
-        self.loop_pub = self.marker_pub = None
+        self.loop_pub = self.transform_pub = self.marker_pub = None
         self._work = self.create_guard_condition(self._process, callback_group=self.work_group)
         self.create_service(Trigger, "~/save_map", self._on_save_map, callback_group=self.work_group)
         self.create_service(Trigger, "~/reload", self._on_reload, callback_group=self.work_group)
@@ -112,7 +133,8 @@ class MappingNode(ManagedNode):
         student = Embedder.from_checkpoint(cfg.models.student_checkpoint, STUDENT_SPACE, cfg.models.num_threads)
         if resume is not None:
             cfg = cfg.model_copy(update={"map": cfg.map.model_copy(update={"resume": resume})})
-        builder = MapBuilder.open(teacher, student, cfg, cfg.frames.map)
+        builder = MapBuilder.open(teacher, student, cfg, cfg.frames.map,
+                                  calibration_from_config(cfg.calibration, self.camera_info))
         resumed = f" (resuming a map of {len(builder.db)} keyframes)" if len(builder.db) else ""
         self.get_logger().info(f"models loaded: teacher {teacher.identity[0]}, student {student.identity[0]}; "
                                f"run {builder.run!r}{resumed}")
@@ -125,6 +147,7 @@ class MappingNode(ManagedNode):
         except (ModelLoadError, MapError) as e:
             return str(e)
         self.loop_pub = self.add_output(Float64MultiArray, "loop_closure", OUTPUT_QOS)
+        self.transform_pub = self.add_output(Float64MultiArray, "loop_closure/transform", OUTPUT_QOS)
         self.marker_pub = self.add_output(MarkerArray, "markers", OUTPUT_QOS)
         self._last_save = time.monotonic()
         return ""
@@ -138,6 +161,8 @@ class MappingNode(ManagedNode):
             self.add_subscription(CompressedImage, t.camera_compressed, lambda m: self._on_camera(m, raw=False), qos,
                                   **sensors)
         self.add_subscription(PointCloud2, t.lidar, self._on_lidar, qos, **sensors)
+        if t.camera_info:
+            self.add_subscription(CameraInfo, t.camera_info, self._on_camera_info, qos, callback_group=self.work_group)
         self.add_subscription(Odometry, t.odom, self._on_odom, qos, callback_group=self.odom_group, watch=True)
         self.add_timer(1.0, self._maybe_autosave, callback_group=self.work_group)
         self.add_timer(KEYFRAME_MARKERS_PERIOD_S, self._publish_keyframes, callback_group=self.work_group)
@@ -153,7 +178,7 @@ class MappingNode(ManagedNode):
             ok, message = self.save_map()
             print(f"[{NODE_NAME}] {reason}: {message}", flush=True)
         self.builder = None
-        self.loop_pub = self.marker_pub = None
+        self.loop_pub = self.transform_pub = self.marker_pub = None
 
     def reload(self) -> tuple[bool, str]:
         """Save, then load the models and the map again (same run); on failure keep mapping with the old ones."""
@@ -210,6 +235,29 @@ class MappingNode(ManagedNode):
         elif now - self._last_raw < RAW_PREFERRED_S:
             return
         self._push("camera", msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        """Complete the run's calibration with the camera's intrinsics (module doc "Calibration")."""
+        try:
+            info = msg_codec.camera_info_from_msg(msg)
+            calib = calibration_from_config(self.cfg.calibration, info)
+        except ValueError as e:
+            self.problems.report("bad_camera_info", f"camera_info not usable: {e}")
+            return
+        with self.lock:
+            self.camera_info = info
+            b = self.builder
+            if b is None or calib is None or (b.calibration is not None and b.calibration.to_dict() == calib.to_dict()):
+                return
+            recorded = b.db.calibration(b.run)
+            if recorded is not None and recorded != calib.to_dict():
+                self.problems.report("camera_info_mismatch", f"camera_info ({info.width}x{info.height}) differs from "
+                                                             f"the calibration run {b.run!r} recorded: keeping it")
+                return
+            if b.views.store:
+                b.db.set_calibration(b.run, calib.to_dict())
+            b.calibration, b.T_base_lidar = calib, calib.T_base_lidar
+            self.get_logger().info(f"camera_info {info.width}x{info.height}: calibration of run {b.run!r} recorded")
 
     def _on_lidar(self, msg: PointCloud2) -> None:
         self._push("lidar", msg)
@@ -345,12 +393,22 @@ class MappingNode(ManagedNode):
             self.keyframer.accept(pose, stamp)
         self.window.add(result.seconds)
         lc = result.match.loop_closure
+        if result.proposed is not None:
+            self.counts["loop_closures_proposed"] += 1
+            if lc is None:
+                self.counts["loop_closures_rejected"] += 1
+                self.last_rejection = result.match.reason
+                self.get_logger().info(f"loop closure t={result.proposed[0]:.3f} ↔ t={result.proposed[1]:.3f} not "
+                                       f"published: {result.match.reason}")
         if lc is not None:
             self.counts["loop_closures"] += 1
             self.get_logger().info(f"loop closure: t={lc[0]:.3f} ↔ t={lc[1]:.3f} (keyframe {result.match.best.id}, "
                                    f"score {result.match.best.score:.3f})")
             if publish and self.loop_pub is not None:
                 self.loop_pub.publish(loop_closure_msg(*lc))
+                v = result.verification
+                if v is not None and v.accepted and v.transform is not None:
+                    self.transform_pub.publish(transform_msg(*lc, v.transform, fitness_covariance(v.fitness)))
                 edge = (pose[:3, 3], result.match.best.pose[:3])
                 self.marker_pub.publish(match_markers(stamp, self.cfg.frames.map, [edge], [result.match.best],
                                                       ns="loop_closure"))
@@ -409,11 +467,23 @@ class MappingNode(ManagedNode):
             "drops_queue_full": self.counts["drops_queue_full"], "missing_odometry": self.counts["missing_odometry"],
             "queued_pairs": queued, "waiting_for_odometry": waiting,
             "loop_closures": self.counts["loop_closures"], "saves": self.counts["saves"],
+            "loop_closures_proposed": self.counts["loop_closures_proposed"],
+            "loop_closures_rejected": self.counts["loop_closures_rejected"], "last_loop_rejection": self.last_rejection,
+            "verification": bool(b is not None and b.verification.enabled),
+            "calibration": "none" if b is None or b.calibration is None else
+            f"{b.calibration.width}x{b.calibration.height} fx {b.calibration.K[0, 0]:.1f}",
             "map_path": self.cfg.map.path, "last_error": self.fatal or self.problems.last,
         }
 
     def ok_message(self, values: dict) -> str:
         return f"mapping: {values['keyframes']} keyframes"
+
+
+def fitness_covariance(fitness: float, floor: float = 1e-6) -> np.ndarray:
+    """Diagonal 6x6 covariance of a LiDAR loop closure: the registration fitness (mean squared correspondence
+    distance) on every axis, as LIO-SAM weighs its ICP loop factors."""
+    value = float(fitness) if np.isfinite(fitness) else 1.0
+    return np.eye(6) * max(value, floor)
 
 
 def main(args: list[str] | None = None) -> int:

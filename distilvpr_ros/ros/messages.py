@@ -5,8 +5,9 @@ The ROS-free side (message fields from numpy, stamps as ``(sec, nanosec)``, deco
 conversion goes through :func:`stamp_from_sec` / :func:`msg_stamp` here (``msg_codec`` underneath).
 
 Output layouts are the node contract (README "ROS 2 nodes"): ``place_match`` = PoseWithCovarianceStamped,
-``place_candidates`` = PoseArray + ``place_candidates/scores`` Float64MultiArray, ``loop_closure`` =
-``[t_query, t_match]``, ``markers`` = MarkerArray.
+``place_candidates`` = PoseArray + ``place_candidates/scores`` Float64MultiArray (+ ``place_candidates/inliers``
+with verification), ``loop_closure`` = ``[t_query, t_match]``, ``loop_closure/transform`` =
+``[t_query, t_match, x, y, z, qx, qy, qz, qw, cov36]``, ``markers`` = MarkerArray, ``~/debug/matches`` = Image.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from std_msgs.msg import ColorRGBA, Float64MultiArray, Header, MultiArrayDimensi
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..data import msg_codec
+from ..data.geometry import pose_to_xyz_quat
 from ..mapping.matcher import Candidate, MatchResult
 
 # --------------------------------------------------------------------------------------------------
@@ -107,6 +109,71 @@ def candidates_msgs(result: MatchResult, frame_id: str) -> tuple[PoseArray, Floa
 def loop_closure_msg(t_query: float, t_match: float) -> Float64MultiArray:
     """LIO-SAM / LVI-SAM external loop: ``[t_current, t_previous]`` in seconds."""
     return Float64MultiArray(data=[float(t_query), float(t_match)])
+
+
+#: ``loop_closure/transform`` layout: one dimension whose label names the 45 values.
+TRANSFORM_LABEL = "t_query,t_match,x,y,z,qx,qy,qz,qw,covariance_6x6_row_major"
+TRANSFORM_SIZE = 45
+#: ``place_candidates/inliers``: per candidate, whether verification accepted it (1), rejected it (0) or never
+#: checked it (-1, e.g. after an earlier candidate was accepted).
+CHECK_ACCEPTED, CHECK_REJECTED, CHECK_SKIPPED = 1.0, 0.0, -1.0
+
+
+def transform_msg(t_query: float, t_match: float, match_T_query: np.ndarray,
+                  covariance: np.ndarray) -> Float64MultiArray:
+    """``loop_closure/transform``: ``[t_query, t_match, x, y, z, qx, qy, qz, qw, cov_0 .. cov_35]``: the query's
+    base pose in the matched keyframe's base frame (``match_base_T_query_base``), its 6x6 covariance (row-major;
+    x, y, z, roll, pitch, yaw about the keyframe's axes), keyed by both stamps (s)."""
+    xyz, quat = pose_to_xyz_quat(np.asarray(match_T_query, dtype=np.float64))
+    cov = np.asarray(covariance, dtype=np.float64).reshape(6, 6)
+    data = [float(t_query), float(t_match), *map(float, xyz), *map(float, quat), *map(float, cov.reshape(-1))]
+    layout = MultiArrayLayout(dim=[MultiArrayDimension(label=TRANSFORM_LABEL, size=TRANSFORM_SIZE,
+                                                       stride=TRANSFORM_SIZE)], data_offset=0)
+    return Float64MultiArray(layout=layout, data=data)
+
+
+def parse_transform(data) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """``(t_query, t_match, match_T_query 4x4, covariance 6x6)`` of a ``loop_closure/transform`` message's data."""
+    from ..data.geometry import make_pose
+
+    d = np.asarray(data, dtype=np.float64)
+    if len(d) != TRANSFORM_SIZE:
+        raise ValueError(f"loop_closure/transform must hold {TRANSFORM_SIZE} values, got {len(d)}")
+    return float(d[0]), float(d[1]), make_pose(d[2:5], d[5:9]), d[9:].reshape(6, 6)
+
+
+def inliers_msg(t_query: float, descriptor_accepted: bool, verified: bool,
+                rows: Iterable[tuple[int, int, float]]) -> Float64MultiArray:
+    """``place_candidates/inliers``: ``[t_query, descriptor_accepted, verified, id_1, inliers_1, check_1, ...]``
+    (``data_offset = 3``; dim 0 ``candidate`` size k, dim 1 ``id_inliers_check`` size 3), candidates in the order of
+    ``place_candidates``; ``check``: :data:`CHECK_ACCEPTED` 1, :data:`CHECK_REJECTED` 0, :data:`CHECK_SKIPPED` -1."""
+    rows = list(rows)
+    data = [float(t_query), float(bool(descriptor_accepted)), float(bool(verified))]
+    for id_, inliers, check in rows:
+        data += [float(id_), float(inliers), float(check)]
+    k = len(rows)
+    layout = MultiArrayLayout(dim=[MultiArrayDimension(label="candidate", size=k, stride=3 * k),
+                                   MultiArrayDimension(label="id_inliers_check", size=3, stride=3)], data_offset=3)
+    return Float64MultiArray(layout=layout, data=data)
+
+
+def matches_image(query: np.ndarray, keyframe: np.ndarray, uv_query: np.ndarray, uv_keyframe: np.ndarray,
+                  t: float, frame_id: str) -> Image:
+    """``~/debug/matches``: query (left) and keyframe (right) side by side, RGB, with a line per inlier."""
+    import cv2
+
+    q, k = np.ascontiguousarray(query[..., :3]), np.ascontiguousarray(keyframe[..., :3])
+    h = max(q.shape[0], k.shape[0])
+    canvas = np.zeros((h, q.shape[1] + k.shape[1], 3), np.uint8)
+    canvas[:q.shape[0], :q.shape[1]] = q
+    canvas[:k.shape[0], q.shape[1]:] = k
+    off = np.array([q.shape[1], 0.0])
+    for a, b in zip(np.asarray(uv_query, float).reshape(-1, 2), np.asarray(uv_keyframe, float).reshape(-1, 2)):
+        pa, pb = tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b + off)
+        cv2.line(canvas, pa, pb, (0, 255, 0), 1, cv2.LINE_AA)
+        cv2.circle(canvas, pa, 2, (255, 0, 0), -1)
+        cv2.circle(canvas, pb, 2, (255, 0, 0), -1)
+    return image_msg(canvas, t, frame_id)
 
 
 def _point(xyz) -> Point:

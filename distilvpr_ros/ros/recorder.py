@@ -28,7 +28,8 @@ from .qos import RECORD_QOS
 
 #: The nodes' outputs (relative names resolve in the node's namespace).
 OUTPUTS = {"place_match": PoseWithCovarianceStamped, "place_candidates": PoseArray,
-           "place_candidates/scores": Float64MultiArray, "loop_closure": Float64MultiArray,
+           "place_candidates/scores": Float64MultiArray, "place_candidates/inliers": Float64MultiArray,
+           "loop_closure": Float64MultiArray, "loop_closure/transform": Float64MultiArray,
            "markers": MarkerArray, "/diagnostics": DiagnosticArray}
 
 

@@ -46,12 +46,14 @@ from ..config import CORRECT_M
 from ..data.geometry import interpolate_poses
 from ..evaluation.replay_metrics import Recording, positives, score_replay, write_report
 from ..mapping.database import PlaceDatabase
+from ..pipeline.calibration import world_calibration
 from ..pipeline.config import NodeConfig, load_node_config
 from ..pipeline.offline import open_bag_sequence
 from .bag_player import MESSAGE_CLASSES, Clock, first_message
 from .localization_node import NODE_NAME
 from .messages import msg_stamp, stamp_from_sec
 from .node_process import ReplayError
+from .replay_mapping import with_calibration
 from .replay_session import ReplaySession
 
 NAMESPACE = "/distilvpr_replay"
@@ -61,7 +63,7 @@ WARMUP_LEAD_S = 100.0  # warm-up frames are stamped up to this long before the b
 WARMUP_SENDS = 1000  # at most this many warm-up sends (each waits up to 2 s for its answer)
 #: Cumulative counters of the node's diagnostics, reported for the timed playback only (warm-up removed).
 NODE_COUNTERS = ("frames", "processed", "drops", "drops_transport", "drops_duplicate", "drops_out_of_order",
-                 "input_errors", "accepted", "loop_closures")
+                 "input_errors", "accepted", "loop_closures", "verified", "descriptor_accepted")
 
 
 def camera_topic(seq, cfg: NodeConfig) -> dict[str, tuple[str, str]]:
@@ -129,6 +131,8 @@ class LocalizationReplay(ReplaySession):
                       (msg.pose.pose.orientation.x, msg.pose.pose.orientation.y, msg.pose.pose.orientation.z,
                        msg.pose.pose.orientation.w)) for t, msg in m["place_match"]],
             loop_closures=[(t, msg.data[0], msg.data[1]) for t, msg in m["loop_closure"] if len(msg.data) == 2],
+            inliers=[(t, list(msg.data)) for t, msg in m["place_candidates/inliers"]],
+            transforms=[(t, list(msg.data)) for t, msg in m["loop_closure/transform"]],
             node=self.recorder.node_values(), node_rss_mb=list(self.rss))
 
 
@@ -162,10 +166,13 @@ def replay_config(bag: Path, map_path: Path, model: Path, backend: str | None = 
                   config: str | Path | None = None, overrides: dict[str, Any] | None = None) -> NodeConfig:
     """The node config of a replay: ``config`` (YAML), then ``overrides`` (dotted keys), with the map and
     model set; the backend follows the model file (``.onnx`` → onnxruntime) unless given; ``map.run``
-    defaults to the bag's name, so the temporal exclusion hides only keyframes of the replayed run itself."""
+    defaults to the bag's name, so the temporal exclusion hides only keyframes of the replayed run itself; the
+    camera's calibration is that of the synthetic world the bag belongs to, if any (unless ``calibration.*`` are
+    given): the node then uses the map's when the intrinsics agree."""
     backend = backend or ("onnxruntime" if Path(model).suffix == ".onnx" else "torch")
     model_key = "models.student_onnx" if backend == "onnxruntime" else "models.student_checkpoint"
-    cfg = load_node_config(config, NODE_NAME, **{**(overrides or {}), "map.path": str(map_path),
+    overrides = with_calibration(overrides, world_calibration(bag))
+    cfg = load_node_config(config, NODE_NAME, **{**overrides, "map.path": str(map_path),
                                                  "models.backend": backend, model_key: str(model)})
     if not cfg.map.run:
         cfg.map.run = Path(bag).name if Path(bag).is_dir() else Path(bag).stem
@@ -199,7 +206,7 @@ def run_replay(bag: str | Path, map_path: str | Path, model: str | Path, rate: f
     query_xy = query_poses[:, :2, 3]
     truth = positives(query_xy, db.positions, correct_m, rec.sent_stamps, db.stamps, db.runs, cfg.map.run,
                       cfg.matcher.exclude_recent_s)
-    metrics, details = score_replay(rec, query_xy, db.positions, truth, correct_m, query_poses)
+    metrics, details = score_replay(rec, query_xy, db.positions, truth, correct_m, query_poses, db.stamps)
     metrics.update(bag=str(bag), map=str(map_path), map_size=len(db), model=str(model),
                    backend=cfg.models.backend, rate=rate, hz=hz, clock="/clock" if Clock is not None else "none",
                    outputs_bag=str(out / OUTPUTS_BAG), out=str(out))

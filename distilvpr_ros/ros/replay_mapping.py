@@ -27,8 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..data.calibration import CameraCalibration
 from ..data.errors import DataError
 from ..mapping.database import PlaceDatabase
+from ..pipeline.calibration import calibration_overrides, world_calibration
 from ..pipeline.config import NodeConfig, load_node_config
 from .bag_player import CAMERA_TYPES, MESSAGE_CLASSES, absolute, bag_topics
 from .mapping_node import NODE_NAME
@@ -55,6 +57,14 @@ def mapping_topics(bag: Path, cfg: NodeConfig) -> dict[str, tuple[str, str]]:
             raise DataError(bag, f"no {what} topic for the mapping node (looked for {sorted(wanted)}; "
                                  f"bag has {sorted(present)})")
     return found
+
+
+def with_calibration(overrides: dict[str, Any] | None, calibration: CameraCalibration | None) -> dict[str, Any]:
+    """``overrides`` plus ``calibration`` as ``calibration.*`` keys, unless ``overrides`` already set some."""
+    overrides = dict(overrides or {})
+    if calibration is None or any(str(k).startswith("calibration.") for k in overrides):
+        return overrides
+    return {**calibration_overrides(calibration), **overrides}
 
 
 class MappingReplay(ReplaySession):
@@ -124,6 +134,8 @@ def record_mapping(bag: Path, cfg: NodeConfig, out_dir: Path, rate: float = 1.0,
         result = {"published": dict(session.player.sent), "hold_timeouts": session.player.hold_timeouts,
                   "node": session.recorder.node_values(),
                   "loop_closures": [list(msg.data) for _, msg in session.recorder.messages["loop_closure"]],
+                  "loop_closure_transforms": [list(msg.data) for _, msg in
+                                              session.recorder.messages["loop_closure/transform"]],
                   "node_rss_mb_max": max(session.rss, default=math.nan)}
     finally:
         session.close()
@@ -135,21 +147,23 @@ def record_mapping(bag: Path, cfg: NodeConfig, out_dir: Path, rate: float = 1.0,
 def run_mapping(bag: str | Path, teacher: str | Path, student: str | Path, map_path: str | Path,
                 rate: float = 1.0, max_gap_s: float = 1.0, odom_lead_s: float = 0.0, max_unpaired: int | None = None,
                 config: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                out_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+                out_dir: str | Path | None = None, progress: bool = False,
+                calibration: CameraCalibration | None = None) -> dict[str, Any]:
     """Build the map at ``map_path`` by playing ``bag`` into the mapping node (``teacher`` + ``student``
     checkpoint folders) over DDS, odometry ``odom_lead_s`` early, camera frames held while the node has more
     than ``max_unpaired`` unpaired (module docstring). ``config`` (node YAML)
     then ``overrides`` (dotted keys) configure the node;
     ``map.run`` defaults to the bag's name. Writes ``mapping.json`` (the summary returned: map size, the
     node's counters, loop closures), the node's log and the bag of its outputs into ``out_dir`` (default:
-    beside the map)."""
+    beside the map). ``calibration``: the rig's, handed to the node as ``calibration.*`` parameters unless
+    the config sets them (default: the synthetic world's the bag belongs to, if any), so the map records it."""
     bag, map_path = Path(bag), Path(map_path)
     for what, path in (("bag", bag), ("teacher checkpoint", Path(teacher)), ("student checkpoint", Path(student))):
         if not path.exists():
             raise FileNotFoundError(f"{what} not found: {path}")
-    cfg = load_node_config(config, NODE_NAME, **{**(overrides or {}), "map.path": str(map_path),
-                                                 "models.teacher_checkpoint": str(teacher),
-                                                 "models.student_checkpoint": str(student)})
+    overrides = {**with_calibration(overrides, calibration or world_calibration(bag)), "map.path": str(map_path),
+                 "models.teacher_checkpoint": str(teacher), "models.student_checkpoint": str(student)}
+    cfg = load_node_config(config, NODE_NAME, **overrides)
     if not cfg.map.run:
         cfg.map.run = bag.name if bag.is_dir() else bag.stem
     out = Path(out_dir) if out_dir is not None else map_path.parent
