@@ -293,7 +293,7 @@ def test_mapping_node_saves_on_shutdown_signal(assets, tmp_path, sig):
         def keyframes() -> int:
             return int({kv.key: kv.value for kv in diag[-1].values}["keyframes"]) if diag else 0
 
-        assert spin_until(executor, lambda: keyframes() >= 3 or proc.poll() is not None, timeout=25,
+        assert spin_until(executor, lambda: keyframes() >= 3 or proc.poll() is not None, timeout=60,
                           each=sensors.publish, period=0.2), "mapping node never reported keyframes"
         assert proc.poll() is None, proc.stdout.read()
         n = len(diag)
