@@ -202,6 +202,27 @@ def _cmd_pose_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slam_eval_config(args: argparse.Namespace):
+    from .slam.evaluate import SlamEvalConfig
+    from .slam.pose_graph import PoseGraphConfig
+
+    return SlamEvalConfig(pose_graph=PoseGraphConfig(robust=args.robust), align=args.align)
+
+
+def _cmd_slam_eval(args: argparse.Namespace) -> int:
+    from .pipeline.config import load_node_config
+    from .slam.evaluate import run_slam_eval
+
+    node = load_node_config(args.config, "distilvpr_mapping") if args.config else None
+    m = run_slam_eval(args.world, Path(args.teacher), Path(args.student), run_index=args.run, node_config=node,
+                      config=_slam_eval_config(args), out_dir=args.out, results_root=args.results, progress=True)
+    print(json.dumps({"keyframes": m["keyframes"], "length_m": m["length_m"], "loops": m["loops"],
+                      "ate_rmse_odometry_m": m["odometry"]["ate_rmse_m"],
+                      "ate_rmse_optimized_m": m["optimized"]["ate_rmse_m"], "ate_reduction": m["ate_reduction"],
+                      "out": m["out"]}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distilvpr", description=__doc__.splitlines()[0],
                                 epilog="Every command takes --dump-config: print its effective configuration "
@@ -320,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("--results", default="results", help="results root (default: results)")
     pg.set_defaults(func=_cmd_pose_graph)
 
+    se = sub.add_parser("slam-eval", help="map a world run with revisits from drifting odometry, close its loops "
+                        "(teacher + LiDAR verification), optimise the pose graph and score ATE before/after (evo)")
+    se.add_argument("--world", required=True, help="generated world with odometry_drift (config/world_slam.yaml)")
+    se.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    se.add_argument("--student", required=True, help="camera student checkpoint folder")
+    se.add_argument("--run", type=int, default=0, help="index of the run to evaluate (default 0)")
+    se.add_argument("--config", default=None, help="node YAML of the mapping node (keyframes, matcher, verification)")
+    se.add_argument("--robust", choices=["gnc", "cauchy", "huber", "none"], default="gnc",
+                    help="robust kernel on the loops (default gnc)")
+    se.add_argument("--align", choices=["se3", "sim3", "none"], default="se3",
+                    help="alignment before ATE (default se3)")
+    se.add_argument("--out", default=None, help="output folder (default: results/slam_eval/<timestamp>)")
+    se.add_argument("--results", default="results", help="results root (default: results)")
+    se.set_defaults(func=_cmd_slam_eval)
+
     d = sub.add_parser("demo", help="run the main job on the embedded synthetic world: world, teacher, student, "
                        "map and localization through the ROS 2 nodes, evaluation, Corridor, report",
                        description="Chain the whole pipeline on the synthetic world and write "
@@ -348,6 +384,7 @@ CONFIGS = {
     "replay": (_replay_config, "NodeConfig of the localization node: defaults + --config + arguments"),
     "demo": (_demo_settings, "DemoSettings: the --quick or default section of --config"),
     "pose-graph": (_pose_graph_config, "PoseGraphConfig: defaults + --robust, --stamp-tolerance"),
+    "slam-eval": (_slam_eval_config, "SlamEvalConfig: defaults + --robust, --align"),
 }
 #: Arguments naming a file to write (everything else called --out, --results or --data is a folder).
 FILE_OUTPUTS = {("export", "out")}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,7 +33,8 @@ def open_bag_sequence(path: str | Path, cfg: NodeConfig | None = None, run: str 
 
 
 def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckpt: str | Path,
-                            out_map: str | Path, cfg: NodeConfig | None = None, progress: bool = False) -> dict:
+                            out_map: str | Path, cfg: NodeConfig | None = None, progress: bool = False,
+                            on_keyframe: Callable[[Any], None] | None = None) -> dict:
     """Build (or, with ``cfg.map.resume``, extend) the map at ``out_map`` from one sequence, as the mapping
     node does live: keyframes gated by :class:`Keyframer` on the sequence's poses, teacher and student
     descriptors, keyframe views (image + LiDAR points + the calibration of
@@ -41,8 +42,9 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
     Frames without a finite pose or a LiDAR cloud are skipped.
 
     ``sequence``: a :class:`~distilvpr_ros.data.sample.Sequence` (``BagSequence`` from
-    :func:`open_bag_sequence`, a ``SyntheticRun``, ...). Returns a summary dict (counts, loop closures,
-    the map path).
+    :func:`open_bag_sequence`, a ``SyntheticRun``, ...). ``on_keyframe`` is called with every
+    :class:`~.map_builder.KeyframeResult` (loop proposals, their LiDAR verification and relative transform).
+    Returns a summary dict (counts, loop closures, the map path).
     """
     from tqdm import tqdm
 
@@ -80,6 +82,8 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
             skipped["invalid"] += 1
             continue
         keyframer.accept(pose, stamp)
+        if on_keyframe is not None:
+            on_keyframe(result)
         if result.proposed is not None:
             verification["proposed"] += 1
         if result.verification is not None:
