@@ -104,6 +104,43 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
             "loop_closure_verification": verification, "calibration": calibration is not None}
 
 
+def extend_map_anchored(sequence: Any, teacher_ckpt: str | Path, student_ckpt: str | Path, map_path: str | Path,
+                        out_map: str | Path | None = None, cfg: NodeConfig | None = None, alignment: Any = None,
+                        progress: bool = False) -> dict:
+    """Localise a new session against the saved map at ``map_path`` and add its keyframes once verified
+    matches anchor it: the session is mapped in its own odometry frame (:func:`build_map_from_sequence`, in
+    a temporary folder beside ``out_map``), aligned to the saved map by LiDAR-verified cross-session matches
+    (:func:`~.multisession.estimate_alignment`, ``alignment``: an :class:`~.multisession.AlignmentConfig`)
+    and merged into its frame, saved atomically at ``out_map`` (default: ``map_path``). Too few anchors:
+    :class:`~.multisession.AlignmentError` and the saved map stays as it was. Returns a summary."""
+    import shutil
+    import tempfile
+
+    from .multisession import AlignmentConfig, estimate_alignment, load_map, require_alignment
+    from ..mapping.merge import check_same_spaces, merge_databases
+
+    cfg = (cfg or NodeConfig()).model_copy(deep=True)
+    cfg.map.resume = False
+    alignment = alignment or AlignmentConfig()
+    out_map = Path(out_map) if out_map is not None else Path(map_path)
+    base = load_map(map_path)
+    out_map.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_map.name}.session-", dir=out_map.parent))
+    try:
+        session = build_map_from_sequence(sequence, teacher_ckpt, student_ckpt, tmp / "map", cfg, progress)
+        new = load_map(tmp / "map")
+        check_same_spaces(base, new, tmp / "map")
+        found = estimate_alignment(base, new, alignment, cfg.verification.lidar)
+        T = require_alignment(found, alignment)
+        merged = merge_databases(base, new, T, tmp / "map")
+        merged.save(out_map)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    session["map"] = str(tmp / "map")
+    return {"map": str(out_map), "anchored": True, "session": session, "keyframes": len(merged),
+            "alignment": found.as_dict()}
+
+
 def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = None, stride: int = 1,
                       max_frames: int | None = None, pose_ok_m: float = 1.0, pose_ok_deg: float = 5.0,
                       progress: bool = False) -> dict:
