@@ -18,15 +18,21 @@ from tiny_models import tiny_checkpoints
 PLANTED = pose_from_xyz_yaw(40.0, -25.0, 0.0, np.deg2rad(30.0))  # session b's odometry frame in the world
 
 
-class Planted:
-    """A run whose poses are in another frame: ``PLANTED @ ground truth`` (a second session's odometry)."""
+# Both sessions drive the same way (the LiDARs' relative yaw is small): one registration seed keeps the tests quick.
+FAST = AlignmentConfig(max_pairs=40, yaw_seeds_deg=[0.0])
 
-    def __init__(self, run, T):
-        self.base, self.run, self.run_dir, self.timestamps = run, run.run, run.run_dir, run.timestamps
-        self.poses = np.einsum("ij,njk->nik", T, run.poses)
+
+class Planted:
+    """A run whose poses are in another frame: ``T @ ground truth`` (a second session's odometry); ``frames``
+    keeps only the first that many frames."""
+
+    def __init__(self, run, T=np.eye(4), frames=None):
+        n = len(run) if frames is None else frames
+        self.base, self.run, self.run_dir, self.timestamps = run, run.run, run.run_dir, run.timestamps[:n]
+        self.poses = np.einsum("ij,njk->nik", T, run.poses[:n])
 
     def __len__(self):
-        return len(self.base)
+        return len(self.poses)
 
     def __getitem__(self, i):
         return replace(self.base[i], pose=self.poses[i].copy())
@@ -41,14 +47,16 @@ def sessions(tiny_world, tmp_path_factory):
     cfg = NodeConfig()
     build_map_from_sequence(runs[0], ck["teacher"], ck["student"], tmp / "a", cfg)
     build_map_from_sequence(Planted(runs[1], invert(PLANTED)), ck["teacher"], ck["student"], tmp / "b", cfg)
-    return {"tmp": tmp, "ck": ck, "runs": runs, "a": tmp / "a", "b": tmp / "b"}
+    summary = merge_maps(tmp / "a", tmp / "b", tmp / "merged", FAST)
+    return {"tmp": tmp, "ck": ck, "runs": runs, "a": tmp / "a", "b": tmp / "b", "merged": tmp / "merged",
+            "summary": summary}
 
 
-def test_merge_recovers_the_planted_offset_and_round_trips(sessions, tmp_path):
+def test_merge_recovers_the_planted_offset_and_round_trips(sessions):
     s = sessions
-    summary = merge_maps(s["a"], s["b"], tmp_path / "merged")
+    summary = s["summary"]
     a, b = PlaceDatabase.load(s["a"]), PlaceDatabase.load(s["b"])
-    m = PlaceDatabase.load(tmp_path / "merged")
+    m = PlaceDatabase.load(s["merged"])
     T = np.array(summary["alignment"]["transform"])
     assert summary["alignment"]["anchors"] >= 3
     assert np.linalg.norm(T[:3, 3] - PLANTED[:3, 3]) < 0.5
@@ -71,14 +79,13 @@ def test_merge_recovers_the_planted_offset_and_round_trips(sessions, tmp_path):
     assert max(err) < 1.0
 
 
-def test_merged_map_localises_queries_from_both_sessions(sessions, tmp_path):
+def test_merged_map_localises_queries_from_both_sessions(sessions):
     """Each session's frames, queried in the merged map (teacher space), find their own place, in one frame."""
     from distilvpr_ros.pipeline.config import TEACHER_SPACE
     from distilvpr_ros.pipeline.embedder import Embedder
 
     s = sessions
-    merge_maps(s["a"], s["b"], tmp_path / "merged")
-    m = PlaceDatabase.load(tmp_path / "merged")
+    m = PlaceDatabase.load(s["merged"])
     teacher = Embedder.from_checkpoint(s["ck"]["teacher"], TEACHER_SPACE, 1)
     for run in s["runs"][:2]:
         hits = 0
@@ -96,12 +103,13 @@ def test_schema_and_run_checks(sessions, tmp_path):
     with pytest.raises(MapCompatibilityError, match="in both maps"):
         merge_databases(a, a)
     other = tmp_path / "other"
-    build_map_from_sequence(s["runs"][2], s["ck"]["teacher"], s["ck"]["other"], other, NodeConfig())
+    build_map_from_sequence(Planted(s["runs"][2], frames=3), s["ck"]["teacher"], s["ck"]["other"], other,
+                            NodeConfig())
     with pytest.raises(MapCompatibilityError, match="same models"):
         merge_maps(s["a"], other, tmp_path / "never")
     assert not (tmp_path / "never").exists()
     with pytest.raises(AlignmentError, match="Nothing was merged"):
-        merge_maps(s["a"], s["b"], tmp_path / "never", AlignmentConfig(min_anchors=10_000))
+        merge_maps(s["a"], s["b"], tmp_path / "never", AlignmentConfig(max_pairs=2, min_anchors=3))
     assert not (tmp_path / "never").exists()
 
 
@@ -118,8 +126,8 @@ def test_robust_average_ignores_outliers():
 def test_anchor_a_new_session_to_a_saved_map(sessions, tmp_path):
     s = sessions
     out = tmp_path / "anchored"
-    summary = extend_map_anchored(Planted(s["runs"][1], invert(PLANTED)), s["ck"]["teacher"], s["ck"]["student"],
-                                  s["a"], out, NodeConfig())
+    session = Planted(s["runs"][1], invert(PLANTED), frames=16)
+    summary = extend_map_anchored(session, s["ck"]["teacher"], s["ck"]["student"], s["a"], out, NodeConfig(), FAST)
     m = PlaceDatabase.load(out)
     a = PlaceDatabase.load(s["a"])
     assert summary["anchored"] and len(m) == len(a) + summary["session"]["keyframes"]
@@ -128,6 +136,6 @@ def test_anchor_a_new_session_to_a_saved_map(sessions, tmp_path):
     assert max(np.linalg.norm(P[:3, 3] - truth[float(t)][:3, 3]) for P, t in zip(Pm, m.stamps[len(a):])) < 1.0
     # a session that cannot be anchored leaves the saved map as it was
     with pytest.raises(AlignmentError):
-        extend_map_anchored(s["runs"][2], s["ck"]["teacher"], s["ck"]["student"], s["a"], s["a"], NodeConfig(),
-                            AlignmentConfig(min_anchors=10_000))
+        extend_map_anchored(Planted(s["runs"][2], frames=4), s["ck"]["teacher"], s["ck"]["student"], s["a"], s["a"],
+                            NodeConfig(), FAST)
     assert len(PlaceDatabase.load(s["a"])) == len(a)
