@@ -132,8 +132,33 @@ def _cmd_build_map(args: argparse.Namespace) -> int:
     from .pipeline.offline import build_map_from_sequence, open_bag_sequence
 
     cfg = _build_map_config(args)
-    summary = build_map_from_sequence(open_bag_sequence(Path(args.bag), cfg, args.run), Path(args.teacher),
-                                      Path(args.student), Path(args.out), cfg, progress=True)
+    sequence = open_bag_sequence(Path(args.bag), cfg, args.run)
+    if args.anchor_to_map:
+        from .pipeline.multisession import AlignmentError
+        from .pipeline.offline import extend_map_anchored
+
+        try:
+            summary = extend_map_anchored(sequence, Path(args.teacher), Path(args.student), Path(args.anchor_to_map),
+                                          Path(args.out), cfg, progress=True)
+        except AlignmentError as e:
+            print(f"build-map: the session was not anchored to {args.anchor_to_map}: {e}", file=sys.stderr)
+            return 1
+    else:
+        summary = build_map_from_sequence(sequence, Path(args.teacher), Path(args.student), Path(args.out), cfg,
+                                          progress=True)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_merge_maps(args: argparse.Namespace) -> int:
+    from .pipeline.multisession import AlignmentConfig, AlignmentError, merge_maps
+
+    try:
+        summary = merge_maps(args.a, args.b, args.out, AlignmentConfig(min_anchors=args.min_anchors,
+                                                                       max_pairs=args.max_pairs))
+    except AlignmentError as e:
+        print(f"merge-maps: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -300,7 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", default=None, help="node YAML (e.g. config/mapping.yaml): topics, keyframes, index")
     b.add_argument("--run", default=None, help="run name stored with the keyframes (default: the bag's name)")
     b.add_argument("--fresh", action="store_true", help="replace an existing map instead of extending it")
+    b.add_argument("--anchor-to-map", default=None, metavar="MAP",
+                   help="a new session: map the bag in its own frame, align it to the saved MAP by LiDAR-verified "
+                   "matches and write MAP plus its keyframes (in MAP's frame) to --out (may be MAP); exit 1, "
+                   "nothing written, when too few matches anchor it")
     b.set_defaults(func=_cmd_build_map)
+
+    mm = sub.add_parser("merge-maps", help="merge two maps built in different sessions into the first one's frame "
+                        "(transform from LiDAR-verified cross-session matches)")
+    mm.add_argument("--a", required=True, help="map whose frame the merged map keeps")
+    mm.add_argument("--b", required=True, help="map moved into --a's frame (same models, other runs)")
+    mm.add_argument("--out", required=True, help="merged map folder (written atomically; may be --a)")
+    mm.add_argument("--min-anchors", type=int, default=3,
+                    help="verified matches that must agree on the transform (default 3)")
+    mm.add_argument("--max-pairs", type=int, default=60,
+                    help="best-scoring cross-session matches verified by LiDAR registration at most (default 60)")
+    mm.set_defaults(func=_cmd_merge_maps)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX for the localization node's ONNX Runtime backend")
     x.add_argument("--checkpoint", required=True)

@@ -139,3 +139,21 @@ def test_anchor_a_new_session_to_a_saved_map(sessions, tmp_path):
         extend_map_anchored(Planted(s["runs"][2], frames=4), s["ck"]["teacher"], s["ck"]["student"], s["a"], s["a"],
                             NodeConfig(), FAST)
     assert len(PlaceDatabase.load(s["a"])) == len(a)
+
+
+def test_cli_merge_maps_and_anchor_to_map(sessions, tmp_path, monkeypatch, capsys):
+    from distilvpr_ros import cli
+    from distilvpr_ros.pipeline import offline
+
+    s = sessions
+    assert cli.main(["merge-maps", "--a", str(s["a"]), "--b", str(s["b"]), "--out", str(tmp_path / "m"),
+                     "--min-anchors", "3", "--max-pairs", "2"]) == 1
+    assert "Nothing was merged" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    # build-map --anchor-to-map with a session (a planted run instead of a bag) too short to anchor: nothing written
+    # (test_anchor_a_new_session_to_a_saved_map checks the library function that anchors)
+    monkeypatch.setattr(offline, "open_bag_sequence",
+                        lambda path, cfg, run: Planted(s["runs"][1], invert(PLANTED), frames=4))
+    code = cli.main(["build-map", "--bag", "b", "--teacher", str(s["ck"]["teacher"]), "--student",
+                     str(s["ck"]["student"]), "--out", str(tmp_path / "m"), "--anchor-to-map", str(s["a"])])
+    out = capsys.readouterr()
+    assert code == 1 and "not anchored" in out.err and not (tmp_path / "m").exists()
