@@ -56,7 +56,7 @@ class SlamEvalConfig(Section):
         2.0, gt=0, le=1e3, description="a loop is wrong when its translation is this far from the ground truth's (m)")
     wrong_loop_deg: float = Field(
         10.0, gt=0, le=180, description="... or its rotation this far from the ground truth's (deg)")
-    align: Literal["se3", "sim3", "none"] = Field("se3", description="trajectory alignment before ATE: se3, sim3 or none")
+    align: Literal["se3", "sim3", "none"] = Field("se3", description="trajectory alignment before ATE")
     rpe_delta_m: float = Field(20.0, gt=0, le=1e4, description="RPE over this distance travelled (m)")
     pose_graph: PoseGraphConfig = Field(default_factory=PoseGraphConfig)
 
