@@ -6,7 +6,8 @@ and that the merged map localises queries from both sessions as well as the sing
 Session a: run 0 of the world (ground-truth poses, the world frame). Session b: run 1 with its poses in a
 planted frame (``--offset x,y,yaw_deg``: b's poses are ``inv(offset) @ truth``, so the merge should recover
 ``offset``). Queries: each session's frames (every ``--stride``) localised, with verification, against the
-other session's single map (truth in that map's frame) and against the merged map (truth in a's frame).
+other session's single map (truth in that map's frame) and against the merged map (truth in a's frame);
+session a's also against its own map (its earlier lap: the matcher hides the last 30 s of its own run).
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ def main() -> None:
         return {k: s.get(k) for k in KEYS}
 
     results = {
-        "a_queries": {"single_map_b": localize(out / "b", DriftedRun(a_run, np.einsum(
-            "ij,njk->nik", invert(planted), a_run.poses))), "merged": localize(out / "merged", a_run)},
+        "a_queries": {"single_map_a": localize(out / "a", a_run),
+                      "single_map_b": localize(out / "b", DriftedRun(a_run, np.einsum(
+                          "ij,njk->nik", invert(planted), a_run.poses))),
+                      "merged": localize(out / "merged", a_run)},
         "b_queries": {"single_map_a": localize(out / "a", b_run), "merged": localize(out / "merged", b_run)},
     }
     report = {"world": args.world, "sessions": [a_run.run, b_run.run], "planted_offset": [x, y, yaw],

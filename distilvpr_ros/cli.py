@@ -240,7 +240,8 @@ def _cmd_slam_eval(args: argparse.Namespace) -> int:
 
     node = load_node_config(args.config, "distilvpr_mapping") if args.config else None
     m = run_slam_eval(args.world, Path(args.teacher), Path(args.student), run_index=args.run, node_config=node,
-                      config=_slam_eval_config(args), out_dir=args.out, results_root=args.results, progress=True)
+                      config=_slam_eval_config(args), out_dir=args.out, results_root=args.results, progress=True,
+                      plant_wrong=args.plant_wrong)
     print(json.dumps({"keyframes": m["keyframes"], "length_m": m["length_m"], "loops": m["loops"],
                       "ate_rmse_odometry_m": m["odometry"]["ate_rmse_m"],
                       "ate_rmse_optimized_m": m["optimized"]["ate_rmse_m"], "ate_reduction": m["ate_reduction"],
@@ -392,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="robust kernel on the loops (default gnc)")
     se.add_argument("--align", choices=["se3", "sim3", "none"], default="se3",
                     help="alignment before ATE (default se3)")
+    se.add_argument("--plant-wrong", type=int, default=0,
+                    help="add this many wrong loops (keyframes >= 30 m apart) to check the robust kernel (default 0)")
     se.add_argument("--out", default=None, help="output folder (default: results/slam_eval/<timestamp>)")
     se.add_argument("--results", default="results", help="results root (default: results)")
     se.set_defaults(func=_cmd_slam_eval)

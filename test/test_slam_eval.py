@@ -65,7 +65,8 @@ def test_loop_from_registration_and_errors():
 
 def test_slam_eval_end_to_end(drift_world, ckpts, tmp_path):
     cfg = SlamEvalConfig(rpe_delta_m=10.0)
-    m = run_slam_eval(drift_world, ckpts["teacher"], ckpts["student"], config=cfg, out_dir=tmp_path / "out")
+    m = run_slam_eval(drift_world, ckpts["teacher"], ckpts["student"], config=cfg, out_dir=tmp_path / "out",
+                      plant_wrong=3)
     out = tmp_path / "out"
     for name in ("metrics.json", "report.md", "loops.json", "config.json", "trajectory.png", "ate_along.png",
                  "odometry.tum", "optimized.tum", "ground_truth.tum"):
@@ -74,12 +75,14 @@ def test_slam_eval_end_to_end(drift_world, ckpts, tmp_path):
     assert len((out / "optimized.tum").read_text().splitlines()) == m["keyframes"]
     lp = m["loops"]
     assert lp["verified"] + lp["verification_rejected"] == lp["proposed"]
-    assert lp["accepted"] + lp["down_weighted"] + lp["rejected_input"] == lp["verified"]
+    assert lp["accepted"] + lp["down_weighted"] + lp["rejected_input"] == lp["verified"] + 3
+    # the robust kernel keeps every planted wrong loop out of the graph
+    assert sum(k["planted"] for k in lp["kernel_rejected"]) == 3 and lp["planted_wrong"] == 3
     assert len(lp["kernel_rejected"]) == lp["down_weighted"] + lp["rejected_input"]
     assert m["odometry"]["ate_rmse_m"] > 1.0  # the drift is there to be corrected
     assert m["laps"] == 2.0 and m["length_m"] > 0
-    loops = json.loads((out / "loops.json").read_text())["loops"]
-    assert len(loops) == lp["proposed"]
+    loops = json.loads((out / "loops.json").read_text())
+    assert len(loops["loops"]) == lp["proposed"] and len(loops["planted_wrong"]) == 3
     assert "ATE reduction" in (out / "report.md").read_text()
     # the map holds every keyframe with its view
     from distilvpr_ros.mapping.database import PlaceDatabase

@@ -119,8 +119,12 @@ def transform_error(T: np.ndarray, T_true: np.ndarray) -> tuple[float, float]:
 
 def run_slam_eval(world: str | Path, teacher: str | Path, student: str | Path, *, run_index: int = 0,
                   node_config: Any = None, config: SlamEvalConfig | None = None, out_dir: str | Path | None = None,
-                  results_root: str | Path = "results", progress: bool = False) -> dict:
-    """The evaluation of the module docstring; returns the metrics (also in ``metrics.json``)."""
+                  results_root: str | Path = "results", progress: bool = False, plant_wrong: int = 0) -> dict:
+    """The evaluation of the module docstring; returns the metrics (also in ``metrics.json``).
+
+    ``plant_wrong``: add that many wrong loops (:func:`~.synthetic.wrong_loops`: keyframes >= 30 m apart, a
+    small random transform, the verified loops' covariance) to the verified ones, to check that the robust
+    kernel keeps them out of the graph; they are counted in ``loops.planted_wrong`` and never as verified."""
     from ..config import CORRECT_M
     from ..pipeline.config import NodeConfig
     from ..pipeline.offline import build_map_from_sequence
@@ -169,8 +173,20 @@ def run_slam_eval(world: str | Path, teacher: str | Path, student: str | Path, *
                                                     {"source": "lidar_verification", "right": bool(right)}))
         proposals.append(item)
 
-    result = optimize_pose_graph(stamps, odom_kf, loops, cfg.pose_graph)
     loop_items = [p for p in proposals if p.get("t_match") is not None]
+    if plant_wrong:
+        from .synthetic import wrong_loops
+
+        cov = loop_from_registration(0.0, 1.0, np.eye(4), float("nan"), cfg).covariance
+        planted = wrong_loops(stamps, gt_kf, plant_wrong, sigma_translation_m=float(np.sqrt(cov[0, 0])),
+                              sigma_rotation_deg=float(np.degrees(np.sqrt(cov[5, 5]))))
+        for lc in planted:
+            m, k = kf_of_stamp[lc.t_match], kf_of_stamp[lc.t_query]
+            err_m, err_deg = transform_error(lc.transform, invert(gt_kf[m]) @ gt_kf[k])
+            loop_items.append({"t_query": lc.t_query, "t_match": lc.t_match, "planted": True,
+                               "error_m": round(err_m, 3), "error_deg": round(err_deg, 3), "loop_right": False})
+        loops = loops + planted
+    result = optimize_pose_graph(stamps, odom_kf, loops, cfg.pose_graph)
     for item, outcome in zip(loop_items, result.loops):
         item.update(graph=outcome.status, graph_reason=outcome.reason, weight=outcome.weight, chi2=outcome.chi2)
 
@@ -180,7 +196,8 @@ def run_slam_eval(world: str | Path, teacher: str | Path, student: str | Path, *
     write_tum(out / "ground_truth.tum", stamps, gt_kf)
     write_tum(out / "odometry.tum", stamps, odom_kf)
     write_tum(out / "optimized.tum", stamps, result.poses)
-    write_json(out / "loops.json", {"loops": proposals})
+    write_json(out / "loops.json", {"loops": proposals,
+                                    "planted_wrong": [p for p in loop_items if p.get("planted")]})
     xyz = result.poses[:, :3, 3]
     edges = [(xyz[o.keyframes[0]], xyz[o.keyframes[1]], o.status == ACCEPTED) for o in result.loops
              if o.keyframes is not None]
@@ -198,13 +215,14 @@ def run_slam_eval(world: str | Path, teacher: str | Path, student: str | Path, *
         "length_m": round(length, 1), "duration_s": round(float(stamps[-1] - stamps[0]), 1),
         "drift_model": world_cfg.odometry_drift.model_dump(mode="json"),
         "loops": {"proposed": len(proposals), "proposed_right": sum(p["proposal_right"] for p in proposals),
-                  "verified": len(loops), "verified_right": sum(p.get("loop_right", False) for p in loop_items),
+                  "verified": len(loops) - plant_wrong,
+                  "verified_right": sum(p.get("loop_right", False) for p in loop_items), "planted_wrong": plant_wrong,
                   "verification_rejected": sum(p["verified"] is False for p in proposals),
                   "accepted": len(accepted), "accepted_wrong": sum(not p["loop_right"] for p in accepted),
                   "down_weighted": sum(p["graph"] == DOWN_WEIGHTED for p in graph),
                   "rejected_input": sum(p["graph"] == REJECTED for p in graph),
-                  "kernel_rejected": [{k: p[k] for k in ("t_query", "t_match", "loop_right", "error_m", "error_deg",
-                                                         "graph_reason")}
+                  "kernel_rejected": [{**{k: p[k] for k in ("t_query", "t_match", "loop_right", "error_m", "error_deg",
+                                                            "graph_reason")}, "planted": bool(p.get("planted"))}
                                       for p in graph if p["graph"] != ACCEPTED]},
         "robust": result.robust, "graph_seconds": round(result.seconds, 4),
         "odometry": before.as_dict(), "optimized": after.as_dict(),
@@ -246,13 +264,15 @@ def report(m: dict) -> str:
               f"| proposed by the teacher | {lp['proposed']} ({lp['proposed_right']} right) |",
               f"| rejected by LiDAR verification | {lp['verification_rejected']} |",
               f"| verified | {lp['verified']} ({lp['verified_right']} right) |",
+              *([f"| planted wrong loops added | {lp['planted_wrong']} |"] if lp["planted_wrong"] else []),
               f"| accepted by the graph | {lp['accepted']} ({lp['accepted_wrong']} wrong) |",
               f"| down-weighted by the kernel | {lp['down_weighted']} |", ""]
     if lp["kernel_rejected"]:
         lines += ["Loops the graph left out:", ""]
         for k in lp["kernel_rejected"]:
             lines.append(f"- t_query {k['t_query']:.3f} -> t_match {k['t_match']:.3f}: "
-                         f"{'right' if k['loop_right'] else 'wrong'} (error {k['error_m']} m, {k['error_deg']} deg); "
+                         f"{'right' if k['loop_right'] else 'wrong'}{' (planted)' if k['planted'] else ''} "
+                         f"(error {k['error_m']} m, {k['error_deg']} deg); "
                          f"{k['graph_reason']}")
     else:
         lines.append("The graph left out no loop.")
