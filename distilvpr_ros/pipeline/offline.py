@@ -136,7 +136,7 @@ def extend_map_anchored(sequence: Any, teacher_ckpt: str | Path, student_ckpt: s
         merged.save(out_map)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    session["map"] = str(tmp / "map")
+    session.pop("map")  # the temporary session map is gone; its keyframes are in out_map
     return {"map": str(out_map), "anchored": True, "session": session, "keyframes": len(merged),
             "alignment": found.as_dict()}
 
