@@ -132,8 +132,33 @@ def _cmd_build_map(args: argparse.Namespace) -> int:
     from .pipeline.offline import build_map_from_sequence, open_bag_sequence
 
     cfg = _build_map_config(args)
-    summary = build_map_from_sequence(open_bag_sequence(Path(args.bag), cfg, args.run), Path(args.teacher),
-                                      Path(args.student), Path(args.out), cfg, progress=True)
+    sequence = open_bag_sequence(Path(args.bag), cfg, args.run)
+    if args.anchor_to_map:
+        from .pipeline.multisession import AlignmentError
+        from .pipeline.offline import extend_map_anchored
+
+        try:
+            summary = extend_map_anchored(sequence, Path(args.teacher), Path(args.student), Path(args.anchor_to_map),
+                                          Path(args.out), cfg, progress=True)
+        except AlignmentError as e:
+            print(f"build-map: the session was not anchored to {args.anchor_to_map}: {e}", file=sys.stderr)
+            return 1
+    else:
+        summary = build_map_from_sequence(sequence, Path(args.teacher), Path(args.student), Path(args.out), cfg,
+                                          progress=True)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_merge_maps(args: argparse.Namespace) -> int:
+    from .pipeline.multisession import AlignmentConfig, AlignmentError, merge_maps
+
+    try:
+        summary = merge_maps(args.a, args.b, args.out, AlignmentConfig(min_anchors=args.min_anchors,
+                                                                       max_pairs=args.max_pairs))
+    except AlignmentError as e:
+        print(f"merge-maps: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -199,6 +224,28 @@ def _cmd_pose_graph(args: argparse.Namespace) -> int:
                              results_root=args.results)
     keys = ("keyframes", "loops", "accepted", "down-weighted", "rejected", "seconds", "ate_reduction", "out")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+    return 0
+
+
+def _slam_eval_config(args: argparse.Namespace):
+    from .slam.evaluate import SlamEvalConfig
+    from .slam.pose_graph import PoseGraphConfig
+
+    return SlamEvalConfig(pose_graph=PoseGraphConfig(robust=args.robust), align=args.align)
+
+
+def _cmd_slam_eval(args: argparse.Namespace) -> int:
+    from .pipeline.config import load_node_config
+    from .slam.evaluate import run_slam_eval
+
+    node = load_node_config(args.config, "distilvpr_mapping") if args.config else None
+    m = run_slam_eval(args.world, Path(args.teacher), Path(args.student), run_index=args.run, node_config=node,
+                      config=_slam_eval_config(args), out_dir=args.out, results_root=args.results, progress=True,
+                      plant_wrong=args.plant_wrong)
+    print(json.dumps({"keyframes": m["keyframes"], "length_m": m["length_m"], "loops": m["loops"],
+                      "ate_rmse_odometry_m": m["odometry"]["ate_rmse_m"],
+                      "ate_rmse_optimized_m": m["optimized"]["ate_rmse_m"], "ate_reduction": m["ate_reduction"],
+                      "out": m["out"]}, indent=2))
     return 0
 
 
@@ -279,7 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", default=None, help="node YAML (e.g. config/mapping.yaml): topics, keyframes, index")
     b.add_argument("--run", default=None, help="run name stored with the keyframes (default: the bag's name)")
     b.add_argument("--fresh", action="store_true", help="replace an existing map instead of extending it")
+    b.add_argument("--anchor-to-map", default=None, metavar="MAP",
+                   help="a new session: map the bag in its own frame, align it to the saved MAP by LiDAR-verified "
+                   "matches and write MAP plus its keyframes (in MAP's frame) to --out (may be MAP); exit 1, "
+                   "nothing written, when too few matches anchor it")
     b.set_defaults(func=_cmd_build_map)
+
+    mm = sub.add_parser("merge-maps", help="merge two maps built in different sessions into the first one's frame "
+                        "(transform from LiDAR-verified cross-session matches)")
+    mm.add_argument("--a", required=True, help="map whose frame the merged map keeps")
+    mm.add_argument("--b", required=True, help="map moved into --a's frame (same models, other runs)")
+    mm.add_argument("--out", required=True, help="merged map folder (written atomically; may be --a)")
+    mm.add_argument("--min-anchors", type=int, default=3,
+                    help="verified matches that must agree on the transform (default 3)")
+    mm.add_argument("--max-pairs", type=int, default=60,
+                    help="best-scoring cross-session matches verified by LiDAR registration at most (default 60)")
+    mm.set_defaults(func=_cmd_merge_maps)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX for the localization node's ONNX Runtime backend")
     x.add_argument("--checkpoint", required=True)
@@ -320,6 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("--results", default="results", help="results root (default: results)")
     pg.set_defaults(func=_cmd_pose_graph)
 
+    se = sub.add_parser("slam-eval", help="map a world run with revisits from drifting odometry, close its loops "
+                        "(teacher + LiDAR verification), optimise the pose graph and score ATE before/after (evo)")
+    se.add_argument("--world", required=True, help="generated world with odometry_drift (config/world_slam.yaml)")
+    se.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    se.add_argument("--student", required=True, help="camera student checkpoint folder")
+    se.add_argument("--run", type=int, default=0, help="index of the run to evaluate (default 0)")
+    se.add_argument("--config", default=None, help="node YAML of the mapping node (keyframes, matcher, verification)")
+    se.add_argument("--robust", choices=["gnc", "cauchy", "huber", "none"], default="gnc",
+                    help="robust kernel on the loops (default gnc)")
+    se.add_argument("--align", choices=["se3", "sim3", "none"], default="se3",
+                    help="alignment before ATE (default se3)")
+    se.add_argument("--plant-wrong", type=int, default=0,
+                    help="add this many wrong loops (keyframes >= 30 m apart) to check the robust kernel (default 0)")
+    se.add_argument("--out", default=None, help="output folder (default: results/slam_eval/<timestamp>)")
+    se.add_argument("--results", default="results", help="results root (default: results)")
+    se.set_defaults(func=_cmd_slam_eval)
+
     d = sub.add_parser("demo", help="run the main job on the embedded synthetic world: world, teacher, student, "
                        "map and localization through the ROS 2 nodes, evaluation, Corridor, report",
                        description="Chain the whole pipeline on the synthetic world and write "
@@ -348,6 +427,7 @@ CONFIGS = {
     "replay": (_replay_config, "NodeConfig of the localization node: defaults + --config + arguments"),
     "demo": (_demo_settings, "DemoSettings: the --quick or default section of --config"),
     "pose-graph": (_pose_graph_config, "PoseGraphConfig: defaults + --robust, --stamp-tolerance"),
+    "slam-eval": (_slam_eval_config, "SlamEvalConfig: defaults + --robust, --align"),
 }
 #: Arguments naming a file to write (everything else called --out, --results or --data is a folder).
 FILE_OUTPUTS = {("export", "out")}

@@ -13,6 +13,8 @@ TrainConfig         ``distilvpr train-teacher``, ``distilvpr distill``       ``c
 WorldConfig         ``distilvpr generate`` (on top of a preset)              ``config/world_example.yaml``
 DemoSettings        ``distilvpr demo`` (``quick:`` / ``default:`` sections)  ``config/demo.yaml``
 PoseGraphConfig     ``distilvpr pose-graph``                                 (flags only)
+SlamEvalConfig      ``distilvpr slam-eval``                                  (flags only)
+AlignmentConfig     ``distilvpr merge-maps``, ``build-map --anchor-to-map``  (flags only)
 ==================  =======================================================  ===================================
 
 The other names are their sections (``NodeConfig.matcher`` is a :class:`MatcherConfig`, ...). Every
@@ -80,6 +82,9 @@ _WHERE = {
     "OdometryDriftConfig": "distilvpr_ros.data.world.config",
     # pose graph
     "PoseGraphConfig": "distilvpr_ros.slam.pose_graph",
+    "SlamEvalConfig": "distilvpr_ros.slam.evaluate",
+    # multi-session maps
+    "AlignmentConfig": "distilvpr_ros.pipeline.multisession",
     # demo
     "DemoSettings": "distilvpr_ros.demo.settings",
     "MappingSettings": "distilvpr_ros.demo.settings",

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,7 +33,8 @@ def open_bag_sequence(path: str | Path, cfg: NodeConfig | None = None, run: str 
 
 
 def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckpt: str | Path,
-                            out_map: str | Path, cfg: NodeConfig | None = None, progress: bool = False) -> dict:
+                            out_map: str | Path, cfg: NodeConfig | None = None, progress: bool = False,
+                            on_keyframe: Callable[[Any], None] | None = None) -> dict:
     """Build (or, with ``cfg.map.resume``, extend) the map at ``out_map`` from one sequence, as the mapping
     node does live: keyframes gated by :class:`Keyframer` on the sequence's poses, teacher and student
     descriptors, keyframe views (image + LiDAR points + the calibration of
@@ -41,8 +42,9 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
     Frames without a finite pose or a LiDAR cloud are skipped.
 
     ``sequence``: a :class:`~distilvpr_ros.data.sample.Sequence` (``BagSequence`` from
-    :func:`open_bag_sequence`, a ``SyntheticRun``, ...). Returns a summary dict (counts, loop closures,
-    the map path).
+    :func:`open_bag_sequence`, a ``SyntheticRun``, ...). ``on_keyframe`` is called with every
+    :class:`~.map_builder.KeyframeResult` (loop proposals, their LiDAR verification and relative transform).
+    Returns a summary dict (counts, loop closures, the map path).
     """
     from tqdm import tqdm
 
@@ -80,6 +82,8 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
             skipped["invalid"] += 1
             continue
         keyframer.accept(pose, stamp)
+        if on_keyframe is not None:
+            on_keyframe(result)
         if result.proposed is not None:
             verification["proposed"] += 1
         if result.verification is not None:
@@ -98,6 +102,43 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
     return {"map": str(out_map), "run": builder.run, "frames": len(sequence), "keyframes": len(builder.db) - first,
             "map_size": len(builder.db), "skipped": skipped, "loop_closures": loops,
             "loop_closure_verification": verification, "calibration": calibration is not None}
+
+
+def extend_map_anchored(sequence: Any, teacher_ckpt: str | Path, student_ckpt: str | Path, map_path: str | Path,
+                        out_map: str | Path | None = None, cfg: NodeConfig | None = None, alignment: Any = None,
+                        progress: bool = False) -> dict:
+    """Localise a new session against the saved map at ``map_path`` and add its keyframes once verified
+    matches anchor it: the session is mapped in its own odometry frame (:func:`build_map_from_sequence`, in
+    a temporary folder beside ``out_map``), aligned to the saved map by LiDAR-verified cross-session matches
+    (:func:`~.multisession.estimate_alignment`, ``alignment``: an :class:`~.multisession.AlignmentConfig`)
+    and merged into its frame, saved atomically at ``out_map`` (default: ``map_path``). Too few anchors:
+    :class:`~.multisession.AlignmentError` and the saved map stays as it was. Returns a summary."""
+    import shutil
+    import tempfile
+
+    from .multisession import AlignmentConfig, estimate_alignment, load_map, require_alignment
+    from ..mapping.merge import check_same_spaces, merge_databases
+
+    cfg = (cfg or NodeConfig()).model_copy(deep=True)
+    cfg.map.resume = False
+    alignment = alignment or AlignmentConfig()
+    out_map = Path(out_map) if out_map is not None else Path(map_path)
+    base = load_map(map_path)
+    out_map.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_map.name}.session-", dir=out_map.parent))
+    try:
+        session = build_map_from_sequence(sequence, teacher_ckpt, student_ckpt, tmp / "map", cfg, progress)
+        new = load_map(tmp / "map")
+        check_same_spaces(base, new, tmp / "map")
+        found = estimate_alignment(base, new, alignment, cfg.verification.lidar)
+        T = require_alignment(found, alignment)
+        merged = merge_databases(base, new, T, tmp / "map")
+        merged.save(out_map)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    session.pop("map")  # the temporary session map is gone; its keyframes are in out_map
+    return {"map": str(out_map), "anchored": True, "session": session, "keyframes": len(merged),
+            "alignment": found.as_dict()}
 
 
 def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = None, stride: int = 1,
