@@ -112,10 +112,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_corridor(args: argparse.Namespace) -> int:
     from .evaluation.corridor import CORRIDOR_ROOT, run_corridor
+    from .verification.two_view import TwoViewConfig
 
     metrics = run_corridor(args.model, root=Path(args.root) if args.root else CORRIDOR_ROOT,
-                           out_dir=None if args.out is None else Path(args.out), results_root=Path(args.results))
-    print(json.dumps({k: metrics[k] for k in ("recall@1", "recall@5", "pr_auc", "rank")}, indent=2))
+                           out_dir=None if args.out is None else Path(args.out), results_root=Path(args.results),
+                           rerank_top_k=args.rerank_top_k, two_view=TwoViewConfig(features=args.rerank_features))
+    print(json.dumps({k: v for k, v in metrics.items() if k.split("_")[0] in ("recall@1", "recall@5", "pr", "rank")},
+                     indent=2))
     return 0
 
 
@@ -316,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--root", default=None, help="VPR-Bench folder (default: ../shared/data/corridor)")
     c.add_argument("--out", default=None, help="output folder (default: results/corridor/<timestamp>)")
     c.add_argument("--results", default="results", help="results root (default: results)")
+    c.add_argument("--rerank-top-k", type=int, default=10,
+                   help="re-rank each query's top-k by 2D-2D geometric verification (default 10; 0: off)")
+    c.add_argument("--rerank-features", choices=("orb", "sift"), default="orb", help="local features for re-ranking")
     c.set_defaults(func=_cmd_corridor)
 
     b = sub.add_parser("build-map", help="build a place map from a bag offline, as the mapping node does live")

@@ -278,6 +278,19 @@ def test_run_corridor_with_a_tiny_model(tiny_student, tmp_path):
     assert result["rank"] == 1 + sum(peer["recall@1"] > r1 for peer in written["peers"].values())
     table = (tmp_path / "corridor.md").read_text()
     assert "(ours)**" in table and table.index("HybridNet") < table.index("CALC")
+    # re-ranking is on by default: its metrics sit beside the plain ones, its inliers are saved
+    assert {f"{k}_reranked" for k in ("recall@1", "recall@5", "pr_auc", "max_f1")} <= set(written)
+    assert written["rerank"]["top_k"] == 10 and np.load(tmp_path / "inliers.npy").shape == (111, 10)
+    assert "2D-2D re-rank (ours)**" in table
+
+
+@needs_corridor
+def test_run_corridor_without_reranking_is_unchanged(tiny_student, tmp_path):
+    plain = run_corridor(tiny_student, CORRIDOR, out_dir=tmp_path / "off", progress=False, rerank_top_k=0)
+    on = run_corridor(tiny_student, CORRIDOR, out_dir=tmp_path / "on", progress=False, rerank_top_k=3)
+    assert not any(k.endswith("_reranked") for k in plain) and not (tmp_path / "off" / "inliers.npy").exists()
+    assert {k: v for k, v in on.items() if not k.endswith("_reranked") and k != "rerank"} == \
+        {k: v for k, v in plain.items() if k != "rerank"}
 
 
 def test_corridor_model_heads(tmp_path):

@@ -16,10 +16,15 @@ Models:
   ImageNet EfficientNet-Lite0 trunk (stride 16, 112 channels, the encoder's own input normalisation)
   pooled with GeM (p = 3) at 320x240: the image encoder's parts without its (randomly initialised)
   1x1 projection, so nothing in the baseline is random.
+
+With ``rerank_top_k`` > 0 each query's top-k references are also re-ranked by 2D-2D geometric verification
+(:mod:`~distilvpr_ros.verification.two_view`: local features + RANSAC inliers of a homography); the
+re-ranked metrics sit beside the plain ones under ``<key>_reranked``.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from ..models.pooling import GeM
 from ..models.vpr import InputSpec
 from ..models.checkpoint import load_model
 from ..utils.results import make_run_dir, write_json
+from ..verification.two_view import TwoViewConfig, rerank_similarity
 from ..models.inference import embed_images, input_spec_of
 from .metrics import recall_at_n, similarity_matrix_metrics, top1_precision_recall
 from .plots import plot_bars, plot_pr
@@ -45,6 +51,8 @@ ZERO_SHOT_LITE0 = "lite0-imagenet"
 ZERO_SHOT_IMAGE_SIZE = (320, 240)
 #: Metric keys of every row of the Corridor table.
 CORRIDOR_KEYS = ("recall@1", "recall@5", "pr_auc", "max_f1", "recall@100p")
+#: Candidates per query re-ranked by two-view verification by default (0: off).
+RERANK_TOP_K = 10
 
 
 class ZeroShotLite0(nn.Module):
@@ -87,9 +95,10 @@ def corridor_model(model_or_checkpoint: Any) -> tuple[Any, str, str]:
     return model, head, name
 
 
-def corridor_markdown(rows: list[dict], ours: str) -> str:
-    """The Corridor table, sorted by R@1, our row in bold and marked."""
-    shown = [{**row, "method": f"**{row['method']} (ours)**" if row["method"] == ours else row["method"]}
+def corridor_markdown(rows: list[dict], ours: str | tuple[str, ...]) -> str:
+    """The Corridor table, sorted by R@1, our row(s) in bold and marked."""
+    ours = (ours,) if isinstance(ours, str) else ours
+    shown = [{**row, "method": f"**{row['method']} (ours)**" if row["method"] in ours else row["method"]}
              for row in rows]
     return ("# VPR-Bench Corridor (111 queries, 111 references, ground truth ±2 frames)\n\n"
             "Every row is computed by the same code from a query × reference similarity matrix "
@@ -97,31 +106,46 @@ def corridor_markdown(rows: list[dict], ours: str) -> str:
 
 
 def run_corridor(model_or_checkpoint: Any, root: Path = CORRIDOR_ROOT, out_dir: Path | None = None, *,
-                 batch_size: int = 32, results_root: Path = Path("results"), progress: bool = True) -> dict:
+                 batch_size: int = 32, results_root: Path = Path("results"), progress: bool = True,
+                 rerank_top_k: int = RERANK_TOP_K, two_view: TwoViewConfig = TwoViewConfig()) -> dict:
     """Score a camera model on Corridor next to the peers; write the result folder and return the metrics.
 
     Writes into ``out_dir`` (default: a fresh ``<results_root>/corridor/<timestamp>/``): ``corridor.json``
     (our metrics with the stable keys at the top level, ``peers``, ``ranking`` and ``config``),
     ``corridor.md``, ``corridor.png`` (R@1 bars, ours highlighted), ``corridor_pr.png`` (PR curves)
-    and ``similarity.npy`` (our query × reference similarity).
+    and ``similarity.npy`` (our query × reference similarity). With ``rerank_top_k`` > 0 also our metrics
+    after two-view re-ranking of the top-k (``recall@1_reranked`` ..., ``rerank`` with its settings, a
+    ``<name> + 2D-2D re-rank`` row in the table and plots) and ``inliers.npy`` (queries × top-k, descriptor order).
     """
     model, head, name = corridor_model(model_or_checkpoint)
     dataset = VPRBenchDataset(Path(root))
     queries = embed_images(model, dataset.query_images(), batch_size, progress, head, desc="embed queries")
     refs = embed_images(model, dataset.ref_images(), batch_size, progress, head, desc="embed references")
-    matrices = {name: queries @ refs.T, **dataset.peer_similarity()}
+    matrices = {name: queries @ refs.T}
+    reranked_name = f"{name} + 2D-2D re-rank"
+    inliers = None
+    if rerank_top_k > 0:
+        ext = two_view.extractor()
+        q_feats = [ext.extract(img) for img in dataset.query_images()]
+        r_feats = [ext.extract(img) for img in dataset.ref_images()]
+        matrices[reranked_name], inliers = rerank_similarity(matrices[name], q_feats, r_feats, rerank_top_k, two_view)
+    matrices.update(dataset.peer_similarity())
     metrics = {method: similarity_matrix_metrics(sim, dataset.ground_truth) for method, sim in matrices.items()}
     ranking = sorted(metrics, key=lambda method: -metrics[method]["recall@1"])
     rows = [{"method": method, **metrics[method]} for method in ranking]
+    plain_ranking = [method for method in ranking if method != reranked_name]
 
     out = Path(out_dir) if out_dir is not None else make_run_dir(results_root, "corridor")
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "method": name,
         **metrics[name],
-        "rank": ranking.index(name) + 1,
-        "peers": {method: metrics[method] for method in ranking if method != name},
-        "ranking": ranking,
+        "rank": plain_ranking.index(name) + 1,
+        **({f"{key}_reranked": value for key, value in metrics[reranked_name].items()} if inliers is not None else {}),
+        **({"rank_reranked": [m for m in ranking if m != name].index(reranked_name) + 1}
+           if inliers is not None else {}),
+        "peers": {method: metrics[method] for method in ranking if method not in (name, reranked_name)},
+        "ranking": plain_ranking,  # without the re-ranked row
         "config": {
             "model": str(model_or_checkpoint) if isinstance(model_or_checkpoint, (str, Path)) else name,
             "model_kind": str(getattr(model, "kind", type(model).__name__)),
@@ -130,10 +154,13 @@ def run_corridor(model_or_checkpoint: Any, root: Path = CORRIDOR_ROOT, out_dir: 
             "root": str(root),
             "similarity": "cosine",
         },
+        "rerank": {"top_k": int(rerank_top_k), **(asdict(two_view) if inliers is not None else {})},
     }
     write_json(out / "corridor.json", to_jsonable(result))
-    (out / "corridor.md").write_text(corridor_markdown(rows, name))
+    (out / "corridor.md").write_text(corridor_markdown(rows, (name, reranked_name)))
     np.save(out / "similarity.npy", matrices[name].astype(np.float32))
+    if inliers is not None:
+        np.save(out / "inliers.npy", inliers)
     plot_bars({method: metrics[method]["recall@1"] for method in ranking}, out / "corridor.png", highlight=name,
               title="VPR-Bench Corridor: Recall@1", xlabel="Recall@1")
     curves = {}
