@@ -21,3 +21,26 @@ def tiny_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world_tiny")
     generate_world(out, load_world_config("tiny", None, None), write_bags=False, progress=False)
     return out
+
+
+@pytest.fixture
+def ros():
+    """``(add, executor)``: rclpy initialised, ``add(node)`` puts a node on one single-threaded executor; every
+    node added is destroyed and rclpy shut down afterwards."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init()
+    nodes = []
+    executor = SingleThreadedExecutor()
+
+    def add(node):
+        nodes.append(node)
+        executor.add_node(node)
+        return node
+
+    yield add, executor
+    for node in nodes:
+        executor.remove_node(node)
+        node.destroy_node()
+    rclpy.try_shutdown()

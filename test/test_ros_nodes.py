@@ -67,24 +67,6 @@ def make_assets(out: Path) -> dict:
     return {"teacher": teacher, "student": student, "other": other, "map": out / "map"}
 
 
-@pytest.fixture
-def ros():
-    rclpy.init()
-    nodes = []
-    executor = SingleThreadedExecutor()
-
-    def add(node):
-        nodes.append(node)
-        executor.add_node(node)
-        return node
-
-    yield add, executor
-    for node in nodes:
-        executor.remove_node(node)
-        node.destroy_node()
-    rclpy.try_shutdown()
-
-
 def spin_until(executor, condition, timeout=10.0, each=None, period=0.1):
     """Spin until ``condition()`` (calling ``each()`` every ``period`` s, e.g. to publish); True if met."""
     deadline, next_each = time.monotonic() + timeout, 0.0

@@ -9,7 +9,6 @@ import torch
 rclpy = pytest.importorskip("rclpy")
 
 from nav_msgs.msg import Odometry  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -34,24 +33,6 @@ from verification_scene import PlaneScene, pose  # noqa: E402
 pytestmark = pytest.mark.ros
 torch.set_num_threads(1)
 KEYFRAME_X = (0.0, 6.0, 12.0, 18.0)
-
-
-@pytest.fixture
-def ros():
-    rclpy.init()
-    nodes = []
-    executor = SingleThreadedExecutor()
-
-    def add(node):
-        nodes.append(node)
-        executor.add_node(node)
-        return node
-
-    yield add, executor
-    for node in nodes:
-        executor.remove_node(node)
-        node.destroy_node()
-    rclpy.try_shutdown()
 
 
 @pytest.fixture(scope="module")

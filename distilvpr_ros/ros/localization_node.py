@@ -78,7 +78,7 @@ from ..pipeline.localizer import LocalizationResult, Localizer
 from ..pipeline.views import ViewCache
 from .diagnostics import ERROR, TransportLosses
 from .latency import LatencyWindow
-from .managed_node import SUCCESS, ManagedNode, run_managed
+from .managed_node import ManagedNode, run_managed
 from .messages import (CHECK_ACCEPTED, CHECK_REJECTED, CHECK_SKIPPED, candidates_msgs, inliers_msg, keyframe_markers,
                        loop_closure_msg, match_markers, matches_image, msg_stamp, place_match_msg, transform_msg)
 from .qos import OUTPUT_QOS, sensor_qos
@@ -180,11 +180,7 @@ class LocalizationNode(ManagedNode):
     def reload(self) -> tuple[bool, str]:
         """Load the model and map again; on failure keep the ones in use and say why."""
         if self.state == "unconfigured":
-            if self.trigger_configure() != SUCCESS:
-                return False, self.fatal
-            if self.get_parameter("autostart").value:
-                self.trigger_activate()
-            return True, f"configured ({self.state})"
+            return self.configure_on_reload()
         if self.state not in ("inactive", "active"):
             return False, f"cannot reload in state {self.state}"
         with self.lock:

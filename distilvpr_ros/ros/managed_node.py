@@ -112,6 +112,15 @@ class ManagedNode(LifecycleNode):
                 return
         self.on_shutdown(LifecycleState(label=state, state_id=0))
 
+    def configure_on_reload(self) -> tuple[bool, str]:
+        """``~/reload`` of a node still unconfigured (its configure failed): try configuring again, and
+        activate when ``autostart``."""
+        if self.trigger_configure() != SUCCESS:
+            return False, self.fatal
+        if self.get_parameter("autostart").value:
+            self.trigger_activate()
+        return True, f"configured ({self.state})"
+
     # ------------------------------------------------------------------ subclass hooks
     def configure(self) -> str:
         """Load what the node needs and create its publishers; "" on success, else the reason."""

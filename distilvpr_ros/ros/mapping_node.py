@@ -76,7 +76,7 @@ from ..pipeline.keyframes import Keyframer, OdometryBuffer
 from ..pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from .latency import LatencyWindow
 from .diagnostics import ERROR
-from .managed_node import SUCCESS, ManagedNode, run_managed
+from .managed_node import ManagedNode, run_managed
 from .messages import keyframe_markers, loop_closure_msg, match_markers, msg_stamp, transform_msg
 from .qos import OUTPUT_QOS, sensor_qos
 from .sync import ApproxTimeSync, Pair
@@ -183,11 +183,7 @@ class MappingNode(ManagedNode):
     def reload(self) -> tuple[bool, str]:
         """Save, then load the models and the map again (same run); on failure keep mapping with the old ones."""
         if self.state == "unconfigured":
-            if self.trigger_configure() != SUCCESS:
-                return False, self.fatal
-            if self.get_parameter("autostart").value:
-                self.trigger_activate()
-            return True, f"configured ({self.state})"
+            return self.configure_on_reload()
         if self.state not in ("inactive", "active") or self.builder is None:
             return False, f"cannot reload in state {self.state}"
         with self.lock:
