@@ -161,10 +161,12 @@ def test_mapping_node_runs_its_student_on_the_configured_backend(assets, tmp_pat
     onnx_file = export_model(assets["student"], tmp_path / "student.onnx")
     rclpy.init()
     try:
-        node = mapping_node(assets, tmp_path, **{"models.backend": "onnxruntime", "models.student_onnx": str(onnx_file)})
+        node = mapping_node(assets, tmp_path,
+                            **{"models.backend": "onnxruntime", "models.student_onnx": str(onnx_file)})
         assert node.state == "active", node.fatal
         assert node.builder.student.backend == "onnxruntime"
         assert node.builder.teacher.backend == "torch"
+        assert node.diagnostics_values()["drops_transport"] == 0  # counted per input, visible on /diagnostics
         node.destroy_node()
     finally:
         rclpy.try_shutdown()

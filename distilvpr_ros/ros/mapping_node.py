@@ -406,6 +406,7 @@ class MappingNode(ManagedNode):
             "latency_ms_p99": self.window.percentile_ms(99), "pairs": s.pairs,
             "drops": s.dropped + self.counts["drops_queue_full"], "drops_overflow": sum(s.overflow.values()),
             "drops_unpaired": s.unpaired, "drops_duplicate": s.duplicates, "drops_out_of_order": s.out_of_order,
+            "drops_transport": sum(w.losses.lost for _, w in list(self._watches)),  # sequence gaps, all inputs
             "drops_queue_full": self.counts["drops_queue_full"], "missing_odometry": self.counts["missing_odometry"],
             "queued_pairs": queued, "waiting_for_odometry": waiting,
             "loop_closures": self.counts["loop_closures"], "saves": self.counts["saves"],
