@@ -393,7 +393,8 @@ def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
 
 
 COLUMNS = {"case": "case", "expected_keyframes": "expected", "keyframes": "live", "saved_keyframes": "saved map",
-           "ratio": "saved / expected", "pairs": "pairs", "drops_transport": "drops_transport", "drops_queue_full": "drops_queue_full",
+           "ratio": "saved / expected", "pairs": "pairs", "drops_transport": "drops_transport",
+           "drops_queue_full": "drops_queue_full",
            "missing_odometry": "missing_odometry", "queued_pairs_max": "max queued", "latency_ms_p50": "p50 ms",
            "latency_ms_p99": "p99 ms"}
 
@@ -459,7 +460,8 @@ def main() -> None:
             rows.append(row)
             print(f"{name:>20}: {row['saved_keyframes']}/{row['expected_keyframes']} keyframes saved "
                   f"({100 * row['ratio']:.1f} %), live {row['keyframes']}, pairs {row['pairs']}/{row['pairs_sent']}, "
-                  f"drops_transport {row['drops_transport']}, drops_queue_full {row['drops_queue_full']}, missing_odometry {row['missing_odometry']}, "
+                  f"drops_transport {row['drops_transport']}, drops_queue_full {row['drops_queue_full']}, "
+                  f"missing_odometry {row['missing_odometry']}, "
                   f"max queued {row['queued_pairs_max']}, latency p50/p99 {row['latency_ms_p50']:.0f}/"
                   f"{row['latency_ms_p99']:.0f} ms, load {row['load_before'][0]:.1f}", flush=True)
     cloud_points = rows[0]["publisher"]["cloud_points"] if rows else 0
