@@ -297,6 +297,21 @@ class Diagnostics:
         except ValueError:
             return default
 
+    def steady(self, hold_s: float, timeout: float) -> bool:
+        """Wait until the node's queue is empty and its counts have not changed for ``hold_s``."""
+        def snapshot():
+            return tuple(self.latest.get(k) for k in ("pairs", "keyframes", "queued_pairs", "drops_unpaired"))
+
+        last, since, deadline = snapshot(), time.monotonic(), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = snapshot()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif self.num("queued_pairs") == 0 and time.monotonic() - since >= hold_s:
+                return True
+        return False
+
     def wait(self, condition, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -313,6 +328,12 @@ class Diagnostics:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its waited-for children so far (s; Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
@@ -348,17 +369,19 @@ def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
         spec_file = work / f"stream_{name}.json"
         spec_file.write_text(json.dumps(spec))
         diag.reset_max()
+        cpu_before = cpu_seconds(proc.pid)
         pub = subprocess.run([sys.executable, __file__, "--publish", str(spec_file)], capture_output=True, text=True,
                              timeout=args.seconds + 180)
         if pub.returncode != 0:
             raise RuntimeError(f"{name}: publisher failed: {pub.stderr[-2000:]}")
         sent = json.loads(pub.stdout.strip().splitlines()[-1])
         expected = expected_keyframes(sent["base_sec"], pairs, odom, args.pair_hz)
-        # the node catches up: every pair in, queue empty, two more diagnostics after that
+        # the node catches up: its queue empty and its counts unchanged for 3 s (or every pair in and 2 more reports)
         settled = diag.wait(lambda: diag.num("pairs") + diag.num("drops_unpaired") >= len(pairs)
-                            and diag.num("queued_pairs") == 0, 60)
+                            and diag.num("queued_pairs") == 0, 5) or diag.steady(3.0, 60)
         n = diag.count
         diag.wait(lambda: diag.count >= n + 2, 5)
+        cpu_s = cpu_seconds(proc.pid) - cpu_before
         live = dict(diag.latest)
         max_queued, max_waiting = diag.max_queued, diag.max_waiting
         proc.send_signal(signal.SIGINT)
@@ -382,9 +405,11 @@ def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
         "missing_odometry": int(float(live.get("missing_odometry", 0))),
         "queued_pairs_end": int(float(live.get("queued_pairs", 0))), "queued_pairs_max": max_queued,
         "waiting_for_odometry_max": max_waiting,
-        "latency_ms_p50": float(live.get("latency_ms_p50", "nan")), "latency_ms_p99": float(live.get("latency_ms_p99",
-                                                                                                     "nan")),
-        "settled": settled, "diagnostic": live.get("_message", ""), "last_error": live.get("last_error", ""),
+        "latency_ms_p50": float(live.get("latency_ms_p50", "nan")),
+        "latency_ms_p99": float(live.get("latency_ms_p99", "nan")),
+        "settled": settled, "node_cpu_s": round(cpu_s, 1),
+        "node_cpu_ms_per_keyframe": round(1e3 * cpu_s / max(keyframes, 1), 1),
+        "diagnostic": live.get("_message", ""), "last_error": live.get("last_error", ""),
         "publisher": sent, "diagnostics": {k: v for k, v in live.items() if not k.startswith("_")},
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in load_after], "node_returncode": proc.returncode,
