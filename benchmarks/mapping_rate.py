@@ -7,21 +7,29 @@ synthetic spinning scan of the default world's beams x columns, rays hitting a s
 at ``--pair-hz`` (10 Hz), odometry at ``--odom-hz`` (20 Hz, published ``ODOM_LAG_S`` after its stamp, as
 odometry computed from the scans is), 1 m of straight travel per camera+LiDAR pair, for ``--seconds``. Each
 message is published when it is due (wall clock), with the sensor QoS drivers use (best effort, depth 5;
-``--reliable`` for reliable), so nothing waits for the node. Stamps are exact nanoseconds (odometry and
-camera stamps coincide), so the keyframe gating (``keyframes.min_distance_m: 2.0``, a keyframe every 2nd
-pair) has no rounding knife edge; the expected count is the gating of the sent stream through the node's own
-:class:`OdometryBuffer` + :class:`Keyframer` (301 for 60 s).
+``--reliable`` for reliable), so nothing waits for the node. Node, publisher and probe use the shipped Fast DDS
+profile (``config/fastdds_large_frames.xml``, the launch argument ``dds_profile:=large_frames``): without it a
+~650 kB best-effort cloud at 10 Hz is mostly lost in transport on one host (``--no-dds-profile``).
+
+Stamps are whole seconds plus exact nanosecond offsets and odometry stamps coincide with camera stamps, so with
+every odometry message in hand the keyframe gating (``keyframes.min_distance_m: 2.0``, a keyframe every 2nd pair)
+has no rounding knife edge. The expected count is the gating of the sent stream through the node's own
+:class:`OdometryBuffer` + :class:`Keyframer` (301 for 60 s). When an odometry message is lost, the node
+interpolates across the gap and float rounding (stamps ~1.8e9 s) can put a pair 1e-6 m short of 2 m: that
+keyframe moves to the next pair (a spacing of 3 pairs in ``keyframe_spacing``, nothing lost but the count).
 
 Models: the demo's (``config/demo.yaml`` ``default`` section: teacher and student ``model.*``, i.e. the
 default ModelConfig at 160x120), built untrained (inference cost does not depend on the weights), the student
 exported to ONNX for the onnxruntime cases. Cases: student backend torch and onnxruntime x
-``models.num_threads`` 1 and 2, and torch with 2 threads while another process busy-loops (one core taken).
+``models.num_threads`` 1 and 2; torch with 2 threads while another process busy-loops (one core taken); torch
+with 2 threads and a 50-deep odometry subscription (``qos_overrides./odom.subscription.depth``).
 
-Read back: the node's ``/diagnostics`` after the stream (keyframes, pairs, drops_queue_full,
-missing_odometry, queued_pairs and its maximum during the stream, latency p50/p99 of one keyframe) and the
-saved map (``PlaceDatabase.load`` length after SIGINT: the node saves on shutdown).
+Read back: the node's ``/diagnostics`` after the stream (keyframes, pairs, drops_transport, drops_queue_full,
+missing_odometry, queued_pairs and its maximum during the stream, latency p50/p99 of one keyframe), the node's
+CPU time, and the saved map (``PlaceDatabase.load`` after SIGINT, the node saves on shutdown: its length, the
+spacing of consecutive keyframes in pairs, the largest keyframe position error against the track).
 
-    nice -n 5 .venv/bin/python benchmarks/mapping_rate.py                  # 5 cases x 60 s (~8 min)
+    nice -n 5 .venv/bin/python benchmarks/mapping_rate.py                  # 6 cases x 60 s (~10 min)
     .venv/bin/python benchmarks/mapping_rate.py --seconds 10 --cases torch-2   # smoke run
 
 Target: >= 99 % of the expected keyframes on 2 cores with both backends.
@@ -48,13 +56,15 @@ MIN_DISTANCE_M = 2.0
 ODOM_LAG_S = 0.03  # odometry is published this long after its stamp (computed from the scans)
 LIDAR_OFFSET_NS = 13_000_000  # LiDAR stamp minus camera stamp (the default world's lidar.stamp_offset_s)
 NODE_NAME = "distilvpr_mapping"
-# name -> (student backend, models.num_threads, busy-looping processes beside the node)
+ODOM_DEPTH = {"qos_overrides./odom.subscription.depth": 50}  # odometry kept through a 2.5 s stall of the node
+# name -> (student backend, models.num_threads, busy-looping processes beside the node, other node parameters)
 CASES = {
-    "torch-1": ("torch", 1, 0),
-    "torch-2": ("torch", 2, 0),
-    "onnxruntime-1": ("onnxruntime", 1, 0),
-    "onnxruntime-2": ("onnxruntime", 2, 0),
-    "torch-2-contention": ("torch", 2, 1),
+    "torch-1": ("torch", 1, 0, {}),
+    "torch-2": ("torch", 2, 0, {}),
+    "onnxruntime-1": ("onnxruntime", 1, 0, {}),
+    "onnxruntime-2": ("onnxruntime", 2, 0, {}),
+    "torch-2-contention": ("torch", 2, 1, {}),
+    "torch-2-odom-depth-50": ("torch", 2, 0, ODOM_DEPTH),
 }
 BUSY_LOOP = "while True: pass"
 ANALYSIS = "<!-- analysis: kept when the benchmark rewrites this file -->"
@@ -357,13 +367,13 @@ def cpu_seconds(pid: int) -> float:
 def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
     from distilvpr_ros.mapping.database import PlaceDatabase
 
-    backend, threads, busy = CASES[name]
+    backend, threads, busy, extra = CASES[name]
     map_path = work / f"map_{name}"
     log_path = work / f"node_{name}.log"
     params = {"map.path": str(map_path), "map.save_period_s": 0.0, "models.teacher_checkpoint": str(assets["teacher"]),
               "models.student_checkpoint": str(assets["student"]), "models.student_onnx": str(assets["student_onnx"]),
               "models.backend": backend, "models.num_threads": threads, "keyframes.min_distance_m": MIN_DISTANCE_M,
-              "diagnostics.period_s": 0.5}
+              "diagnostics.period_s": 0.5, **extra}
     if args.reliable:
         params["qos.sensor_reliability"] = "reliable"
     cmd = [sys.executable, "-m", "distilvpr_ros.ros.mapping_node", "--ros-args"]
@@ -375,7 +385,7 @@ def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     diag = Diagnostics()
-    row: dict = {"case": name, "backend": backend, "num_threads": threads, "busy_loops": busy}
+    row: dict = {"case": name, "backend": backend, "num_threads": threads, "busy_loops": busy, "parameters": extra}
     try:
         if not diag.wait(lambda: diag.latest.get("state") == "active" or proc.poll() is not None, 120):
             raise RuntimeError(f"{name}: the node did not become active; log {log_path}")
