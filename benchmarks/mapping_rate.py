@@ -364,6 +364,18 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_seconds(pid: int) -> float:
+    """Time the process's threads spent runnable but waiting for a CPU so far (s; Linux schedstat): how much
+    the rest of the machine kept the node from running."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that just exited
+            pass
+    return total / 1e9
+
+
 def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
     from distilvpr_ros.mapping.database import PlaceDatabase
 
@@ -397,7 +409,7 @@ def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
         spec_file = work / f"stream_{name}.json"
         spec_file.write_text(json.dumps(spec))
         diag.reset_max()
-        cpu_before = cpu_seconds(proc.pid)
+        cpu_before, wait_before = cpu_seconds(proc.pid), runqueue_seconds(proc.pid)
         pub = subprocess.run([sys.executable, __file__, "--publish", str(spec_file)], capture_output=True, text=True,
                              timeout=args.seconds + 180)
         if pub.returncode != 0:
@@ -410,6 +422,7 @@ def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
         n = diag.count
         diag.wait(lambda: diag.count >= n + 2, 5)
         cpu_s = cpu_seconds(proc.pid) - cpu_before
+        wait_s = runqueue_seconds(proc.pid) - wait_before
         live = dict(diag.latest)
         max_queued, max_waiting = diag.max_queued, diag.max_waiting
         proc.send_signal(signal.SIGINT)
@@ -437,7 +450,7 @@ def run_case(name: str, assets: dict, args, work: Path, camera, lidar) -> dict:
         "waiting_for_odometry_max": max_waiting,
         "latency_ms_p50": float(live.get("latency_ms_p50", "nan")),
         "latency_ms_p99": float(live.get("latency_ms_p99", "nan")),
-        "settled": settled, "node_cpu_s": round(cpu_s, 1),
+        "settled": settled, "node_cpu_s": round(cpu_s, 1), "node_runqueue_wait_s": round(wait_s, 1),
         "node_cpu_ms_per_keyframe": round(1e3 * cpu_s / max(keyframes, 1), 1),
         "diagnostic": live.get("_message", ""), "last_error": live.get("last_error", ""),
         "publisher": sent, "diagnostics": {k: v for k, v in live.items() if not k.startswith("_")},
@@ -452,6 +465,7 @@ COLUMNS = {"case": "case", "expected_keyframes": "expected", "keyframes": "live"
            "drops_queue_full": "drops_queue_full",
            "missing_odometry": "missing_odometry", "queued_pairs_max": "max queued", "latency_ms_p50": "p50 ms",
            "latency_ms_p99": "p99 ms",
+           "node_cpu_s": "node CPU s", "node_runqueue_wait_s": "node waited for a CPU s",
            "keyframe_spacing": "keyframe spacing (pairs: count)"}
 
 
@@ -477,7 +491,9 @@ def write_report(result: dict, out: Path) -> None:
         f"average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after (other work on the "
         f"machine); run with nice {s['nice']}.", "",
         "`live`: the node's keyframe count on /diagnostics once it has caught up; `saved map`: the map saved on "
-        "SIGINT; `p50/p99 ms`: one keyframe through both networks, the map and the matcher.", "",
+        "SIGINT; `p50/p99 ms`: one keyframe through both networks, the map and the matcher; `node waited for a "
+        "CPU`: the node's threads runnable but not running during the stream (schedstat): the load average does not "
+        "show priorities, this does.", "",
         table, "",
     ]
     lines += [f"- {line}" for line in findings(result)]
@@ -499,7 +515,9 @@ def findings(result: dict) -> list[str]:
                    f"formed (drops_transport {row['drops_transport']}, drops_unpaired {row['drops_unpaired']}), "
                    f"{wide} wider keyframe gaps, missing_odometry {row['missing_odometry']}, drops_queue_full "
                    f"{row['drops_queue_full']}; largest keyframe pose error {row['pose_error_max_m']} m; node CPU "
-                   f"{row['node_cpu_ms_per_keyframe']:.0f} ms per keyframe; load average {row['load_before'][0]:.1f}")
+                   f"{row['node_cpu_ms_per_keyframe']:.0f} ms per keyframe, {row['node_runqueue_wait_s']:.1f} s "
+                   f"runnable but waiting for a CPU; publisher up to {row['publisher']['late_ms_max']:.0f} ms late; "
+                   f"load average {row['load_before'][0]:.1f}")
     return out
 
 
