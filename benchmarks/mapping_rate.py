@@ -26,8 +26,9 @@ with 2 threads and a 50-deep odometry subscription (``qos_overrides./odom.subscr
 
 Read back: the node's ``/diagnostics`` after the stream (keyframes, pairs, drops_transport, drops_queue_full,
 missing_odometry, queued_pairs and its maximum during the stream, latency p50/p99 of one keyframe), the node's
-CPU time, and the saved map (``PlaceDatabase.load`` after SIGINT, the node saves on shutdown: its length, the
-spacing of consecutive keyframes in pairs, the largest keyframe position error against the track).
+CPU time and the time its threads were runnable but waiting for a CPU (schedstat), and the saved map
+(``PlaceDatabase.load`` after SIGINT, the node saves on shutdown: its length, the spacing of consecutive keyframes
+in pairs, the largest keyframe position error against the track).
 
     nice -n 5 .venv/bin/python benchmarks/mapping_rate.py                  # 6 cases x 60 s (~10 min)
     .venv/bin/python benchmarks/mapping_rate.py --seconds 10 --cases torch-2   # smoke run
@@ -477,7 +478,8 @@ def write_report(result: dict, out: Path) -> None:
     write_json(out, result)
     rows = [{**row, "keyframe_spacing": ", ".join(f"{k}: {v}" for k, v in row["keyframe_spacing"].items())}
             for row in result["cases"]]
-    table = markdown_table(rows, COLUMNS, {"ratio": ".3f", "latency_ms_p50": ".0f", "latency_ms_p99": ".0f"})
+    table = markdown_table(rows, COLUMNS, {"ratio": ".3f", "latency_ms_p50": ".0f", "latency_ms_p99": ".0f",
+                                           "node_cpu_s": ".1f", "node_runqueue_wait_s": ".1f"})
     s = result["setup"]
     lines = [
         "# Mapping node at live sensor rates", "",
