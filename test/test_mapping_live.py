@@ -157,6 +157,24 @@ def test_runtime_odometry_parameters_are_applied(assets, tmp_path):
         rclpy.try_shutdown()
 
 
+def test_mapping_node_runs_its_student_on_the_configured_backend(assets, tmp_path):
+    """``models.backend: onnxruntime`` applies to the mapping node's student too (it was always torch)."""
+    from distilvpr_ros.models.export import export_model
+
+    onnx_file = export_model(assets["student"], tmp_path / "student.onnx")
+    rclpy.init()
+    try:
+        node = mapping_node(assets, tmp_path,
+                            **{"models.backend": "onnxruntime", "models.student_onnx": str(onnx_file)})
+        assert node.state == "active", node.fatal
+        assert node.builder.student.backend == "onnxruntime"
+        assert node.builder.teacher.backend == "torch"
+        assert node.diagnostics_values()["drops_transport"] == 0  # counted per input, visible on /diagnostics
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+
+
 def call(client_node, executor, service: str, timeout: float = 30.0):
     client = client_node.create_client(Trigger, service)
     assert client.wait_for_service(timeout_sec=timeout)

@@ -71,6 +71,8 @@ def test_odometry_buffer_interpolates_and_refuses_gaps():
     np.testing.assert_allclose(mid[:3, 3], [1, 0, 0], atol=1e-9)
     assert math.isclose(math.atan2(mid[1, 0], mid[0, 0]), math.pi / 4, abs_tol=1e-9)
     assert buf.pose_at(1.05) is not None and buf.pose_at(1.5) is None and buf.pose_at(-0.5) is None
+    # a pair after the newest odometry waits for the odometry that brackets it (no stale pose taken)
+    assert buf.awaiting(1.05) and not buf.awaiting(1.0) and not buf.awaiting(0.5)
     assert not buf.add(0.5, np.eye(4))  # out of order: ignored
     for t in np.arange(2.0, 9.0):
         buf.add(t, np.eye(4))

@@ -77,9 +77,10 @@ class OdometryBuffer:
         self._poses.clear()
 
     def awaiting(self, stamp: float) -> bool:
-        """No odometry has reached ``stamp`` yet (empty, or the newest is more than ``tolerance_s`` older):
-        a pair at ``stamp`` should wait rather than be given up."""
-        return not self._t or stamp > self._t[-1] + self.tolerance_s
+        """No odometry has reached ``stamp`` yet (empty, or the newest is older): a pair at ``stamp`` should wait
+        for the odometry that brackets it rather than take the newest pose, which may be up to ``tolerance_s``
+        old (0.5 m at 10 m/s when one 20 Hz odometry message is late or lost)."""
+        return not self._t or stamp > self._t[-1]
 
     def pose_at(self, stamp: float) -> np.ndarray | None:
         """Pose interpolated at ``stamp`` (linear + slerp); the nearest end pose when ``stamp`` lies at most

@@ -70,7 +70,7 @@ from visualization_msgs.msg import MarkerArray
 from ..data import msg_codec
 from ..mapping.database import MapError
 from ..pipeline.calibration import calibration_from_config
-from ..pipeline.config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig
+from ..pipeline.config import TEACHER_SPACE, NodeConfig
 from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.keyframes import Keyframer, OdometryBuffer
 from ..pipeline.map_builder import DuplicateKeyframe, MapBuilder
@@ -130,14 +130,14 @@ class MappingNode(ManagedNode):
     def _open(self, cfg: NodeConfig, resume: bool | None = None) -> MapBuilder:
         """Teacher, student and the map builder for ``cfg`` (``resume`` overrides ``map.resume``)."""
         teacher = Embedder.from_checkpoint(cfg.models.teacher_checkpoint, TEACHER_SPACE, cfg.models.num_threads)
-        student = Embedder.from_checkpoint(cfg.models.student_checkpoint, STUDENT_SPACE, cfg.models.num_threads)
+        student = Embedder.student_from_config(cfg.models)  # models.backend: torch checkpoint or ONNX Runtime
         if resume is not None:
             cfg = cfg.model_copy(update={"map": cfg.map.model_copy(update={"resume": resume})})
         builder = MapBuilder.open(teacher, student, cfg, cfg.frames.map,
                                   calibration_from_config(cfg.calibration, self.camera_info))
         resumed = f" (resuming a map of {len(builder.db)} keyframes)" if len(builder.db) else ""
-        self.get_logger().info(f"models loaded: teacher {teacher.identity[0]}, student {student.identity[0]}; "
-                               f"run {builder.run!r}{resumed}")
+        self.get_logger().info(f"models loaded: teacher {teacher.identity[0]}, student {student.identity[0]} on "
+                               f"{student.backend}; run {builder.run!r}{resumed}")
         return builder
 
     def configure(self) -> str:
@@ -460,6 +460,7 @@ class MappingNode(ManagedNode):
             "latency_ms_p99": self.window.percentile_ms(99), "pairs": s.pairs,
             "drops": s.dropped + self.counts["drops_queue_full"], "drops_overflow": sum(s.overflow.values()),
             "drops_unpaired": s.unpaired, "drops_duplicate": s.duplicates, "drops_out_of_order": s.out_of_order,
+            "drops_transport": sum(w.losses.lost for _, w in list(self._watches)),  # sequence gaps, all inputs
             "drops_queue_full": self.counts["drops_queue_full"], "missing_odometry": self.counts["missing_odometry"],
             "queued_pairs": queued, "waiting_for_odometry": waiting,
             "loop_closures": self.counts["loop_closures"], "saves": self.counts["saves"],
