@@ -202,17 +202,23 @@ def _node_verification_lines(loc: dict) -> list[str]:
     return [
         f"Verified by the node (`place_candidates/inliers`, `place_match`; `summary.json` → "
         f"`localize.verified_matches`, over the {v['queries']} answered frames):", "",
-        *_header("", "accepted", "correct", "precision", "recall", "R@1"),
-        _row("descriptor match (before)", b["accepted"], b["correct"], fmt(b["precision"]), fmt(b["recall"]),
-             fmt(r["before"])),
-        _row("verified (after)", a["accepted"], a["correct"], fmt(a["precision"]), fmt(a["recall"]),
-             fmt(r["after"])), "",
+        *_before_after_table(b, a, r), "",
         f"Pose error of the node's verified `place_match`: translation median "
         f"{fmt(loc.get('match_translation_m_median'), '.2f')} m, p90 {fmt(loc.get('match_translation_m_p90'), '.2f')}"
         f" m; rotation median {fmt(loc.get('match_rotation_deg_median'), '.2f')} deg, p90 "
         f"{fmt(loc.get('match_rotation_deg_p90'), '.2f')} deg. Published loop closures: {loc.get('loop_closures', 0)}"
         f", correct {loc.get('loop_closures_correct', 0)} (precision {fmt(loc.get('loop_closure_precision'))}).",
         ""]
+
+
+def _before_after_table(before: dict, after: dict, recall_at_1: dict) -> list[str]:
+    """Accepted / correct / precision / recall / R@1 of the descriptor matches and of the verified ones."""
+    b, a, r = before, after, recall_at_1
+    return [*_header("", "accepted", "correct", "precision", "recall", "R@1"),
+            _row("descriptor match (before)", b["accepted"], b["correct"], fmt(b["precision"]), fmt(b["recall"]),
+                 fmt(r["before"])),
+            _row("verified (after)", a["accepted"], a["correct"], fmt(a["precision"]), fmt(a["recall"]),
+                 fmt(r["after"]))]
 
 
 def _verification_lines(v: dict | None) -> list[str]:
@@ -224,11 +230,7 @@ def _verification_lines(v: dict | None) -> list[str]:
         f"Geometric verification (ROS-free pipeline on the same {v['queries']} frames: the student's top-"
         f"{v.get('top_k', 5)} verified by ORB + PnP against the map's keyframe images and LiDAR points; "
         f"`summary.json` → `localize.verification`):", "",
-        *_header("", "accepted", "correct", "precision", "recall", "R@1"),
-        _row("descriptor match (before)", b["accepted"], b["correct"], fmt(b["precision"]), fmt(b["recall"]),
-             fmt(r["before"])),
-        _row("verified (after)", a["accepted"], a["correct"], fmt(a["precision"]), fmt(a["recall"]),
-             fmt(r["after"])), "",
+        *_before_after_table(b, a, r), "",
         f"Metric pose error of verified matches ({e['count']}): translation median "
         f"{fmt(e['translation_m_median'], '.2f')} m, p90 {fmt(e['translation_m_p90'], '.2f')} m; rotation median "
         f"{fmt(e['rotation_deg_median'], '.2f')} deg, "
