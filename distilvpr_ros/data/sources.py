@@ -3,7 +3,8 @@
 :func:`open_sequences` is the one place that maps a source name to a reader; training
 (``training.data.open_split``) and ``distilvpr evaluate`` both read through it.
 
-* ``synthetic``: the runs of a generated world (``root``), only the frames of ``region``;
+* ``synthetic``: the runs of a generated world (``root``), only the frames of ``region`` (``all`` or None:
+  every frame); ``root`` may be a list of worlds (towns), kept apart (``synthetic.load_worlds``);
 * ``bags``: ROS 2 bags under ``root``, one per name (camera and LiDAR paired by stamp, poses from
   odometry or GPS via UTM, see :class:`~.rosbag_io.BagSequence`);
 * ``oxford``: PointNetVLAD / RobotCar runs (images from ``images_root``); ``boreas``, ``kitti``: the
@@ -27,26 +28,34 @@ DataSource = Literal["synthetic", "bags", "oxford", "boreas", "kitti"]
 DATA_SOURCES: tuple[str, ...] = DataSource.__args__
 
 
-def open_sequences(source: str, root: str | Path, *, region: str | None = None, names: Iterable[str] = (),
-                   images_root: str | Path | None = None) -> list[Sequence]:
+#: The region name that selects every frame of a synthetic world (train, val, test and the gaps).
+ALL_REGIONS = "all"
+
+
+def open_sequences(source: str, root: str | Path | list[str | Path], *, region: str | None = None,
+                   names: Iterable[str] = (), images_root: str | Path | None = None) -> list[Sequence]:
     """The sequences of a data source, in order.
 
     Args:
         source: one of :data:`DATA_SOURCES`.
-        root: the generated world folder (``synthetic``) or the dataset root.
-        region: ``synthetic`` only: keep only the frames of this region (None: all frames).
+        root: the generated world folder (``synthetic``) or the dataset root; ``synthetic`` also takes a list
+            of world folders (several towns: ``synthetic.load_worlds``).
+        region: ``synthetic`` only: keep only the frames of this region (None or ``all``: all frames).
         names: the sequences to read (every source but ``synthetic``): bag folders or files under
             ``root``, Oxford run names, Boreas or KITTI sequence names.
         images_root: ``oxford`` only: the RobotCar image folders (``<run>/stereo/centre``).
     """
     if source not in DATA_SOURCES:
         raise ValueError(f"unknown data source {source!r}; one of {list(DATA_SOURCES)}")
-    root = Path(root)
     names = list(names)
     if source == "synthetic":
-        from .synthetic import load_synthetic
+        from .synthetic import load_worlds
 
-        return list(load_synthetic(root, regions=None if region is None else {region}))
+        roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+        return list(load_worlds(roots, regions=None if region in (None, ALL_REGIONS) else {region}))
+    if isinstance(root, (list, tuple)):
+        raise ValueError(f"source {source!r} reads one root, got {len(root)}")
+    root = Path(root)
     if not names:
         raise ValueError(f"source {source!r} needs the names of the sequences to read under {root}")
     return [_open_sequence(source, root, name, images_root) for name in names]
@@ -103,10 +112,13 @@ def _frame_condition(seq: Sequence, i: int) -> str:
 def filter_sequences(
     sequences: list[Sequence], runs: list[str] | None, conditions: list[str] | None
 ) -> list[Sequence]:
-    """Keep the named runs and the frames in the named conditions (None = no filter); drop empty runs."""
+    """Keep the named runs and the frames in the named conditions (None = no filter); drop empty runs.
+
+    A run of several worlds matches by its full name (``<world>/<run id>``) or by its run id (in every world).
+    """
     out: list[Sequence] = []
     for seq in sequences:
-        if runs is not None and seq.run not in runs:
+        if runs is not None and seq.run not in runs and getattr(seq, "run_id", seq.run) not in runs:
             continue
         if conditions is not None:
             frames = np.array([i for i in range(len(seq)) if _frame_condition(seq, i) in conditions], dtype=np.int64)

@@ -28,6 +28,8 @@ from .world.layout import (CLOUDS_DIR, CSV_COLUMNS, IMAGES_DIR, POSES_CSV, RUN_J
                            WORLD_VERSION, frame_name)
 
 _INT_COLUMNS = ("index", "direction", "lane")
+#: Distance along x between the map frames of the worlds of :func:`load_worlds` (m): 1000x any radius used.
+WORLD_SPACING_M = 100_000.0
 _STR_COLUMNS = ("condition", "region")
 
 
@@ -84,10 +86,16 @@ class SyntheticRun:
     positions back to files.
     """
 
-    def __init__(self, run_dir: Path, regions: set[str] | None = None):
+    def __init__(self, run_dir: Path, regions: set[str] | None = None, world: str | None = None,
+                 offset_m: tuple[float, float] = (0.0, 0.0)):
         self.run_dir = Path(run_dir)
         self.info = _read_json(self.run_dir / RUN_JSON, "run description")
-        self.run: str = str(self.info.get("run_id", self.run_dir.name))
+        #: The run's own id; ``run`` is ``<world>/<run_id>`` when the run belongs to a set of several worlds.
+        self.run_id: str = str(self.info.get("run_id", self.run_dir.name))
+        self.world = world
+        self.run: str = self.run_id if world is None else f"{world}/{self.run_id}"
+        #: Added to the map-frame x, y of every pose (several worlds: each in its own part of the plane).
+        self.offset_m = (float(offset_m[0]), float(offset_m[1]))
         cols = _read_poses_csv(self.run_dir / POSES_CSV)
         keep = np.ones(len(cols["index"]), dtype=bool) if regions is None else np.isin(cols["region"], list(regions))
         self._cols = {k: v[keep] for k, v in cols.items()}
@@ -97,6 +105,8 @@ class SyntheticRun:
         quat = np.stack([self._cols[c] for c in ("qx", "qy", "qz", "qw")], axis=1)
         self.poses: np.ndarray = (np.stack([make_pose(p, q) for p, q in zip(xyz, quat)]) if len(xyz)
                                   else np.zeros((0, 4, 4)))
+        self.poses[:, 0, 3] += self.offset_m[0]
+        self.poses[:, 1, 3] += self.offset_m[1]
 
     def __len__(self) -> int:
         return len(self.frame_indices)
@@ -110,6 +120,8 @@ class SyntheticRun:
         out = {k: c[k][i].item() for k in ("easting", "northing", "yaw", "direction", "lane", "condition",
                                            "dynamic_fraction", "region", "speed")}
         out["frame"] = int(self.frame_indices[i])
+        if self.world is not None:
+            out["world"] = self.world
         return out
 
     def image(self, i: int) -> np.ndarray:
@@ -147,9 +159,47 @@ class SyntheticRun:
 def load_synthetic(out_dir: Path, regions: set[str] | None = None) -> list[SyntheticRun]:
     """All runs of a generated world, in generation order; optionally only frames of ``regions``."""
     out_dir = Path(out_dir)
-    meta = read_world_meta(out_dir)
+    return [SyntheticRun(out_dir / RUNS_DIR / r, regions) for r in _run_ids(out_dir, read_world_meta(out_dir))]
+
+
+def _run_ids(out_dir: Path, meta: dict) -> list[str]:
     try:
-        run_ids = [r["run_id"] for r in meta["runs"]]
+        return [r["run_id"] for r in meta["runs"]]
     except (KeyError, TypeError) as e:
         raise DataError(out_dir / WORLD_JSON, "world description lacks the run list") from e
-    return [SyntheticRun(out_dir / RUNS_DIR / r, regions) for r in run_ids]
+
+
+def load_worlds(roots: list[Path], regions: set[str] | None = None) -> list[SyntheticRun]:
+    """The runs of several generated worlds (towns), world after world, kept apart.
+
+    One root reads exactly as :func:`load_synthetic`. With several, the runs of world ``k`` are named
+    ``<folder name>/<run id>`` (``meta["world"]`` holds the folder name) and their poses are moved by
+    ``k *`` :data:`WORLD_SPACING_M` along x: positions of different towns are then never within any
+    ground-truth radius of each other, so no place of one town is a positive (or a true match) of another,
+    and caches keyed by frames (run names, poses) tell the worlds apart. ``meta`` keeps each world's own
+    UTM easting/northing. The same world twice (same folder, or the same seed and config) is refused: its
+    frames would be the same places at different positions.
+    """
+    roots = [Path(r) for r in roots]
+    if not roots:
+        raise ValueError("no world folders given")
+    if len(roots) == 1:
+        return load_synthetic(roots[0], regions)
+    runs: list[SyntheticRun] = []
+    seen: dict[str, Path] = {}
+    for k, root in enumerate(roots):
+        meta = read_world_meta(root)
+        identity = json.dumps({"seed": meta.get("seed"), "config": meta.get("config")}, sort_keys=True)
+        if identity in seen or root.resolve() in seen.values():
+            first = seen.get(identity, root)
+            raise DataError(root, f"the same world as {first} (same seed and config): each town may appear once")
+        if root.name in [r.name for r in roots[:k]]:
+            raise DataError(root, "several worlds need distinct folder names (they prefix the run names)")
+        seen[identity] = root.resolve()
+        extent = meta.get("town", {}).get("extent")
+        if extent is not None and max(abs(float(v)) for v in extent) >= WORLD_SPACING_M / 2:
+            raise DataError(root / WORLD_JSON, f"town extent {extent} does not fit the {WORLD_SPACING_M:g} m "
+                                               "spacing of several worlds")
+        runs += [SyntheticRun(root / RUNS_DIR / r, regions, world=root.name, offset_m=(k * WORLD_SPACING_M, 0.0))
+                 for r in _run_ids(root, meta)]
+    return runs

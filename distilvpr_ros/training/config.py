@@ -31,15 +31,21 @@ class DataConfig(Section):
     ROS 2 bags under ``root`` (``train_sequences`` / ``val_sequences`` name the bag folders; camera and
     LiDAR paired by stamp, poses from odometry or GPS via UTM, see ``data.rosbag_io.BagSequence``);
     ``oxford`` (PointNetVLAD runs, images from ``images_root``), ``boreas`` and ``kitti`` read the named
-    sequences under ``root``. The
+    sequences under ``root``. Several synthetic towns: ``train_roots`` (kept apart, see
+    ``data.synthetic.load_worlds``) and ``val_root`` replace ``root``; ``*_region: all`` uses whole towns. The
     run and condition filters let experiments hold out runs or conditions (synthetic worlds record a
     per-frame ``condition``; filtering by it needs that metadata).
     """
 
     source: DataSource = Field("synthetic", description="dataset reader")
     root: Path | None = Field(None, description="world folder (synthetic) or dataset root")
-    train_region: str = Field("train", description="synthetic: region whose frames train")
-    val_region: str = Field("val", description="synthetic: region whose frames validate (model selection)")
+    train_region: str = Field("train", description="synthetic: region whose frames train (all: every frame)")
+    val_region: str = Field("val", description="synthetic: region whose frames validate (model selection; "
+                            "all: every frame)")
+    train_roots: list[Path] = Field(default_factory=list, description="synthetic: several worlds (towns) whose "
+                                    "train_region frames train, kept apart (replaces root for training)")
+    val_root: Path | None = Field(None, description="synthetic: the world whose val_region frames validate "
+                                  "(replaces root for validation)")
     train_sequences: list[str] = Field(default_factory=list, description="bags/oxford/boreas/kitti: training sequences")
     val_sequences: list[str] = Field(default_factory=list, description="bags/oxford/boreas/kitti: validation sequences")
     images_root: Path | None = Field(None, description="oxford: RobotCar image folders (<run>/stereo/centre)")
@@ -47,6 +53,20 @@ class DataConfig(Section):
     train_conditions: list[str] | None = Field(None, description="train only on these conditions (None: all)")
     val_runs: list[str] | None = Field(None, description="validate only on these runs (None: all)")
     val_conditions: list[str] | None = Field(None, description="validate only on these conditions (None: all)")
+
+    @model_validator(mode="after")
+    def _worlds(self) -> "DataConfig":
+        if (self.train_roots or self.val_root is not None) and self.source != "synthetic":
+            raise ValueError("train_roots and val_root name synthetic worlds (source: synthetic)")
+        return self
+
+    def roots(self, split: str) -> Path | list[Path] | None:
+        """Where the ``train`` or ``val`` frames come from: ``train_roots`` / ``val_root`` when set, else ``root``."""
+        if split == "train" and self.train_roots:
+            return list(self.train_roots)
+        if split == "val" and self.val_root is not None:
+            return self.val_root
+        return self.root
 
 
 class OptimConfig(Section):

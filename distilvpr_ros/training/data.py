@@ -57,15 +57,17 @@ def open_split(cfg: DataConfig, split: str) -> list[Sequence]:
     """The training (``split="train"``) or validation (``"val"``) sequences of a data config, filtered."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if cfg.root is None:
-        raise ValueError("data.root is not set (a generated world folder or a dataset root)")
+    root = cfg.roots(split)
+    if root is None:
+        raise ValueError(f"data.root is not set (a generated world folder or a dataset root; or data.{split}_root"
+                         f"{'s' if split == 'train' else ''} for synthetic worlds)")
     train = split == "train"
-    sequences = open_sequences(cfg.source, cfg.root, region=cfg.train_region if train else cfg.val_region,
+    sequences = open_sequences(cfg.source, root, region=cfg.train_region if train else cfg.val_region,
                                names=cfg.train_sequences if train else cfg.val_sequences, images_root=cfg.images_root)
     sequences = filter_sequences(sequences, cfg.train_runs if train else cfg.val_runs,
                                  cfg.train_conditions if train else cfg.val_conditions)
     if not sequences:
-        raise ValueError(f"no {split} frames left in {cfg.root} after the run/condition filters")
+        raise ValueError(f"no {split} frames left in {root} after the run/condition filters")
     return sequences
 
 

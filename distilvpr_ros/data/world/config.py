@@ -1,4 +1,4 @@
-"""Configuration of the synthetic world: one pydantic schema, three presets, YAML overrides.
+"""Configuration of the synthetic world: one pydantic schema, four presets, YAML overrides.
 
 Every knob has a default and a one-line description (``WorldConfig.model_json_schema()`` lists
 them). ``load_world_config("default", Path("my.yaml"), seed=3)`` starts from a preset, deep-merges
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from ...config import Section, load_yaml, merge_config, validate_config
@@ -169,6 +170,8 @@ class RegionConfig(Section):
             raise ValueError("region fractions must be positive")
         if "gap" in self.fractions:
             raise ValueError("'gap' is reserved for frames between regions")
+        if "all" in self.fractions:
+            raise ValueError("'all' is reserved: readers use it to select every frame")
         return self
 
 
@@ -327,8 +330,57 @@ PRESETS: dict[str, WorldConfig] = {
 }
 
 
+# Multi-town experiments: a 4x2-block town, five one-loop runs (day both ways, dusk, night, rain), no fog or
+# seasons; the town's look is drawn from the seed (see _town_family), so towns of different seeds differ in
+# more than the random layout. About a third of the default world's frames.
+PRESETS["town"] = WorldConfig(
+    town=TownConfig(blocks_x=4, blocks_y=2),
+    runs=[
+        _run("day", direction=1, lane=0, day=0),
+        _run("day", direction=-1, lane=1, day=1, speed_mps=10.0),
+        _run("dusk", direction=1, lane=1, day=3),
+        _run("night", direction=-1, lane=0, day=6, speed_mps=8.0),
+        _run("day", "rain", direction=1, lane=0, day=13, speed_mps=7.5),
+    ],
+)
+
+_FACADE_KINDS = ("windows", "glass", "bands", "brick", "plain")
+
+
+def _town_family(seed: int) -> dict:
+    """TownConfig values drawn from ``seed``: block size and irregularity, building heights, widths and
+    setbacks, which facade kinds (and so which wall colours) the town uses, tree, park, lot, lamp and
+    parked-car densities. Deterministic; applied under the YAML overrides."""
+    rng = np.random.default_rng([seed, 0x70776E])
+    low = float(rng.uniform(4.0, 9.0))
+    width = float(rng.uniform(7.0, 14.0))
+    return {
+        "block_size_m": round(float(rng.uniform(38.0, 56.0)), 1),
+        "block_jitter_m": round(float(rng.uniform(4.0, 14.0)), 1),
+        "building_height_m": [round(low, 1), round(low + float(rng.uniform(10.0, 30.0)), 1)],
+        "building_width_m": [round(width, 1), round(width + float(rng.uniform(8.0, 18.0)), 1)],
+        "building_setback_m": [0.0, round(float(rng.uniform(0.5, 5.0)), 1)],
+        "alley_probability": round(float(rng.uniform(0.05, 0.45)), 2),
+        "facade_kinds": sorted(rng.choice(_FACADE_KINDS, size=int(rng.integers(2, 5)), replace=False).tolist(),
+                               key=_FACADE_KINDS.index),
+        "park_fraction": round(float(rng.uniform(0.0, 0.25)), 2),
+        "lot_fraction": round(float(rng.uniform(0.0, 0.15)), 2),
+        "tree_spacing_m": round(float(rng.uniform(8.0, 16.0)), 1),
+        "tree_probability": round(float(rng.uniform(0.2, 0.85)), 2),
+        "pole_spacing_m": round(float(rng.uniform(24.0, 40.0)), 1),
+        "parked_vehicle_probability": round(float(rng.uniform(0.2, 0.7)), 2),
+    }
+
+
+#: Presets whose town parameters are drawn from the seed (the others vary only the random layout).
+SEED_VARIED_PRESETS = {"town": _town_family}
+
+
 def load_world_config(preset: str = "default", config_file: Path | None = None, seed: int | None = None) -> WorldConfig:
     """The preset's config, overridden by the YAML file's values, then by ``seed`` when given.
+
+    For presets in :data:`SEED_VARIED_PRESETS` (``town``), the town parameters drawn from the effective
+    seed (``seed``, else the YAML file's, else the preset's) come first, under the YAML file's values.
 
     Raises ``ValueError`` for an unknown preset and :class:`DataError` naming the file when the
     YAML file is missing, unreadable or not a valid override (one line, with the closest valid key for a typo).
@@ -336,12 +388,17 @@ def load_world_config(preset: str = "default", config_file: Path | None = None, 
     if preset not in PRESETS:
         raise ValueError(f"unknown world preset {preset!r}; choose one of {sorted(PRESETS)}")
     data = PRESETS[preset].model_dump(mode="json")
+    override = {}
     if config_file is not None:
         try:
             override = load_yaml(config_file)
         except (OSError, ValueError) as e:
             problem = str(e).removeprefix(f"{config_file}: ")
             raise DataError(config_file, f"cannot read the world config: {problem}") from None
+    if preset in SEED_VARIED_PRESETS:
+        effective = seed if seed is not None else (override or {}).get("seed", data["seed"])
+        data = merge_config(data, {"town": SEED_VARIED_PRESETS[preset](int(effective))})
+    if config_file is not None:
         data = merge_config(data, override)
     if seed is not None:
         data["seed"] = int(seed)
