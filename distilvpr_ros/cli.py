@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate the synthetic camera+LiDAR world (dataset folders + ROS 2 bags)")
     g.add_argument("--out", help="output folder")
-    g.add_argument("--preset", default="default", help="tiny | default | large (default: default)")
+    g.add_argument("--preset", default="default", help="tiny | default | large | town (default: default)")
     g.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     g.add_argument("--config", type=Path, default=None, help="YAML file overriding preset values")
     g.add_argument("--bag-storage", choices=["mcap", "sqlite3"], default="mcap", help="rosbag2 storage plugin")
