@@ -18,7 +18,8 @@ Protocol (all choices are arguments; the defaults are what docs/results/towns/ w
   expected AR@1 of a random ranking: true matches / database frames, averaged like AR@1), and the
   zero-shot ImageNet Lite0 + GeM row (K = 0) for reference.
 
-Run (one training job at a time; results are appended, so runs can be continued with other seeds/variants):
+Writes ``results.json`` and the table ``results.md`` under ``--out``. Run (one training job at a time; results
+are appended, so runs can be continued with other seeds or variants):
 
     nice -n 10 .venv/bin/python benchmarks/towns_experiment.py --towns /tmp/towns --out docs/results/towns
 """
@@ -136,7 +137,7 @@ def main() -> None:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--variants", nargs="+", default=["none"], choices=sorted(VARIANT_NAMES))
-    p.add_argument("--steps", type=int, default=240, help="optimizer steps of every student and teacher")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps of every student and teacher")
     p.add_argument("--image-size", type=int, nargs=2, default=[160, 120])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr-scale", type=float, default=10.0, help="as in benchmarks/distilvpr_experiment.py")
@@ -247,7 +248,7 @@ def write_report(args, results: dict, generation: dict) -> None:
         f"Generation time per town: {gen}.",
         "",
     ]
-    (args.out / "README.md").write_text("\n".join(text))
+    (args.out / "results.md").write_text("\n".join(text))
     print("\n".join(text))
 
 
