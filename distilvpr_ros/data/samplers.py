@@ -1,7 +1,8 @@
 """DistilVPR's (MinkLoc's) pair batch sampler: each batch is B/2 anchors, each with one positive.
 
 Usable as ``torch.utils.data.DataLoader(dataset, batch_sampler=PairBatchSampler(...))``; it has no
-torch dependency itself.
+torch dependency itself. Positives come from the ground truth's positions; frames of several towns
+(``data.synthetic.load_worlds``) lie 100 km apart, so a pair never spans two towns.
 """
 
 from __future__ import annotations
