@@ -58,9 +58,9 @@ from distilvpr_ros.models.preprocess import cloud_to_bev
 from distilvpr_ros.utils.results import write_json
 
 SUBSETS = ("same_direction", "opposite_direction")
-SUBMAP_RADIUS_M = 10.0  # "20 m submaps": ±10 m of travel
-#: The submaps of every row: ±10 m, at most 60k points (every k-th point beyond; bounds training memory and time).
-SUBMAP = SubmapConfig(radius_m=SUBMAP_RADIUS_M, max_points=60000)
+#: The submaps of every row: "20 m submaps", centred (±10 m of travel), at most 60k points (every k-th point beyond;
+#: bounds training memory and time). ``--submap-window trailing`` uses the online window instead.
+SUBMAP = SubmapConfig(length_m=20.0, window="centred", max_points=60000)
 TARGETS = {"single": 0.80, "submap": 0.88, "same_direction": 0.92, "opposite_direction": 0.70, "fog": 0.60}
 POLAR_AUGMENT = {"augment.image": False, "augment.rotate_deg": 180.0, "augment.flip_p": [0.0, 0.0],
                  "augment.lateral_shift_m": 7.0, "augment.range_cut_p": 0.3, "augment.range_cut_m": [35.0, 90.0]}
@@ -213,7 +213,7 @@ def timing(model_paths: dict[str, Path], sequence, base_T_lidar) -> dict:
     sub = SUBMAP
     poses = sequence.poses[: len(clouds)]
     out["submap_assembly"] = timed(lambda: accumulate_submap(clouds, poses, 20, sub, base_T_lidar))
-    out["submap_scans_mean"] = float(np.mean([len(submap_members(poses, i, sub.radius_m, sub.max_scans))
+    out["submap_scans_mean"] = float(np.mean([len(submap_members(poses, i, sub.length_m, sub.max_scans, sub.window))
                                               for i in range(5, 35)]))
     out["submap_points_mean"] = float(np.mean([len(accumulate_submap(clouds, poses, i, sub, base_T_lidar))
                                                for i in range(5, 35)]))
