@@ -266,15 +266,16 @@ class TrailingSubmaps:
     keyframe's scan for the next ones (call it once the keyframe is in the map).
 
     ``counts``: ``submaps`` built, ``breaks`` (kept scans dropped because the odometry epoch changed or the
-    stamps went back), ``cut_short`` (submaps with fewer scans because of such a break: the window would
-    have reached further back), ``last_scans`` (scans in the latest submap).
+    stamps went back), ``cut_short`` (submaps that start a new epoch, or reach back to the first scan after
+    a break with less than ``length_m`` of travel: fewer scans than without the break, as far as the kept
+    poses tell), ``last_scans`` (scans in the latest submap).
     """
 
     def __init__(self, cfg: SubmapConfig, base_T_sensor: np.ndarray | None = None) -> None:
         self.cfg = cfg.model_copy(update={"window": "trailing"})
         self.base_T_sensor = base_T_sensor
         self._scans: deque[tuple[float, np.ndarray, np.ndarray, int]] = deque()  # stamp, pose, cloud, epoch
-        self._broken_epoch: int | None = None  # the epoch that began with a break
+        self._after_break = False  # the oldest kept scan is the first one after a break
         self.counts = {"submaps": 0, "breaks": 0, "cut_short": 0, "last_scans": 0}
 
     def __len__(self) -> int:
@@ -295,10 +296,12 @@ class TrailingSubmaps:
         center = len(poses) - 1
         members = submap_members(poses, center, self.cfg.length_m, self.cfg.max_scans, "trailing")
         out = accumulate_submap(clouds, poses, center, self.cfg, self.base_T_sensor)
-        cut = False
-        if len(members) < self.cfg.max_scans and (not continues or self._broken_epoch == epoch):
+        if not continues:
+            cut = True  # this keyframe starts a new epoch: none of the kept scans may join it
+        else:  # the walk reached the first scan after a break with travel to spare
             path = [p[:3, 3] for p in poses[center + 1 - len(members):]]
-            cut = sum(float(np.linalg.norm(b - a)) for a, b in zip(path, path[1:])) < self.cfg.length_m
+            cut = (self._after_break and len(members) == len(poses) and len(members) < self.cfg.max_scans
+                   and sum(float(np.linalg.norm(b - a)) for a, b in zip(path, path[1:])) < self.cfg.length_m)
         self.counts["submaps"] += 1
         self.counts["last_scans"] = len(members)
         self.counts["cut_short"] += int(cut)
@@ -313,19 +316,19 @@ class TrailingSubmaps:
         if not self._continues(stamp, epoch):
             self._scans.clear()
             self.counts["breaks"] += 1
-            self._broken_epoch = epoch
+            self._after_break = True
         self._scans.append((float(stamp), np.asarray(pose, dtype=np.float64), np.asarray(cloud), epoch))
-        while len(self._scans) > self.cfg.max_scans - 1:
-            self._scans.popleft()
-        travel = 0.0
-        for k in range(len(self._scans) - 2, -1, -1):
+        keep, travel = min(len(self._scans), self.cfg.max_scans - 1), 0.0
+        for k in range(len(self._scans) - 2, max(len(self._scans) - 2 - keep, -1), -1):
             travel += float(np.linalg.norm(self._scans[k + 1][1][:3, 3] - self._scans[k][1][:3, 3]))
             if travel > self.cfg.length_m:
-                for _ in range(k + 1):
-                    self._scans.popleft()
+                keep = len(self._scans) - 1 - k
                 break
+        while len(self._scans) > keep:
+            self._scans.popleft()
+            self._after_break = False
 
     def reset(self) -> None:
         """Forget the kept scans (a new run)."""
         self._scans.clear()
-        self._broken_epoch = None
+        self._after_break = False

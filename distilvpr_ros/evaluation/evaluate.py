@@ -38,6 +38,7 @@ from ..config import GroundTruthConfig
 from ..data.ground_truth import RunPair, cross_run_pairs
 from ..data.sample import Sequence as SampleSequence
 from ..data.sources import open_sequences
+from ..data.submap import SubmapConfig, with_submaps
 from ..models.checkpoint import load_model
 from ..models.inference import embed_sequences
 from ..utils.results import make_run_dir, write_json
@@ -283,13 +284,14 @@ def run_evaluate(checkpoint: Path, root: Path, region: str = "test", out_dir: Pa
                  batch_size: int = 32, head: str = "fused", *, source: str = "synthetic", sequences: Iterable[str] = (),
                  images_root: Path | None = None, gt_cfg: GroundTruthConfig | None = None,
                  query_subsets: Iterable[str] = tuple(QUERY_SUBSETS), results_root: Path = Path("results"),
-                 progress: bool = True) -> dict:
+                 progress: bool = True, submap: SubmapConfig | None = None) -> dict:
     """Evaluate a checkpoint on the runs of a data source and write the result folder.
 
     ``source`` (``open_sequences``): ``synthetic`` reads the frames of ``region`` of the world at ``root``;
     ``bags``, ``oxford``, ``boreas`` and ``kitti`` read the named ``sequences`` under ``root`` (Oxford images
     from ``images_root``). Query subsets that need per-frame meta (direction, occlusion) exist only in
-    synthetic worlds; other sources get the overall and per-pair results.
+    synthetic worlds; other sources get the overall and per-pair results. ``submap`` (``length_m`` > 0): every
+    cloud is replaced by its LiDAR submap over the run's poses (``data.submap.with_submaps``).
 
     Writes into ``out_dir`` (default: a fresh ``<results_root>/evaluate/<timestamp>/`` with a ``latest``
     link): ``metrics.json`` (the dict returned, with ``config``: checkpoint, model kind, source, region or
@@ -303,6 +305,7 @@ def run_evaluate(checkpoint: Path, root: Path, region: str = "test", out_dir: Pa
                           images_root=images_root)
     if not synthetic:
         query_subsets = ()
+    runs = with_submaps(runs, submap)
     descs = embed_sequences(model, runs, batch_size=batch_size, progress=progress, head=head)
     metrics = evaluate_sequences(descs, runs, gt_cfg, query_subsets=query_subsets)
     where = {"region": region, "world": str(root)} if synthetic else {"sequences": list(sequences), "root": str(root)}
@@ -313,6 +316,7 @@ def run_evaluate(checkpoint: Path, root: Path, region: str = "test", out_dir: Pa
         **where,
         "head": head,
         "batch_size": batch_size,
+        "submap": (submap or SubmapConfig()).model_dump(),
         "runs": [seq.run for seq in runs],
         "occlusion_threshold": OCCLUSION_THRESHOLD,
         "ground_truth": gt_cfg.model_dump(),
