@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,7 +45,8 @@ import numpy as np
 import torch
 
 from distilvpr_ros.data.ground_truth import cross_run_pairs
-from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence, accumulate_submap, submap_members
+from distilvpr_ros.data.submap import (SubmapConfig, SubmapSequence, TrailingSubmaps, accumulate_submap,
+                                       submap_members)
 from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
 from distilvpr_ros.evaluation.evaluate import QUERY_SUBSETS, evaluate_sequences, frame_metas
 from distilvpr_ros.evaluation.metrics import average_recalls, recall_at_n
@@ -220,6 +222,33 @@ def timing(model_paths: dict[str, Path], sequence, base_T_lidar) -> dict:
     return out
 
 
+def submap_timing(sequence, base_T_lidar, lengths=(20.0, 50.0), repeats: int = 50) -> dict:
+    """Submap assembly per keyframe, one thread, clouds in memory: offline (``accumulate_submap``, trailing and
+    centred) and in the mapping-node path (``TrailingSubmaps.submap`` over the earlier keyframes, what
+    ``MapBuilder.add_keyframe`` adds per keyframe), with the package's default bounds (11 scans, 100 m)."""
+    torch.set_num_threads(1)
+    n = min(len(sequence), 40)
+    clouds = [sequence.cloud(i) for i in range(n)]
+    poses, stamps = np.asarray(sequence.poses[:n]), np.asarray(sequence.timestamps[:n], dtype=float)
+    last = n - 1
+    out = {"points_per_scan": int(np.mean([len(c) for c in clouds])),
+           "keyframe_spacing_m": float(np.median(np.linalg.norm(np.diff(poses[:, :3, 3], axis=0), axis=1)))}
+    for length in lengths:
+        for window in ("trailing", "centred"):
+            cfg = SubmapConfig(length_m=length, window=window)
+            centre = last if window == "trailing" else n // 2
+            key = f"{length:g}m_{window}"
+            out[f"offline_{key}"] = timed(lambda: accumulate_submap(clouds, poses, centre, cfg, base_T_lidar), repeats)
+            out[f"offline_{key}_scans"] = len(submap_members(poses, centre, length, cfg.max_scans, window))
+            out[f"offline_{key}_points"] = len(accumulate_submap(clouds, poses, centre, cfg, base_T_lidar))
+        live = TrailingSubmaps(SubmapConfig(length_m=length), base_T_lidar)
+        for i in range(last):
+            live.add(stamps[i], poses[i], clouds[i])
+        out[f"node_{length:g}m_submap"] = timed(lambda: live.submap(stamps[last], poses[last], clouds[last]), repeats)
+        out[f"node_{length:g}m_scans"] = live.counts["last_scans"]
+    return out
+
+
 def yaw_change(path: Path, sequence, scans: int = 10, yaws: int = 5) -> dict:
     """Relative descriptor change of a trained model under random yaws of real scans."""
     model = load_model(path).eval()
@@ -289,11 +318,21 @@ def main() -> None:
     parser.add_argument("--learned", nargs="*", default=["polar", "bev", "polar_submap"],
                         help="learned runs to train/evaluate (polar, bev, polar_submap)")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--submap-timing-only", action="store_true",
+                        help="only time submap assembly (offline, mapping-node path): <out>/submap_timing.json")
     parser.add_argument("--note", action="append", default=[], help="a line added to the report (repeatable)")
     args = parser.parse_args()
 
     meta = read_world_meta(args.world)
     base_T_lidar = np.asarray(meta["calibration"]["T_base_lidar"])
+    if args.submap_timing_only:
+        out = {**submap_timing(load_synthetic(args.world, regions={"test"})[0], base_T_lidar),
+               "load_average": list(os.getloadavg()), "command": "PYTHONPATH=$PWD nice -n 10 .venv/bin/python "
+               f"benchmarks/lidar_teacher.py --world {args.world} --out {args.out} --submap-timing-only"}
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "submap_timing.json", to_jsonable(out))
+        print(json.dumps(to_jsonable(out), indent=1))
+        return
     checkpoints: dict[str, list[Path]] = {}
     training_notes = []
     for name in args.learned:

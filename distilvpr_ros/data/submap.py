@@ -221,8 +221,12 @@ class SubmapSequence:
         i %= n
         sample = self.parent[i]
         self._cache[i] = sample.cloud
-        sample.cloud = accumulate_submap(self.cloud, self.odometry, i, self.cfg, self.base_T_sensor)
+        sample.cloud = self.submap_cloud(i)
         return sample
+
+    def submap_cloud(self, i: int) -> np.ndarray:
+        """The submap of frame ``i`` alone (no image read)."""
+        return accumulate_submap(self.cloud, self.odometry, i, self.cfg, self.base_T_sensor)
 
 
 def lidar_extrinsic(sequence) -> np.ndarray | None:
