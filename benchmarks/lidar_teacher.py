@@ -6,8 +6,8 @@ AR@1 = mean over pairs; subsets ``same_direction`` / ``opposite_direction`` (que
 match) and the per-condition breakdown (``fog``). Chance = random descriptors (1024-d Gaussian, mean of
 5 draws), i.e. a random ranking.
 
-Rows (each on single scans and on 20 m submaps = the scans within ±10 m of travel, accumulated with the
-run's poses by ``data.submap.accumulate_submap``, no voxel filter).
+Rows (each on single scans and on 20 m centred submaps = the scans within ±10 m of travel, accumulated with
+the run's poses by ``data.submap.accumulate_submap``, no voxel filter).
 
 * ``scan_context``: 20 x 60 max-height grid to 100 m, ring-key top-10 re-ranked by the column-shift
   distance (``models.classical.scan_context_distances``; its two-stage ranking is scored by a pair loop
@@ -61,7 +61,7 @@ from distilvpr_ros.utils.results import write_json
 
 SUBSETS = ("same_direction", "opposite_direction")
 #: The submaps of every row: "20 m submaps", centred (±10 m of travel), at most 60k points (every k-th point beyond;
-#: bounds training memory and time). ``--submap-window trailing`` uses the online window instead.
+#: bounds training memory and time).
 SUBMAP = SubmapConfig(length_m=20.0, window="centred", max_points=60000)
 TARGETS = {"single": 0.80, "submap": 0.88, "same_direction": 0.92, "opposite_direction": 0.70, "fog": 0.60}
 POLAR_AUGMENT = {"augment.image": False, "augment.rotate_deg": 180.0, "augment.flip_p": [0.0, 0.0],

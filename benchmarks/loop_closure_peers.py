@@ -95,7 +95,7 @@ from distilvpr_ros.models.inference import embed_batch, embed_sequences, input_s
 from distilvpr_ros.evaluation.metrics import precision_recall
 from distilvpr_ros.evaluation.plots import plot_pr
 from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
-from distilvpr_ros.models.checkpoint import load_model
+from distilvpr_ros.models.checkpoint import load_model, model_identity
 from distilvpr_ros.models.preprocess import cloud_to_bev
 from distilvpr_ros.utils.results import write_json
 from inference import find_checkpoint  # benchmarks/ is on sys.path when run as a script
@@ -298,11 +298,30 @@ def submap_label(length_m: float, window: str) -> str:
     return "single scan" if length_m <= 0 else f"{length_m:g} m {window} submaps"
 
 
-def lidar_descriptors(models: dict, full, length_m: float, window: str) -> dict[str, list[np.ndarray]]:
+def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: Path | None = None,
+                      identities: dict | None = None) -> dict[str, list[np.ndarray]]:
     """Per LiDAR model, one L2-normalised descriptor array per run; each frame's cloud (scan or submap) is
-    built once and rasterised for every model's grid."""
+    built once and rasterised for every model's grid. ``cache``: a folder where each model's arrays are kept
+    as ``.npz``, keyed by its identity (name, weights' sha256), the submap config and the runs, and reused."""
     cfg = SubmapConfig(length_m=length_m, window=window)
-    out: dict[str, list[np.ndarray]] = {name: [] for name in models}
+    out: dict[str, list[np.ndarray]] = {}
+    files = {}
+    if cache is not None:
+        import hashlib
+
+        cache.mkdir(parents=True, exist_ok=True)
+        runs = [(str(getattr(run, "run_dir", run.run)), len(run)) for run in full]
+        for name in models:
+            key = json.dumps([list((identities or {}).get(name, (name,))), cfg.model_dump(), runs])
+            files[name] = cache / f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+            if files[name].is_file():
+                with np.load(files[name]) as z:
+                    out[name] = [z[f"run{k}"] for k in range(len(full))]
+    todo = {name: model for name, model in models.items() if name not in out}
+    if not todo:
+        return out
+    models = todo
+    out.update({name: [] for name in models})
     for run in full:
         source = SubmapSequence(run, cfg, lidar_extrinsic(run)) if cfg.enabled else None
         grids: dict[str, list[np.ndarray]] = {name: [] for name in models}
@@ -313,6 +332,9 @@ def lidar_descriptors(models: dict, full, length_m: float, window: str) -> dict[
         for name, model in models.items():
             g = np.stack(grids[name])
             out[name].append(np.concatenate([embed_batch(model, {"cloud": g[k:k + 64]}) for k in range(0, len(g), 64)]))
+    for name in models:
+        if name in files:
+            np.savez(files[name], **{f"run{k}": d for k, d in enumerate(out[name])})
     return out
 
 
@@ -431,6 +453,8 @@ def main() -> None:
                    help="LiDAR-model inputs: submaps of D metres of travel (0: single scans)")
     p.add_argument("--submap-windows", nargs="+", choices=("trailing", "centred"), default=["trailing"],
                    help="where the D metres lie (trailing: online, as the mapping node)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder keeping LiDAR-model descriptors (.npz per model, submap config and world) for reuse")
     p.add_argument("--previous", type=Path, default=None,
                    help="results.json of an earlier run: its rows not measured now are carried over, marked")
     p.add_argument("--out", type=Path, default=Path("results/benchmarks/loop_closure_peers"))
@@ -475,17 +499,18 @@ def main() -> None:
             timing["checkpoint"] = str(path)
             timing["wall_s"] = time.perf_counter() - t
             methods[name] = (props, timing, None)
-    lidar_models = {}
+    lidar_models, identities = {}, {}
     for spec in args.lidar_model:
         name, _, path = spec.partition("=")
         lidar_models[name] = load_model(path or name)
         if input_spec_of(lidar_models[name]).inputs != ("cloud",):
             raise SystemExit(f"--lidar-model {spec}: not a LiDAR-only model ({lidar_models[name].kind})")
         result.setdefault("lidar_models", {})[name] = {"path": path or name, "kind": lidar_models[name].kind}
+        identities[name] = model_identity(path or name)
     for length in args.submap_lengths if lidar_models else []:
         for window in args.submap_windows if length > 0 else ["trailing"]:
             t = time.perf_counter()
-            descs = lidar_descriptors(lidar_models, full, length, window)
+            descs = lidar_descriptors(lidar_models, full, length, window, args.cache, identities)
             wall = time.perf_counter() - t
             print(f"LiDAR models, {submap_label(length, window)}: descriptors in {wall:.0f} s", flush=True)
             for name, model in lidar_models.items():
