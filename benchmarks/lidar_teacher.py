@@ -170,16 +170,11 @@ def train(name: str, world: Path, runs: Path, encoder: str, epochs: int, seed: i
                  "progress": False, "augment.image": False}
     if encoder == "polar":
         overrides.update(POLAR_AUGMENT)
+    if submap:  # the training data config reads submaps (data.submap; LiDAR extrinsic from world.json)
+        overrides.update({f"data.submap.{k}": v for k, v in SUBMAP.model_dump().items()})
     cfg = TrainConfig.from_yaml(None, overrides)
-    train_seqs = val_seqs = None
-    if submap:
-        meta = read_world_meta(world)
-        base_T_lidar = np.asarray(meta["calibration"]["T_base_lidar"])
-        sub = SUBMAP
-        train_seqs = [SubmapSequence(s, sub, base_T_lidar) for s in load_synthetic(world, regions={"train"})]
-        val_seqs = [SubmapSequence(s, sub, base_T_lidar) for s in load_synthetic(world, regions={"val"})]
     started = time.perf_counter()
-    train_student(cfg, train_seqs, val_seqs)
+    train_student(cfg)
     (out / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     return out / "best"
 
