@@ -133,3 +133,18 @@ def test_teacher_space_takes_lidar_kinds_and_refuses_a_camera_student(checkpoint
             update={"teacher_checkpoint": str(checkpoints["student"])}))
     with pytest.raises(ValueError, match="only knows the past"):
         NodeConfig(**{"submap": {"length_m": 20.0, "window": "centred"}})
+
+
+def test_training_data_config_reads_submaps(world):
+    from distilvpr_ros.training.config import DataConfig
+    from distilvpr_ros.training.data import open_split
+
+    single = open_split(DataConfig(root=world), "train")
+    submaps = open_split(DataConfig(root=world, submap=SubmapConfig(length_m=D, window="centred")), "train")
+    assert [s.run for s in submaps] == [s.run for s in single] and len(submaps[0]) == len(single[0])
+    run, i = single[0], len(single[0]) // 2
+    T = np.asarray(read_world_meta(world)["calibration"]["T_base_lidar"])
+    expected = accumulate_submap([run.cloud(j) for j in range(len(run))], run.poses, i,
+                                 SubmapConfig(length_m=D, window="centred"), T)
+    np.testing.assert_array_equal(submaps[0][i].cloud, expected)
+    assert len(expected) > len(run.cloud(i))
