@@ -6,7 +6,7 @@ facing opposite ways mostly see different things, so no camera descriptor can ma
 know which pairs can be matched from the images at all.
 
 **World ground truth** (synthetic worlds). :mod:`.world.visibility` ray-casts every frame's camera
-view (a 64 x 48 ray grid, the world's intrinsics and extrinsics) into the run's static scene and keeps
+view (a 128 x 96 ray grid, the world's intrinsics and extrinsics) into the run's static scene and keeps
 the occupied 1 m voxels more than 0.3 m above the ground within 30 m that the camera sees
 (:class:`~.world.visibility.RayCastParams`). Frame ``b`` *sees* frame ``a``'s structure when it sees at
 least ``min_shared`` (10 %) of ``a``'s visible voxels: ``|V_a & V_b| >= min_shared * |V_a|`` (so a frame
@@ -61,8 +61,8 @@ class VisibilityConfig:
     voxel_m: float = 1.0
     min_height_m: float = 0.3
     max_range_m: float = 30.0
-    rays_x: int = 64
-    rays_y: int = 48
+    rays_x: int = 128
+    rays_y: int = 96
     min_shared: float = 0.10
     proxy_distance_m: float = CORRECT_M
     proxy_heading_deg: float = 90.0

@@ -1,13 +1,18 @@
 """Which occupied 1 m voxels of the world's structure each camera frame sees (ray casting, open3d).
 
-A coarse grid of camera rays (``rays_x x rays_y``, spread evenly over the image with the world's
-intrinsics ``K``) is cast from each frame's camera pose (``world_T_base @ T_base_camera``, optical frame:
+A coarse grid of camera rays (``rays_x x rays_y``, default 128 x 96, spread evenly over the image with
+the world's intrinsics ``K``) is cast from each frame's camera pose (``world_T_base @ T_base_camera``, optical frame:
 z forward, x right, y down) into the run's static scene: the town with the run's tree crowns (none in
 winter) and parked cars, exactly as :class:`~.render.Renderer` builds it, without the moving traffic. A
 hit counts when its ray is at most ``max_range_m`` long and it lies more than ``min_height_m`` above the
-ground (z = 0); its voxel is ``floor(point / voxel_m)`` of the hit point pushed ``voxel_m / 20`` along the
-ray, i.e. just into the surface, so a wall on a voxel boundary falls in the voxel its solid occupies.
+ground (z = 0); its voxel is ``floor(point / voxel_m)`` of the hit point pushed ``voxel_m / 20`` into the
+surface (against its normal), so a wall on a voxel boundary falls in the voxel its solid occupies.
 A frame's *visible voxels* are the distinct voxels of its hits.
+
+The grid is a sample: a wall seen at a grazing angle is hit only every few metres, and two viewpoints
+then hit different voxels of the same wall. On the default world 64 x 48 rays find 164 voxels per
+frame, 128 x 96 find 209 and 256 x 192 find 231; the share of opposite-direction queries with a visible
+match was 0.19 / 0.22 / 0.22 on two of its runs, so the default is 128 x 96 (4x the rays of 64 x 48).
 
 :func:`visible_voxel_sets` does this for any triangle mesh (tests use hand-made scenes);
 :func:`world_visible_voxels` for every frame of every run of a generated world. The cache, the overlap
@@ -22,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-#: Frames ray-cast per call (bounds the memory of one call to about 3,000 rays x 512 frames).
-_CHUNK = 512
+#: Frames ray-cast per call (bounds the memory of one call to about 12,000 rays x 128 frames).
+_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,8 @@ class RayCastParams:
     voxel_m: float = 1.0
     min_height_m: float = 0.3
     max_range_m: float = 30.0
-    rays_x: int = 64
-    rays_y: int = 48
+    rays_x: int = 128
+    rays_y: int = 96
 
     def __post_init__(self):
         if not (self.voxel_m > 0 and self.max_range_m > 0 and self.rays_x > 0 and self.rays_y > 0):
@@ -80,12 +85,15 @@ def visible_voxel_sets(vertices: np.ndarray, triangles: np.ndarray, world_T_came
         origins = np.repeat(chunk[:, :3, 3], n_rays, axis=0)
         world_dirs = np.einsum("fij,rj->fri", chunk[:, :3, :3], dirs).reshape(-1, 3)
         rays = np.concatenate([origins, world_dirs], axis=1).astype(np.float32)
-        t = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy().astype(float)
+        answer = scene.cast_rays(o3d.core.Tensor(rays))
+        t = answer["t_hit"].numpy().astype(float)
         hit = np.isfinite(t) & (t <= params.max_range_m)
         points = origins[hit] + world_dirs[hit] * t[hit, None]
         frame = np.repeat(np.arange(len(chunk)), n_rays)[hit]
         above = points[:, 2] > params.min_height_m
-        inside = points[above] + world_dirs[hit][above] * (params.voxel_m / 20)
+        normals = answer["primitive_normals"].numpy()[hit][above].astype(float)
+        into = normals * np.sign(np.einsum("ij,ij->i", normals, world_dirs[hit][above]))[:, None]  # along the ray
+        inside = points[above] + into * (params.voxel_m / 20)
         cells = np.floor(inside / params.voxel_m).astype(np.int64)
         keyed = np.unique(np.concatenate([frame[above, None], cells], axis=1), axis=0)
         counts[c0:c0 + len(chunk)] = np.bincount(keyed[:, 0], minlength=len(chunk))
