@@ -97,8 +97,12 @@ def model_rows(work: Path, runs, structure: VisibleStructure) -> dict:
             descs = embed_sequences(model, runs, batch_size=32, progress=False, head=head)
             m = evaluate_sequences(descs, runs, query_subsets=SUBSETS, visible=structure.matches)
             name = role if role == "student" else f"teacher ({head})"
+            v = m["visible"]
             out[name] = {"headline": m["headline"], "recall@5": m["recall@5"], "visible": {
-                k: m["visible"][k] for k in ("recall@1", "recall@5", "num_queries", "ceiling@1")},
+                "recall@1": v["recall@1"], "recall@5": v["recall@5"], "num_queries": v["num_queries"],
+                **{f"{n}/recall@1": v[n]["recall@1"] for n in SUBSETS},
+                **{f"{n}/num_queries": v[n]["num_queries"] for n in SUBSETS},
+                **{f"{n}/num_pairs": v[n]["num_pairs"] for n in SUBSETS}},
                 "seconds": round(time.perf_counter() - t0, 1)}
             print(name, json.dumps(to_jsonable(m["headline"]))[:300], flush=True)
     return out
@@ -145,6 +149,14 @@ def markdown(result: dict) -> str:
         lines += ["## The demo's checkpoints", "",
                   "AR@1 on all / same-direction / opposite-direction queries and on the visible subset, by query "
                   "condition; chance = random ranking.", ""]
+        lines += ["The visible subset split by direction (standard rule; AR over the pairs with such queries):", "",
+                  markdown_table([{"model": name, **row["visible"]} for name, row in result["models"].items()],
+                                 {"model": "model", "recall@1": "visible AR@1",
+                                  "same_direction/recall@1": "visible same-direction AR@1",
+                                  "same_direction/num_queries": "queries",
+                                  "opposite_direction/recall@1": "visible opposite-direction AR@1",
+                                  "opposite_direction/num_queries": "queries",
+                                  "opposite_direction/num_pairs": "pairs"})]
         for name, row in result["models"].items():
             lines += [f"### {name}", "", headline_markdown({"headline": row["headline"]})]
     return "\n".join(lines) + "\n"
