@@ -166,6 +166,13 @@ def test_world_ground_truth_on_the_tiny_world(tiny_world):
     want = structure.sees([(full[query.run], int(i)) for i in query.frame_indices],
                           [(full[database.run], int(i)) for i in database.frame_indices])
     np.testing.assert_array_equal(sub.matches(0, 1), want)
+    # Condition-filtered training sequences (frame subsets of runs) find the world too.
+    from distilvpr_ros.data.sources import SequenceSubset
+
+    subsets = [SequenceSubset(SequenceSubset(test_runs[0], np.arange(1, len(query))), np.array([0, 2])), database]
+    via = VisibleStructure.from_sequences(subsets, compute=False)
+    assert via.source == vis.WORLD
+    np.testing.assert_array_equal(via.matches(0, 1), want[[1, 3]])
 
 
 # --- the pose proxy ----------------------------------------------------------------------------------

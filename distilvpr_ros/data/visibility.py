@@ -252,18 +252,35 @@ def pose_proxy_mask(poses_a: np.ndarray, poses_b: np.ndarray,
 # One interface for both
 # ------------------------------------------------------------------------------------------------
 
+def world_frames(sequence: Sequence) -> tuple[Path, np.ndarray] | None:
+    """``(run folder, file index of each position)`` of a synthetic run (:class:`~.synthetic.SyntheticRun`),
+    also through frame subsets (``sources.SequenceSubset``: ``parent`` and ``frames``); None for other data."""
+    if hasattr(sequence, "run_dir") and hasattr(sequence, "frame_indices"):
+        return Path(sequence.run_dir), np.asarray(sequence.frame_indices, dtype=np.int64)
+    parent, frames = getattr(sequence, "parent", None), getattr(sequence, "frames", None)
+    if parent is None or frames is None:
+        return None
+    inner = world_frames(parent)
+    return None if inner is None else (inner[0], inner[1][np.asarray(frames, dtype=np.int64)])
+
+
 def world_root_of(sequences: TypingSequence[Sequence]) -> Path | None:
-    """The generated world all sequences are runs of (:class:`~.synthetic.SyntheticRun`), else None."""
+    """The generated world all sequences are runs (or frame subsets of runs) of, else None."""
     roots = set()
     for seq in sequences:
-        run_dir = getattr(seq, "run_dir", None)
-        if run_dir is None or not hasattr(seq, "frame_indices"):
+        found = world_frames(seq)
+        if found is None:
             return None
-        roots.add(Path(run_dir).resolve().parent.parent)
+        roots.add(found[0].resolve().parent.parent)
     if len(roots) != 1:
         return None
     root = roots.pop()
     return root if (root / WORLD_JSON).is_file() else None
+
+
+def _file_indices(sequence: Sequence) -> np.ndarray:
+    found = world_frames(sequence)
+    return found[1] if found is not None else np.arange(len(sequence))
 
 
 class VisibleStructure:
@@ -282,8 +299,7 @@ class VisibleStructure:
         self.source = WORLD if voxels is not None else PROXY
         self._poses = [np.asarray(seq.poses, dtype=float) for seq in self.sequences]
         if voxels is not None:
-            self._rows = [voxels.rows(seq.run, getattr(seq, "frame_indices", np.arange(len(seq))))
-                          for seq in self.sequences]
+            self._rows = [voxels.rows(seq.run, _file_indices(seq)) for seq in self.sequences]
 
     @classmethod
     def from_sequences(cls, sequences: TypingSequence[Sequence], cfg: VisibilityConfig = VisibilityConfig(), *,
