@@ -18,7 +18,7 @@ from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from distilvpr_ros.ros.messages import header, image_msg, pointcloud2_msg, pose_msg  # noqa: E402
-from distilvpr_ros.ros.mapping_node import MappingNode  # noqa: E402
+from distilvpr_ros.ros.mapping_node import EXECUTOR_THREADS, MappingNode  # noqa: E402
 from test_ros_nodes import frame, make_assets  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -135,6 +135,36 @@ def test_no_pair_misses_its_odometry_at_live_rates_with_slow_networks(assets, tm
     assert counts["drops_queue_full"] == 0, counts
     assert stats.pairs >= sent - 2, (stats, sent)  # the newest pair may still wait for a later scan
     assert keyframes >= expected - 1, (keyframes, expected, counts)
+
+
+def test_the_nodes_executor_finishes_callbacks_in_hand_before_it_shuts_down(capfd):
+    """Callbacks queued behind busy workers when spinning stops run before the executor releases its guard
+    condition (rclpy's MultiThreadedExecutor printed "The following exception was never retrieved: cannot use
+    Destroyable because destruction was requested" for them, at the end of this file's live test)."""
+    import gc
+
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+
+    rclpy.init()
+    try:
+        node = rclpy.create_node("busy_callbacks")
+        ran = []
+        for _ in range(2 * EXECUTOR_THREADS):  # twice as many busy callbacks as worker threads: some wait queued
+            node.create_timer(0.005, lambda: (time.sleep(0.03), ran.append(1)),
+                              callback_group=MutuallyExclusiveCallbackGroup())
+        executor = MappingNode.make_executor()
+        executor.add_node(node)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        executor.shutdown()
+        node.destroy_node()
+        del executor
+        gc.collect()  # rclpy reports a callback's unretrieved exception when its task is collected
+    finally:
+        rclpy.try_shutdown()
+    assert len(ran) > 2 * EXECUTOR_THREADS
+    assert "never retrieved" not in capfd.readouterr().err
 
 
 def test_runtime_odometry_parameters_are_applied(assets, tmp_path):
