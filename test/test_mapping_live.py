@@ -24,8 +24,8 @@ from test_ros_nodes import frame, make_assets  # noqa: E402
 pytestmark = pytest.mark.ros
 
 PAIR_HZ, ODOM_HZ, METRES_PER_PAIR = 10.0, 20.0, 1.0
-INFERENCE_S = 0.15  # artificial extra time per keyframe in the networks
-MIN_DISTANCE_M = 1.5  # a keyframe every 2nd pair: 0.15 s of networks (+ the real tiny ones) per 0.2 s of data
+INFERENCE_S = 0.15  # the networks' time per keyframe, the real tiny ones included (slow_networks)
+MIN_DISTANCE_M = 1.5  # a keyframe every 2nd pair: 0.15 s of networks per 0.2 s of data, 75 % of real time
 ODOM_LAG_S = 0.03  # odometry is published this long after its stamp (it is computed from the scans)
 SECONDS = 6.0
 
@@ -102,18 +102,21 @@ def mapping_node(assets, tmp_path, **params):
 
 
 def slow_networks(builder, seconds: float):
+    """Make a keyframe take ``seconds`` in the networks in all: the real tiny ones, then a sleep for the rest.
+    Their share of the stream is then the same on a quiet and on a loaded machine (a fixed sleep on top of
+    them asked for more than real time once other work slowed them past 50 ms a keyframe: 40-120 ms measured
+    at load 15-20 on 2 cores, and dropping pairs is then the node's documented answer, not a fault)."""
     add = builder.add_keyframe
 
     def slow_add(*args, **kwargs):
-        time.sleep(seconds)
-        return add(*args, **kwargs)
+        start = time.monotonic()
+        result = add(*args, **kwargs)
+        time.sleep(max(0.0, seconds - (time.monotonic() - start)))
+        return result
 
     builder.add_keyframe = slow_add
 
 
-@pytest.mark.xfail(strict=False, reason="flaky since the verification/multi-session merges: the processing thread "
-                   "now and then stalls for seconds (drops_queue_full 2-36 in a 6 s stream, also with reliable QoS, "
-                   "1 thread, or diagnostics' input watch off), about half the runs; not root-caused yet")
 def test_no_pair_misses_its_odometry_at_live_rates_with_slow_networks(assets, tmp_path):
     rclpy.init()
     node = mapping_node(assets, tmp_path)
@@ -130,7 +133,7 @@ def test_no_pair_misses_its_odometry_at_live_rates_with_slow_networks(assets, tm
         spun.close()
         sensors.destroy_node()
         rclpy.try_shutdown()
-    expected = int(np.ceil(sent / round(MIN_DISTANCE_M / METRES_PER_PAIR + 0.5)))  # every 4th pair
+    expected = int(np.ceil(sent / round(MIN_DISTANCE_M / METRES_PER_PAIR + 0.5)))  # every 2nd pair
     assert counts["missing_odometry"] == 0, counts
     assert counts["drops_queue_full"] == 0, counts
     assert stats.pairs >= sent - 2, (stats, sent)  # the newest pair may still wait for a later scan
