@@ -128,7 +128,7 @@ def camera_variants(backends: list[str]) -> dict[str, CameraVerificationConfig]:
         for n in (500, 1000, 2000):
             out[f"{kind}+{b} max_features={n}"] = CameraVerificationConfig(
                 features=kind, pnp_backend=b, max_features=n)
-        out[f"{kind}+{b} road kept"] = CameraVerificationConfig(features=kind, pnp_backend=b, min_point_height_m=None)
+        out[f"{kind}+{b} road kept"] = CameraVerificationConfig(features=kind, pnp_backend=b, drop_low_points=False)
     # Identical configs (a variation equal to the default) are measured once.
     seen, unique = set(), {}
     for name, cfg in out.items():
@@ -197,7 +197,8 @@ def summarize_camera(rows, extract_ms, cfg: CameraVerificationConfig) -> dict:
             reasons[key] = reasons.get(key, 0) + 1
     return dict(
         features=cfg.features, pnp_backend=cfg.pnp_backend, max_features=cfg.max_features,
-        min_point_height_m=cfg.min_point_height_m, positives=len(pos), negatives=len(neg), accepted=len(acc),
+        min_point_height_m=cfg.min_point_height_m if cfg.drop_low_points else None, positives=len(pos),
+        negatives=len(neg), accepted=len(acc),
         correct=len(correct), false_accepts=len(acc) - len(correct),
         false_accepts_on_negatives=sum(r["accepted"] for r in neg),
         precision=precision, recall=len(correct) / len(pos) if pos else None,

@@ -145,6 +145,37 @@ def test_bad_input_is_rejected_with_a_reason(scene):
     assert not r.accepted and r.reason
 
 
+def test_low_points_are_dropped_by_an_explicit_flag_and_zero_is_a_height(scene):
+    kf = scene["kf"]
+    # every LiDAR point lies below 100 m: dropping low points leaves no 2D-3D correspondence, keeping them accepts
+    high = CameraVerifier(CameraVerificationConfig(min_point_height_m=100.0)).verify(scene["query"], kf)
+    assert not high.accepted and high.reason.startswith("too few matches with LiDAR depth")
+    off = CameraVerificationConfig(min_point_height_m=100.0, drop_low_points=False)
+    assert CameraVerifier(off).verify(scene["query"], kf).accepted
+    # 0.0 is a height, not "unset"; the former ``None`` still means "keep every point"
+    zero = CameraVerificationConfig(min_point_height_m=0.0)
+    assert zero.drop_low_points and zero.min_point_height_m == 0.0
+    legacy = CameraVerificationConfig(min_point_height_m=None)
+    assert not legacy.drop_low_points and legacy.min_point_height_m == 0.3
+
+
+def test_min_point_height_zero_survives_ros_parameters():
+    """A ROS double cannot be None: 0.0 must reach the verifier as 0.0 (it used to be read back as "unset")."""
+    pytest.importorskip("rclpy")
+    from distilvpr_ros.pipeline.config import NodeConfig
+    from distilvpr_ros.ros.params import _validate, flatten, parameter_specs
+
+    specs = {s.name: s for s in parameter_specs()}
+    height = specs["verification.camera.min_point_height_m"]
+    assert not height.optional and specs["verification.camera.drop_low_points"].default is True
+    values = flatten(NodeConfig())
+    values["verification.camera.min_point_height_m"] = 0.0
+    cfg = _validate(values, list(specs.values())).verification.camera
+    assert cfg.min_point_height_m == 0.0 and cfg.drop_low_points
+    values["verification.camera.drop_low_points"] = False
+    assert not _validate(values, list(specs.values())).verification.camera.drop_low_points
+
+
 def test_degenerate_pnp_is_rejected():
     c = make_calibration()
     line = np.column_stack([np.linspace(-2, 2, 30), np.zeros(30), np.full(30, 8.0)])  # collinear 3D points

@@ -133,7 +133,7 @@ class CameraVerifier:
         pts_k = lookup_points(keyframe.depth, k.uv[pairs[:, 1]], kcal, cfg.depth_radius_px,
                               cfg.depth_min_samples, cfg.depth_max_residual)
         has = np.all(np.isfinite(pts_k), axis=1)
-        if cfg.min_point_height_m is not None:  # drop the road: its markings repeat along the street
+        if cfg.drop_low_points:  # drop the road: its markings repeat along the street
             with np.errstate(invalid="ignore"):
                 has &= transform_points(kcal.T_base_camera, pts_k)[:, 2] >= cfg.min_point_height_m
         pairs, pts_k = pairs[has], pts_k[has]
