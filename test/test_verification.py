@@ -176,6 +176,33 @@ def test_min_point_height_zero_survives_ros_parameters():
     assert not _validate(values, list(specs.values())).verification.camera.drop_low_points
 
 
+def test_keyframe_is_prepared_once_with_a_3d_point_per_feature(scene):
+    s = scene["scene"]
+    kf = KeyframeView.from_cloud(scene["kf"].pose, s.calib, scene["kf"].image, s.lidar(scene["kf"].pose))
+    v = CameraVerifier(CameraVerificationConfig(features="orb"))
+    assert v.prepare(kf) == "" and kf.prepared is not None
+    feats, pts = kf.features, kf.points
+    assert 0 < len(feats) == len(pts) < kf.detected  # the features without LiDAR depth are left out
+    uv, inside = s.calib.project(pts)  # each point projects back onto its own keypoint
+    assert inside.all() and np.abs(uv - feats.uv).max() < 0.5
+    assert v.verify(scene["query"], kf).accepted and kf.features is feats  # not prepared again
+    other = CameraVerifier(CameraVerificationConfig(features="orb", upright=False))
+    assert other.prepare(kf) == "" and kf.features is not feats  # other settings: prepared again
+
+
+def test_upright_features_are_described_at_orientation_zero(scene):
+    import cv2
+
+    gray = cv2.cvtColor(scene["query"], cv2.COLOR_RGB2GRAY)
+    up, rot = FeatureExtractor("orb", 500, upright=True), FeatureExtractor("orb", 500, upright=False)
+    f_up, f_rot = up.extract(scene["query"]), rot.extract(scene["query"])
+    orb = cv2.ORB_create(nfeatures=500, fastThreshold=7, edgeThreshold=15, patchSize=15)
+    kps = [cv2.KeyPoint(k.pt[0], k.pt[1], k.size, 0.0, k.response, k.octave, k.class_id) for k in orb.detect(gray)]
+    kps, desc = orb.compute(gray, kps)
+    np.testing.assert_array_equal(f_up.descriptors, desc)
+    assert len(f_up) == len(f_rot) and not np.array_equal(f_up.descriptors, f_rot.descriptors)
+
+
 def test_degenerate_pnp_is_rejected():
     c = make_calibration()
     line = np.column_stack([np.linspace(-2, 2, 30), np.zeros(30), np.full(30, 8.0)])  # collinear 3D points

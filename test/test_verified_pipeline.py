@@ -207,6 +207,16 @@ def test_verified_loop_closures_are_spaced_by_min_interval(canyon):
     assert loc.localize(106.0, near_1).output().loop_closure == (106.0, 1.0)
 
 
+def test_localizer_prepares_the_keyframes_when_the_map_is_loaded(canyon):
+    scene, db, poses = canyon
+    loc, _ = localizer(db)
+    views = [loc.cache.camera(i) for i in range(len(db))]  # already built: the cache returns them as they are
+    assert all(v.prepared is not None and len(v.features) == len(v.points) > 0 for v in views)
+    assert loc.preload_seconds > 0
+    lazy, _ = localizer(db, preload_keyframes=False)
+    assert lazy.preload_seconds == 0 and lazy.cache.camera(0).prepared is None
+
+
 def test_consecutive_agreement_and_the_unverified_path(canyon):
     scene, db, poses = canyon
     loc, student = localizer(db, consecutive=2)
