@@ -120,7 +120,7 @@ def percentile(values, q) -> float | None:
 
 
 def camera_variants(backends: list[str]) -> dict[str, CameraVerificationConfig]:
-    """Features x PnP backend at the defaults, then single-knob variations (feature count, road filter)."""
+    """Features x PnP backend at the defaults, then single-knob variations (feature count, road filter, upright)."""
     out = {f"{kind}+{b}": CameraVerificationConfig(features=kind, pnp_backend=b)
            for kind in ("sift", "orb") for b in backends}
     b = backends[0]
@@ -129,6 +129,7 @@ def camera_variants(backends: list[str]) -> dict[str, CameraVerificationConfig]:
             out[f"{kind}+{b} max_features={n}"] = CameraVerificationConfig(
                 features=kind, pnp_backend=b, max_features=n)
         out[f"{kind}+{b} road kept"] = CameraVerificationConfig(features=kind, pnp_backend=b, drop_low_points=False)
+        out[f"{kind}+{b} rotation-invariant"] = CameraVerificationConfig(features=kind, pnp_backend=b, upright=False)
     # Identical configs (a variation equal to the default) are measured once.
     seen, unique = set(), {}
     for name, cfg in out.items():
