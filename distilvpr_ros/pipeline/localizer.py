@@ -5,7 +5,8 @@ Verification (``verification.enabled`` and a map with views). The matcher's top-
 (``min(matcher.top_k, verification.rerank.top_k)``) of every frame — or only of frames the matcher accepted,
 with ``verification.require_descriptor_match`` — are verified in descriptor order with
 :class:`~distilvpr_ros.verification.camera.CameraVerifier` (local features of the query once per frame,
-the keyframes' features cached per keyframe id; PnP + RANSAC against the keyframe's LiDAR depth), stopping at
+each keyframe prepared once — its features that have a LiDAR 3D point —, for the first ``cache_keyframes``
+keyframes when the map is loaded with ``verification.preload_keyframes``; PnP + RANSAC), stopping at
 the first accepted candidate (``rerank.stop_at_first``), and re-ranked by inliers
 (:func:`~distilvpr_ros.verification.rerank.rerank`). The accepted candidate gives the query's base pose in the
 map frame and its PnP covariance; with ``rerank.consecutive`` > 1 it counts only once that many consecutive
