@@ -148,11 +148,11 @@ def camera_benchmark(pairs, map_run, calib: CameraCalibration, variants: dict[st
         images.setdefault((map_run.run, p["mi"]), map_run.image(p["mi"]))
         if p["mi"] not in depth:
             depth[p["mi"]] = sparse_depth(map_run.cloud(p["mi"]), calib)
-    features: dict[tuple[str, int], tuple[dict, list]] = {}  # (kind, max_features) -> (features, extract ms)
+    features: dict[tuple, tuple[dict, list]] = {}  # extractor key -> (features, extract ms)
     out = {}
     for name, cfg in variants.items():
         v = CameraVerifier(cfg)
-        fkey = (cfg.features, cfg.max_features)
+        fkey = v.extractor.key  # what the features depend on (kind, count, upright)
         if fkey not in features:
             feats, extract_ms = {}, []
             for key, img in tqdm(images.items(), desc=f"{fkey} features", leave=False):
