@@ -140,6 +140,10 @@ def test_bad_input_is_rejected_with_a_reason(scene):
     for expected, r in cases.items():
         assert not r.accepted and r.reason.startswith(expected.strip()), (expected, r.reason)
         assert r.pose is None and r.covariance is None
+    # a malformed depth image (wrong shape) is a rejected keyframe with a reason, also when prepared on its own
+    broken = KeyframeView(kf.pose, c, kf.image, np.ones((3, 3, 3), np.float32))
+    assert v.prepare(broken).startswith("keyframe preparation failed")
+    assert not v.verify(scene["query"], broken).accepted
     noise = np.random.default_rng(0).integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
     r = v.verify(noise, kf)
     assert not r.accepted and r.reason

@@ -104,6 +104,16 @@ class CameraVerifier:
         key = self._prepare_key
         if keyframe.prepared == key:
             return keyframe.problem
+        try:
+            feats, pts, detected, problem = self._prepare(keyframe)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError, cv2.error) as e:  # malformed arrays: unusable
+            feats, pts, detected = LocalFeatures.empty(self.extractor.kind), np.zeros((0, 3)), 0
+            problem = f"keyframe preparation failed: {type(e).__name__}: {e}"
+        keyframe.features, keyframe.points, keyframe.detected, keyframe.problem = feats, pts, detected, problem
+        keyframe.prepared = key
+        return problem
+
+    def _prepare(self, keyframe: KeyframeView) -> tuple[LocalFeatures, np.ndarray, int, str]:
         cfg, kcal = self.config, keyframe.calibration
         given = keyframe.features if keyframe.prepared is None and keyframe.features is not None and \
             keyframe.features.kind == self.extractor.kind else None  # extracted by the caller with this extractor
@@ -128,9 +138,7 @@ class CameraVerifier:
                 if len(feats) < cfg.min_inliers:
                     problem = (f"too few matches with LiDAR depth possible (the keyframe has {len(feats)} features "
                                f"with a 3D point < {cfg.min_inliers})")
-        keyframe.features, keyframe.points, keyframe.detected, keyframe.problem = feats, pts, detected, problem
-        keyframe.prepared = key
-        return problem
+        return feats, pts, detected, problem
 
     def verify(self, query: np.ndarray | LocalFeatures | None, keyframe: KeyframeView,
                query_calibration: CameraCalibration | None = None) -> CameraVerification:
