@@ -171,6 +171,9 @@ class VerificationConfig(Section):
                            "(min_score, sequence); false: verify the top-k of every frame")
     cache_keyframes: int = Field(
         512, ge=1, le=1000000, description="keyframes whose decoded image, depth and features stay cached")
+    preload_keyframes: bool = Field(
+        True, description="localisation: prepare the first cache_keyframes keyframes (image, depth, features with "
+                          "their 3D points) when the map is loaded, not at their first match")
 
 
 class DiagnosticsConfig(Section):
