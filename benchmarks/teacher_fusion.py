@@ -37,7 +37,8 @@ import torch
 from distilvpr_ros.data.synthetic import load_synthetic
 from distilvpr_ros.evaluation.evaluate import evaluate_sequences
 from distilvpr_ros.evaluation.report import markdown_table
-from distilvpr_ros.models.checkpoint import load_model, read_checkpoint_meta
+from distilvpr_ros.models import ModelConfig, build_model
+from distilvpr_ros.models.checkpoint import load_model, read_checkpoint_meta, save_model_checkpoint
 from distilvpr_ros.models.inference import model_inputs, run_in_batches
 from distilvpr_ros.models.vpr import l2_normalize, weighted_fusion
 from distilvpr_ros.training.config import TrainConfig
@@ -65,24 +66,29 @@ def demo_overrides() -> dict:
     return dict(yaml.safe_load(DEMO_CONFIG.read_text())["default"]["teacher"])
 
 
-def recipe_config(recipe: str, world: Path, out: Path, seed: int, threads: int, cache: Path | None) -> TrainConfig:
+def recipe_config(recipe: str, world: Path, out: Path, seed: int, threads: int, cache: Path | None,
+                  lidar_init: Path | None = None) -> TrainConfig:
     if recipe == "demo":
         return TrainConfig.from_yaml(None, {**demo_overrides(), "data.root": str(world), "out_dir": str(out),
                                             "seed": seed, "threads": threads, "progress": False,
                                             "feature_cache.dir": None if cache is None else str(cache)})
-    return TrainConfig.from_yaml(BASE_CONFIG, {**RECIPES[recipe], "data.root": str(world), "out_dir": str(out),
+    overrides = dict(RECIPES[recipe])
+    if lidar_init is not None and "teacher.lidar_warmup_epochs" in overrides:
+        overrides["teacher.lidar_init"] = str(lidar_init)
+    return TrainConfig.from_yaml(BASE_CONFIG, {**overrides, "data.root": str(world), "out_dir": str(out),
                                                "seed": seed, "threads": threads, "progress": False,
                                                "feature_cache.dir": None if cache is None else str(cache)})
 
 
-def train(recipe: str, world: Path, runs: Path, seed: int, threads: int, cache: Path | None) -> Path:
+def train(recipe: str, world: Path, runs: Path, seed: int, threads: int, cache: Path | None,
+          lidar_init: Path | None = None) -> Path:
     """Train (or reuse) one teacher; returns its run folder."""
     from distilvpr_ros.training.trainer import train_teacher
 
     out = runs / f"{recipe}_seed{seed}"
     if (out / "best" / "checkpoint.json").is_file():
         return out
-    cfg = recipe_config(recipe, world, out, seed, threads, cache)
+    cfg = recipe_config(recipe, world, out, seed, threads, cache, lidar_init)
     started = time.perf_counter()
     train_teacher(cfg)
     (out / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
@@ -131,7 +137,7 @@ def scored(descs, frames: Frames, cfg: TrainConfig) -> dict:
     return summary(evaluate_sequences(descs, frames.sequences, cfg.ground_truth, query_subsets=SUBSETS))
 
 
-def budget(run: Path) -> dict:
+def budget(run: Path, lidar_init: Path | None = None) -> dict:
     """Epochs, steps and seconds of a run folder (and of its LiDAR warm-up), from ``history.json``."""
     def of(folder: Path) -> dict:
         history = json.loads((folder / "history.json").read_text())
@@ -142,12 +148,28 @@ def budget(run: Path) -> dict:
     out = {"fused": of(run)}
     if (run / "lidar_warmup" / "history.json").is_file():
         out["lidar_warmup"] = of(run / "lidar_warmup")
+    elif lidar_init is not None and (Path(lidar_init).parent / "history.json").is_file():
+        out["lidar_warmup"] = {**of(Path(lidar_init).parent), "from": str(lidar_init)}
     if (run / "train_seconds.txt").is_file():
         out["wall_seconds"] = float((run / "train_seconds.txt").read_text())
     return out
 
 
-def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float]) -> dict:
+def export_reweighted(model, run: Path, weight: float) -> Path:
+    """``<run>/best_w<weight>``: the same weights as ``best`` with ``fusion: weighted_concat`` at ``weight``
+    (its fused head retrieves as ``weighted_fusion`` of the two heads; the choice of fixed weight (a))."""
+    meta = read_checkpoint_meta(run / "best")
+    model_cfg = model.cfg.model_copy(update={"fusion": "weighted_concat", "fusion_cloud_weight": weight})
+    reweighted = build_model("teacher", ModelConfig.model_validate(model_cfg.model_dump()))
+    reweighted.load_state_dict(model.state_dict())
+    config = {**meta["config"], "model": model_cfg.model_dump(mode="json")}
+    out = run / f"best_w{weight:.2f}"
+    save_model_checkpoint(out, reweighted, config=config, epoch=meta["epoch"],
+                          metrics={**meta["metrics"], "val_chosen_cloud_weight": weight})
+    return out
+
+
+def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float], export_weighted: bool) -> dict:
     model = load_model(run / "best", expect_kind="teacher").eval()
     cfg = TrainConfig.model_validate(json.loads(json.dumps(read_checkpoint_meta(run / "best")["config"])))
     val_heads, test_heads = embed_heads(model, val), embed_heads(model, test)
@@ -157,15 +179,21 @@ def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float
     for w in weights:
         descs = [weighted_fusion(c, i, w) for c, i in zip(val_heads["cloud"], val_heads["image"])]
         sweep[f"{w:.2f}"] = scored(descs, val, cfg)["recall@1"]
-    chosen = max(sweep, key=lambda k: (sweep[k], -abs(float(k) - 0.5)))
+    fusable = [k for k in sweep if float(k) < 1.0]  # w = 1 drops the camera: not a fused teacher
+    chosen = max(fusable, key=lambda k: (sweep[k], -abs(float(k) - 0.5)))
     test_scores = {head: scored(test_heads[head], test, cfg) for head in HEADS}
     weighted = [weighted_fusion(c, i, float(chosen)) for c, i in zip(test_heads["cloud"], test_heads["image"])]
     test_scores[f"weighted w={chosen} (val-chosen)"] = scored(weighted, test, cfg)
+    reweighted = None
+    if cfg.model.fusion in ("normalized_concat", "weighted_concat") and export_weighted:
+        reweighted = str(export_reweighted(model, run, float(chosen)))
     return {"name": name, "run": str(run), "checkpoint": str(run / "best"), "fusion": cfg.model.fusion,
+            "reweighted_checkpoint": reweighted,
             "learned_cloud_weight": model.cloud_weight if cfg.model.fusion == "learned_concat" else None,
             "val": {"heads": val_scores, "weighted_sweep": sweep, "chosen_weight": float(chosen),
                     "head_details": val_full},
-            "test": test_scores, "budget": budget(run), "seed": cfg.seed, "threads": cfg.threads}
+            "test": test_scores, "budget": budget(run, cfg.teacher.lidar_init), "seed": cfg.seed,
+            "threads": cfg.threads}
 
 
 def rows(results: list[dict]) -> list[dict]:
@@ -225,9 +253,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--train", action="store_true", help="train missing runs (otherwise skip them)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lidar-init", type=Path, default=None,
+                   help="two-stage recipes: start from this LiDAR checkpoint (a 128-d polar lidar_student trained "
+                   "like the warm-up) instead of training their own warm-up")
     p.add_argument("--cache", type=Path, default=None, help="feature_cache.dir of the training runs")
     p.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0])
     p.add_argument("--out", type=Path, default=Path("docs/results/teacher"))
+    p.add_argument("--export-weighted", action="store_true",
+                   help="also save <run>/best_w<w>: the checkpoint with fusion weighted_concat at the val-chosen w")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -236,7 +269,7 @@ def main() -> None:
         for seed in args.seeds:
             folder = args.runs / f"{recipe}_seed{seed}"
             if args.train:
-                folder = train(recipe, args.world, args.runs, seed, args.threads, args.cache)
+                folder = train(recipe, args.world, args.runs, seed, args.threads, args.cache, args.lidar_init)
             if (folder / "best" / "checkpoint.json").is_file():
                 runs.append((f"{recipe} seed {seed}", folder))
     runs += [(item.split("=", 1)[0], Path(item.split("=", 1)[1])) for item in args.extra]
@@ -246,7 +279,7 @@ def main() -> None:
     test = Frames(load_synthetic(args.world, regions={"test"}))
     results = []
     for name, folder in runs:
-        results.append(measure(name, folder, val, test, args.weights))
+        results.append(measure(name, folder, val, test, args.weights, args.export_weighted))
         print(json.dumps({"name": name, "test": {h: m["recall@1"] for h, m in results[-1]["test"].items()},
                           "val": results[-1]["val"]}), flush=True)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
