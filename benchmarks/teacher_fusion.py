@@ -18,6 +18,8 @@ into ``--runs/<recipe>_seed<N>`` unless ``best/`` exists there:
 * ``two_stage``: 30 LiDAR-only epochs (``teacher.lidar_warmup_epochs``) then 8 fused epochs, LiDAR lr 1e-4;
 * ``two_stage_learned``: the same with ``fusion: learned_concat`` (a learned LiDAR share);
 * ``two_stage_concat``: the same with plain ``concat`` (the paper's fusion);
+* ``two_stage_allcond``: ``two_stage`` whose LiDAR warm-up (20 epochs) reads every condition's scans
+  (``--lidar-init`` of a LiDAR student trained with ``data.train_conditions=null data.val_conditions=null``);
 * ``demo``: what ``config/demo.yaml`` trains (the demo's budget).
 
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/teacher_fusion.py --world data/world_default \\
@@ -56,6 +58,8 @@ RECIPES: dict[str, dict] = {
     "two_stage": dict(TWO_STAGE),
     "two_stage_learned": {**TWO_STAGE, "model.fusion": "learned_concat"},
     "two_stage_concat": {**TWO_STAGE, "model.fusion": "concat"},
+    # the LiDAR warm-up on every condition's LiDAR (the camera still trains on day/dusk/fog/autumn only)
+    "two_stage_allcond": {**TWO_STAGE, "teacher.lidar_warmup_epochs": 20},
 }
 
 
@@ -196,6 +200,20 @@ def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float
             "threads": cfg.threads}
 
 
+def measure_lidar(name: str, run: Path, val: Frames, test: Frames) -> dict:
+    """A LiDAR-only model (the two-stage recipe's first stage): its one head on val and test."""
+    model = load_model(run / "best", expect_kind="lidar_student").eval()
+    cfg = TrainConfig.model_validate(read_checkpoint_meta(run / "best")["config"])
+    val_heads, test_heads = embed_heads(model, val), embed_heads(model, test)
+    val_full = scored(val_heads["fused"], val, cfg)
+    return {"name": name, "run": str(run), "checkpoint": str(run / "best"), "fusion": None,
+            "reweighted_checkpoint": None, "learned_cloud_weight": None,
+            "val": {"heads": {"cloud": val_full["recall@1"]}, "weighted_sweep": {}, "chosen_weight": float("nan"),
+                    "head_details": {"cloud": val_full}},
+            "test": {"cloud": scored(test_heads["fused"], test, cfg)}, "budget": budget(run), "seed": cfg.seed,
+            "threads": cfg.threads}
+
+
 def rows(results: list[dict]) -> list[dict]:
     out = []
     for r in results:
@@ -224,16 +242,18 @@ def write_report(results: list[dict], out: Path, command: str, load: str) -> Non
              "(cosine = w cos(cloud) + (1 - w) cos(image), from the two heads)", ""]
     weights = sorted({w for r in results for w in r["val"]["weighted_sweep"]})
     sweep_rows = [{"teacher": r["name"], **{f"w={w}": r["val"]["weighted_sweep"].get(w) for w in weights},
-                   "chosen": r["val"]["chosen_weight"]} for r in results]
+                   "chosen": r["val"]["chosen_weight"]} for r in results if r["val"]["weighted_sweep"]]
     lines += [markdown_table(sweep_rows, ["teacher", *(f"w={w}" for w in weights), "chosen"],
                              {"chosen": ".2f"}), "", "## Training budget", ""]
     for r in results:
         b = r["budget"]
-        parts = [f"fused {b['fused']['epochs']} epochs / {b['fused']['steps']} steps / {b['fused']['seconds']:.0f} s "
+        stage = "fused" if r["fusion"] is not None else "LiDAR-only"
+        parts = [f"{stage} {b['fused']['epochs']} epochs / {b['fused']['steps']} steps / {b['fused']['seconds']:.0f} s "
                  f"(best epoch {b['fused']['best_epoch']})"]
         if "lidar_warmup" in b:
             w = b["lidar_warmup"]
-            parts.insert(0, f"LiDAR warm-up {w['epochs']} epochs / {w['steps']} steps / {w['seconds']:.0f} s")
+            source = f" (`{w['from']}`)" if "from" in w else ""
+            parts.insert(0, f"LiDAR warm-up{source} {w['epochs']} epochs / {w['steps']} steps / {w['seconds']:.0f} s")
         learned = "" if r["learned_cloud_weight"] is None else f"; learned w = {r['learned_cloud_weight']:.3f}"
         lines.append(f"- {r['name']} (seed {r['seed']}, {r['threads']} torch thread(s), fusion {r['fusion']}"
                      f"{learned}): " + "; ".join(parts) + f"; checkpoint `{r['checkpoint']}`")
@@ -250,6 +270,7 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=Path("/tmp/teachers"), help="run folders <recipe>_seed<N>")
     p.add_argument("--recipes", nargs="*", default=["nc", "two_stage"], help=f"of {[*RECIPES, 'demo']}")
     p.add_argument("--extra", nargs="*", default=[], help="more teacher run folders, as name=path")
+    p.add_argument("--lidar", nargs="*", default=[], help="LiDAR-only run folders (lidar_student), as name=path")
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--train", action="store_true", help="train missing runs (otherwise skip them)")
     p.add_argument("--threads", type=int, default=1)
@@ -273,11 +294,14 @@ def main() -> None:
             if (folder / "best" / "checkpoint.json").is_file():
                 runs.append((f"{recipe} seed {seed}", folder))
     runs += [(item.split("=", 1)[0], Path(item.split("=", 1)[1])) for item in args.extra]
-    first = TrainConfig.model_validate(read_checkpoint_meta(runs[0][1] / "best")["config"])
+    folders = [folder for _, folder in runs] + [Path(item.split("=", 1)[1]) for item in args.lidar]
+    first = TrainConfig.model_validate(read_checkpoint_meta(folders[0] / "best")["config"])
     val = Frames([s for s in load_synthetic(args.world, regions={first.data.val_region})
                   if first.data.val_conditions is None or s.meta(0)["condition"] in first.data.val_conditions])
     test = Frames(load_synthetic(args.world, regions={"test"}))
     results = []
+    for item in args.lidar:
+        results.append(measure_lidar(item.split("=", 1)[0], Path(item.split("=", 1)[1]), val, test))
     for name, folder in runs:
         results.append(measure(name, folder, val, test, args.weights, args.export_weighted))
         print(json.dumps({"name": name, "test": {h: m["recall@1"] for h, m in results[-1]["test"].items()},
