@@ -20,7 +20,9 @@ into ``--runs/<recipe>_seed<N>`` unless ``best/`` exists there:
 * ``two_stage_concat``: the same with plain ``concat`` (the paper's fusion);
 * ``two_stage_allcond``: ``two_stage`` whose LiDAR warm-up (20 epochs) reads every condition's scans
   (``--lidar-init`` of a LiDAR student trained with ``data.train_conditions=null data.val_conditions=null``);
-* ``demo``: what ``config/demo.yaml`` trains (the demo's budget).
+* ``demo``: what ``config/demo.yaml`` trains (the demo's budget; the BEV teacher);
+* ``demo_polar``: the polar teacher at about the demo's budget (12 LiDAR-only epochs at lr 2e-3, then 4 fused
+  epochs, ``learned_concat``), measured for the demo switch.
 
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/teacher_fusion.py --world data/world_default \\
         --runs /tmp/teachers --recipes nc two_stage --seeds 1 --train --out docs/results/teacher
@@ -58,6 +60,9 @@ RECIPES: dict[str, dict] = {
     "two_stage": dict(TWO_STAGE),
     "two_stage_learned": {**TWO_STAGE, "model.fusion": "learned_concat"},
     "two_stage_concat": {**TWO_STAGE, "model.fusion": "concat"},
+    # the polar demo teacher measured for the demo switch (demo image recipe, 12 LiDAR-only + 4 fused epochs)
+    "demo_polar": {"teacher.lidar_warmup_epochs": 12, "teacher.lidar_warmup_lr": 2e-3, "optim.epochs": 4,
+                   "optim.milestones": [3], "optim.cloud_lr": 1e-4, "model.fusion": "learned_concat"},
     # the LiDAR warm-up on every condition's LiDAR (the camera still trains on day/dusk/fog/autumn only)
     "two_stage_allcond": {**TWO_STAGE, "teacher.lidar_warmup_epochs": 20},
 }
