@@ -6,8 +6,8 @@ AR@1 = mean over pairs; subsets ``same_direction`` / ``opposite_direction`` (que
 match) and the per-condition breakdown (``fog``). Chance = random descriptors (1024-d Gaussian, mean of
 5 draws), i.e. a random ranking.
 
-Rows (each on single scans and on 20 m submaps = the scans within ±10 m of travel, accumulated with the
-run's poses by ``data.submap.accumulate_submap``, no voxel filter).
+Rows (each on single scans and on 20 m centred submaps = the scans within ±10 m of travel, accumulated with
+the run's poses by ``data.submap.accumulate_submap``, no voxel filter).
 
 * ``scan_context``: 20 x 60 max-height grid to 100 m, ring-key top-10 re-ranked by the column-shift
   distance (``models.classical.scan_context_distances``; its two-stage ranking is scored by a pair loop
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,7 +45,8 @@ import numpy as np
 import torch
 
 from distilvpr_ros.data.ground_truth import cross_run_pairs
-from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence, accumulate_submap, submap_members
+from distilvpr_ros.data.submap import (SubmapConfig, SubmapSequence, TrailingSubmaps, accumulate_submap,
+                                       submap_members)
 from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
 from distilvpr_ros.evaluation.evaluate import QUERY_SUBSETS, evaluate_sequences, frame_metas
 from distilvpr_ros.evaluation.metrics import average_recalls, recall_at_n
@@ -58,9 +60,9 @@ from distilvpr_ros.models.preprocess import cloud_to_bev
 from distilvpr_ros.utils.results import write_json
 
 SUBSETS = ("same_direction", "opposite_direction")
-SUBMAP_RADIUS_M = 10.0  # "20 m submaps": ±10 m of travel
-#: The submaps of every row: ±10 m, at most 60k points (every k-th point beyond; bounds training memory and time).
-SUBMAP = SubmapConfig(radius_m=SUBMAP_RADIUS_M, max_points=60000)
+#: The submaps of every row: "20 m submaps", centred (±10 m of travel), at most 60k points (every k-th point beyond;
+#: bounds training memory and time).
+SUBMAP = SubmapConfig(length_m=20.0, window="centred", max_points=60000)
 TARGETS = {"single": 0.80, "submap": 0.88, "same_direction": 0.92, "opposite_direction": 0.70, "fog": 0.60}
 POLAR_AUGMENT = {"augment.image": False, "augment.rotate_deg": 180.0, "augment.flip_p": [0.0, 0.0],
                  "augment.lateral_shift_m": 7.0, "augment.range_cut_p": 0.3, "augment.range_cut_m": [35.0, 90.0]}
@@ -168,16 +170,11 @@ def train(name: str, world: Path, runs: Path, encoder: str, epochs: int, seed: i
                  "progress": False, "augment.image": False}
     if encoder == "polar":
         overrides.update(POLAR_AUGMENT)
+    if submap:  # the training data config reads submaps (data.submap; LiDAR extrinsic from world.json)
+        overrides.update({f"data.submap.{k}": v for k, v in SUBMAP.model_dump().items()})
     cfg = TrainConfig.from_yaml(None, overrides)
-    train_seqs = val_seqs = None
-    if submap:
-        meta = read_world_meta(world)
-        base_T_lidar = np.asarray(meta["calibration"]["T_base_lidar"])
-        sub = SUBMAP
-        train_seqs = [SubmapSequence(s, sub, base_T_lidar) for s in load_synthetic(world, regions={"train"})]
-        val_seqs = [SubmapSequence(s, sub, base_T_lidar) for s in load_synthetic(world, regions={"val"})]
     started = time.perf_counter()
-    train_student(cfg, train_seqs, val_seqs)
+    train_student(cfg)
     (out / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     return out / "best"
 
@@ -213,10 +210,37 @@ def timing(model_paths: dict[str, Path], sequence, base_T_lidar) -> dict:
     sub = SUBMAP
     poses = sequence.poses[: len(clouds)]
     out["submap_assembly"] = timed(lambda: accumulate_submap(clouds, poses, 20, sub, base_T_lidar))
-    out["submap_scans_mean"] = float(np.mean([len(submap_members(poses, i, sub.radius_m, sub.max_scans))
+    out["submap_scans_mean"] = float(np.mean([len(submap_members(poses, i, sub.length_m, sub.max_scans, sub.window))
                                               for i in range(5, 35)]))
     out["submap_points_mean"] = float(np.mean([len(accumulate_submap(clouds, poses, i, sub, base_T_lidar))
                                                for i in range(5, 35)]))
+    return out
+
+
+def submap_timing(sequence, base_T_lidar, lengths=(20.0, 50.0), repeats: int = 50) -> dict:
+    """Submap assembly per keyframe, one thread, clouds in memory: offline (``accumulate_submap``, trailing and
+    centred) and in the mapping-node path (``TrailingSubmaps.submap`` over the earlier keyframes, what
+    ``MapBuilder.add_keyframe`` adds per keyframe), with the package's default bounds (11 scans, 100 m)."""
+    torch.set_num_threads(1)
+    n = min(len(sequence), 40)
+    clouds = [sequence.cloud(i) for i in range(n)]
+    poses, stamps = np.asarray(sequence.poses[:n]), np.asarray(sequence.timestamps[:n], dtype=float)
+    last = n - 1
+    out = {"points_per_scan": int(np.mean([len(c) for c in clouds])),
+           "keyframe_spacing_m": float(np.median(np.linalg.norm(np.diff(poses[:, :3, 3], axis=0), axis=1)))}
+    for length in lengths:
+        for window in ("trailing", "centred"):
+            cfg = SubmapConfig(length_m=length, window=window)
+            centre = last if window == "trailing" else n // 2
+            key = f"{length:g}m_{window}"
+            out[f"offline_{key}"] = timed(lambda: accumulate_submap(clouds, poses, centre, cfg, base_T_lidar), repeats)
+            out[f"offline_{key}_scans"] = len(submap_members(poses, centre, length, cfg.max_scans, window))
+            out[f"offline_{key}_points"] = len(accumulate_submap(clouds, poses, centre, cfg, base_T_lidar))
+        live = TrailingSubmaps(SubmapConfig(length_m=length), base_T_lidar)
+        for i in range(last):
+            live.add(stamps[i], poses[i], clouds[i])
+        out[f"node_{length:g}m_submap"] = timed(lambda: live.submap(stamps[last], poses[last], clouds[last]), repeats)
+        out[f"node_{length:g}m_scans"] = live.counts["last_scans"]
     return out
 
 
@@ -289,11 +313,21 @@ def main() -> None:
     parser.add_argument("--learned", nargs="*", default=["polar", "bev", "polar_submap"],
                         help="learned runs to train/evaluate (polar, bev, polar_submap)")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--submap-timing-only", action="store_true",
+                        help="only time submap assembly (offline, mapping-node path): <out>/submap_timing.json")
     parser.add_argument("--note", action="append", default=[], help="a line added to the report (repeatable)")
     args = parser.parse_args()
 
     meta = read_world_meta(args.world)
     base_T_lidar = np.asarray(meta["calibration"]["T_base_lidar"])
+    if args.submap_timing_only:
+        out = {**submap_timing(load_synthetic(args.world, regions={"test"})[0], base_T_lidar),
+               "load_average": list(os.getloadavg()), "command": "PYTHONPATH=$PWD nice -n 10 .venv/bin/python "
+               f"benchmarks/lidar_teacher.py --world {args.world} --out {args.out} --submap-timing-only"}
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "submap_timing.json", to_jsonable(out))
+        print(json.dumps(to_jsonable(out), indent=1))
+        return
     checkpoints: dict[str, list[Path]] = {}
     training_notes = []
     for name in args.learned:

@@ -23,6 +23,19 @@ student, ``--lidar-student``; found under ``results/`` when not given, skipped w
 absent): the proposal is the most similar database frame (cosine of L2-normalised descriptors), the
 score that similarity.
 
+**LiDAR models** (``--lidar-model NAME=PATH``, repeatable: a checkpoint folder of a LiDAR model, e.g. the
+polar encoder, or a classical kind's name, ``scan_context_fft`` / ``ring_key``) on single scans and on LiDAR
+submaps of each ``--submap-lengths`` D (metres of travel, ``data.submap``; 0 = single scans) in each
+``--submap-windows`` (``trailing``: the D metres driven up to the frame, what the mapping node builds online;
+``centred``: +-D/2, offline only), accumulated with the world's ground-truth poses (as map-closures gets them)
+and at most ``SubmapConfig.max_scans`` scans, 100 m range, no voxel filter. Database frames and queries read
+the same kind of submap. Proposal and score as for our models (cosine). ``ms/query``: submap assembly from
+clouds in memory + grid + forward at batch 1 (one thread) + flat search of a database run.
+
+``--previous results.json`` carries the rows of an earlier run of this script that are not measured again
+(e.g. map-closures, ~50 min; checkpoints no longer at hand) into the table and the plot, marked
+"[earlier run]", with that run's command.
+
 **map-closures** (PRBonn/MapClosures, ``pip install --no-deps map-closures==2.2.0``, its default
 config: 0.5 m density maps, Hamming 50, ORB + HBST + 2D RANSAC): it closes loops between *local maps*
 (scans accumulated over ``--map-range`` = 100 m of travel, its pipeline's ``max_range``) that need
@@ -63,6 +76,7 @@ database run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -75,12 +89,14 @@ from scipy.spatial import cKDTree
 
 from distilvpr_ros.config import GroundTruthConfig
 from distilvpr_ros.data.ground_truth import cross_run_pairs
+from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence, lidar_extrinsic
 from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
 from distilvpr_ros.models.inference import embed_batch, embed_sequences, input_spec_of, model_inputs
 from distilvpr_ros.evaluation.metrics import precision_recall
 from distilvpr_ros.evaluation.plots import plot_pr
 from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
-from distilvpr_ros.models.checkpoint import load_model
+from distilvpr_ros.models.checkpoint import load_model, model_identity
+from distilvpr_ros.models.preprocess import cloud_to_bev
 from distilvpr_ros.utils.results import write_json
 from inference import find_checkpoint  # benchmarks/ is on sys.path when run as a script
 
@@ -94,6 +110,7 @@ MODEL_ROWS = {  # option -> (row name, checkpoint kind, preferred run folder nam
 }
 NO_CLOSURE_SCORE = 0.0
 CURVE_POINTS = 200  # PR points kept per method in the JSON (thinned evenly; the plot uses all)
+EARLIER = "[earlier run]"  # suffix of the rows carried over from --previous
 QUERY_ID_GAP = 10  # query map ids start this far above the last database map id (> its skip window of 3)
 
 
@@ -277,6 +294,84 @@ def run_model(model, full, queries, repeats: int) -> tuple[dict, dict]:
     return proposals, {"ms_per_query": 1e3 * float(np.median(times)), "image_size": list(spec.image_size or [])}
 
 
+def submap_label(length_m: float, window: str) -> str:
+    return "single scan" if length_m <= 0 else f"{length_m:g} m {window} submaps"
+
+
+def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: Path | None = None,
+                      identities: dict | None = None) -> dict[str, list[np.ndarray]]:
+    """Per LiDAR model, one L2-normalised descriptor array per run; each frame's cloud (scan or submap) is
+    built once and rasterised for every model's grid. ``cache``: a folder where each model's arrays are kept
+    as ``.npz``, keyed by its identity (name, weights' sha256), the submap config and the runs, and reused."""
+    cfg = SubmapConfig(length_m=length_m, window=window)
+    out: dict[str, list[np.ndarray]] = {}
+    files = {}
+    if cache is not None:
+        import hashlib
+
+        cache.mkdir(parents=True, exist_ok=True)
+        runs = [(str(getattr(run, "run_dir", run.run)), len(run)) for run in full]
+        for name in models:
+            key = json.dumps([list((identities or {}).get(name, (name,))), cfg.model_dump(), runs])
+            files[name] = cache / f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+            if files[name].is_file():
+                with np.load(files[name]) as z:
+                    out[name] = [z[f"run{k}"] for k in range(len(full))]
+    todo = {name: model for name, model in models.items() if name not in out}
+    if not todo:
+        return out
+    models = todo
+    out.update({name: [] for name in models})
+    for run in full:
+        source = SubmapSequence(run, cfg, lidar_extrinsic(run)) if cfg.enabled else None
+        grids: dict[str, list[np.ndarray]] = {name: [] for name in models}
+        for i in range(len(run)):
+            cloud = source.submap_cloud(i) if source is not None else run.cloud(i)
+            for name, model in models.items():
+                grids[name].append(cloud_to_bev(cloud, model.input_spec.bev))
+        for name, model in models.items():
+            g = np.stack(grids[name])
+            out[name].append(np.concatenate([embed_batch(model, {"cloud": g[k:k + 64]}) for k in range(0, len(g), 64)]))
+    for name in models:
+        if name in files:
+            np.savez(files[name], **{f"run{k}": d for k, d in enumerate(out[name])})
+    return out
+
+
+def lidar_proposals(descs: list[np.ndarray], queries) -> dict:
+    proposals = {}
+    for d in range(len(descs)):
+        for q in range(len(descs)):
+            if q == d or not len(queries[q]):
+                continue
+            sim = descs[q][queries[q]] @ descs[d].T
+            best = np.argmax(sim, axis=1)
+            proposals[(d, q)] = (best, sim[np.arange(len(best)), best])
+    return proposals
+
+
+def lidar_latency(model, run, db: np.ndarray, length_m: float, window: str, frames: int) -> float:
+    """Median ms per query at batch 1, one thread: submap assembly (clouds in memory) + grid + forward + search."""
+    cfg = SubmapConfig(length_m=length_m, window=window)
+    seq = SubmapSequence(run, cfg, lidar_extrinsic(run), cache_scans=frames + 2 * cfg.max_scans)
+    start = min(len(run) // 2, max(len(run) - frames, 0))
+    for j in range(max(start - cfg.max_scans, 0), min(start + frames + cfg.max_scans, len(run))):
+        seq.cloud(j)  # read from disk before timing
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times = []
+    try:
+        for i in [start] * 3 + list(range(start, min(start + frames, len(run)))):
+            t = time.perf_counter()
+            cloud = seq.submap_cloud(i) if cfg.enabled else seq.cloud(i)
+            desc = embed_batch(model, {"cloud": cloud_to_bev(cloud, model.input_spec.bev)[None]})
+            int(np.argmax(db @ desc[0]))
+            times.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return 1e3 * float(np.median(times[3:]))
+
+
 # -- scoring ----------------------------------------------------------------------------------------
 
 def ground_truth(full, queries, radius: float) -> dict:
@@ -351,6 +446,17 @@ def main() -> None:
                    help="also run map-closures on single scans (no accumulation: the single-frame question)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--latency-frames", type=int, default=40, help="frames timed one at a time per model")
+    p.add_argument("--lidar-model", action="append", default=[], metavar="NAME=PATH",
+                   help="a LiDAR model row: checkpoint folder, or a classical kind (scan_context_fft, ring_key); "
+                   "repeatable")
+    p.add_argument("--submap-lengths", type=float, nargs="+", default=[0.0, 20.0, 50.0], metavar="D",
+                   help="LiDAR-model inputs: submaps of D metres of travel (0: single scans)")
+    p.add_argument("--submap-windows", nargs="+", choices=("trailing", "centred"), default=["trailing"],
+                   help="where the D metres lie (trailing: online, as the mapping node)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder keeping LiDAR-model descriptors (.npz per model, submap config and world) for reuse")
+    p.add_argument("--previous", type=Path, default=None,
+                   help="results.json of an earlier run: its rows not measured now are carried over, marked")
     p.add_argument("--out", type=Path, default=Path("results/benchmarks/loop_closure_peers"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -393,6 +499,28 @@ def main() -> None:
             timing["checkpoint"] = str(path)
             timing["wall_s"] = time.perf_counter() - t
             methods[name] = (props, timing, None)
+    lidar_models, identities = {}, {}
+    for spec in args.lidar_model:
+        name, _, path = spec.partition("=")
+        lidar_models[name] = load_model(path or name)
+        if input_spec_of(lidar_models[name]).inputs != ("cloud",):
+            raise SystemExit(f"--lidar-model {spec}: not a LiDAR-only model ({lidar_models[name].kind})")
+        result.setdefault("lidar_models", {})[name] = {"path": path or name, "kind": lidar_models[name].kind}
+        identities[name] = model_identity(path or name)
+    for length in args.submap_lengths if lidar_models else []:
+        for window in args.submap_windows if length > 0 else ["trailing"]:
+            t = time.perf_counter()
+            descs = lidar_descriptors(lidar_models, full, length, window, args.cache, identities)
+            wall = time.perf_counter() - t
+            print(f"LiDAR models, {submap_label(length, window)}: descriptors in {wall:.0f} s", flush=True)
+            for name, model in lidar_models.items():
+                label = f"LiDAR {name}, {submap_label(length, window)}"
+                timing = {"ms_per_query": lidar_latency(model, full[0], descs[name][1], length, window,
+                                                        args.latency_frames),
+                          "checkpoint": result["lidar_models"][name]["path"], "kind": model.kind,
+                          "submap": SubmapConfig(length_m=length, window=window).model_dump(),
+                          "descriptors_wall_s_all_models": wall}
+                methods[label] = (lidar_proposals(descs[name], queries), timing, None)
     if not args.no_map_closures:
         try:
             import map_closures  # noqa: F401
@@ -415,21 +543,27 @@ def main() -> None:
     rows, curves = [], {}
     for name, (props, timing, op) in methods.items():
         scored = {r: score(props, truth[r], same_dir, op) for r in radii}
-        a, b = scored["10m"]["all"], scored["25m"]["all"]
+        a = scored["10m"]["all"]
         curves[name] = (a["curve"]["precision"], a["curve"]["recall"], a["pr_auc"])
         for blocks in scored.values():
             for block in blocks.values():
                 block.pop("curve")
         a["curve"] = thin_curve(*curves[name][:2])  # the JSON keeps one curve per method: the plot's
         result["methods"][name] = {"timing": timing, **scored}
-        rows.append({"method": name, "r1_10": a["recall@1"], "auc_10": a["pr_auc"], "f1_10": a["max_f1"],
-                     "p_10": a["precision_at_max_f1"], "rec_10": a["recall_at_max_f1"], "r100p_10": a["recall@100p"],
-                     "op": (f"P {a['operating_precision']:.3f} R {a['operating_recall']:.3f} "
-                            f"F1 {a['operating_f1']:.3f}") if op is not None else "–",
-                     "same_f1": scored["10m"]["same_direction"]["max_f1"],
-                     "opp_f1": scored["10m"]["opposite_direction"]["max_f1"],
-                     "r1_25": b["recall@1"], "f1_25": b["max_f1"], "ms": timing["ms_per_query"],
-                     "ms_own": timing.get("native_ms_per_scan", timing["ms_per_query"])})
+        rows.append(table_row(name, result["methods"][name], op is not None))
+    if args.previous is not None:  # rows of an earlier run not measured now, marked
+        previous = json.loads(args.previous.read_text())
+        result["previous"] = {"path": str(args.previous), "command": previous["command"],
+                              "load_average_before": previous.get("load_average_before")}
+        for name, m in previous["methods"].items():
+            base = name.removesuffix(f" {EARLIER}")
+            if base in methods:
+                continue
+            label = f"{base} {EARLIER}"  # a row the earlier run carried over keeps the command that measured it
+            result["methods"][label] = {**m, "earlier_run": m.get("earlier_run", previous["command"])}
+            a = m["10m"]["all"]
+            curves[label] = (np.asarray(a["curve"]["precision"]), np.asarray(a["curve"]["recall"]), a["pr_auc"])
+            rows.append(table_row(label, m, "operating_precision" in a))
     result["load_average_after"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - t_start
     columns = {"method": "method", "r1_10": "R@1", "auc_10": "PR-AUC", "f1_10": "max F1", "p_10": "P@maxF1",
@@ -443,9 +577,21 @@ def main() -> None:
     write_json(args.out / "results.json", to_jsonable(result))
     if curves:
         plot_pr(curves, args.out / "pr.png", title=f"Cross-run loop closure, {args.query_region} queries, "
-                f"true match within {radii['10m']:g} m", highlight=MC_NAME)
+                f"true match within {radii['10m']:g} m", highlight=[MC_NAME, f"{MC_NAME} {EARLIER}"])
     write_readme(args.out / "README.md", result, table)
     print(f"-> {args.out}")
+
+
+def table_row(name: str, m: dict, operating: bool) -> dict:
+    """One table row from a method's scored JSON block (``10m`` / ``25m`` / ``timing``)."""
+    a, b, timing = m["10m"]["all"], m["25m"]["all"], m["timing"]
+    return {"method": name, "r1_10": a["recall@1"], "auc_10": a["pr_auc"], "f1_10": a["max_f1"],
+            "p_10": a["precision_at_max_f1"], "rec_10": a["recall_at_max_f1"], "r100p_10": a["recall@100p"],
+            "op": (f"P {a['operating_precision']:.3f} R {a['operating_recall']:.3f} "
+                   f"F1 {a['operating_f1']:.3f}") if operating else "–",
+            "same_f1": m["10m"]["same_direction"]["max_f1"], "opp_f1": m["10m"]["opposite_direction"]["max_f1"],
+            "r1_25": b["recall@1"], "f1_25": b["max_f1"], "ms": timing["ms_per_query"],
+            "ms_own": timing.get("native_ms_per_scan", timing["ms_per_query"])}
 
 
 def write_readme(path: Path, result: dict, table: str) -> None:
@@ -482,10 +628,17 @@ def write_readme(path: Path, result: dict, table: str) -> None:
     for name, why in result["skipped"].items():
         lines += [f"Skipped {name}: {why}.", ""]
     for name, m in result["methods"].items():
-        if "checkpoint" in m["timing"]:
+        if "checkpoint" in m["timing"] and "submap" in m["timing"]:
+            lines.append(f"- {name}: `{m['timing']['checkpoint']}` ({m['timing']['kind']}); ms/query = submap "
+                         "assembly + grid + torch forward at batch 1, one thread + flat search")
+        elif "checkpoint" in m["timing"]:
             size = "x".join(map(str, m["timing"]["image_size"])) or "BEV 64x64"
             lines.append(f"- {name}: `{m['timing']['checkpoint']}`, input {size} "
                          f"(ms/query = preprocessing + torch forward at batch 1 + flat search)")
+    earlier = sorted({m["earlier_run"] for m in result["methods"].values() if "earlier_run" in m})
+    if earlier:
+        lines += ["", f"Rows marked {EARLIER} are carried over (`--previous`), measured by: "
+                  + "; ".join(f"`{c}`" for c in earlier)]
     lines += ["", f"Load average before/after: {result['load_average_before'][0]:.2f} / "
               f"{result['load_average_after'][0]:.2f} on {result['cpu_count']} cores; "
               f"total {result['wall_s']:.0f} s.", ""]

@@ -120,7 +120,7 @@ def percentile(values, q) -> float | None:
 
 
 def camera_variants(backends: list[str]) -> dict[str, CameraVerificationConfig]:
-    """Features x PnP backend at the defaults, then single-knob variations (feature count, road filter)."""
+    """Features x PnP backend at the defaults, then single-knob variations (feature count, road filter, upright)."""
     out = {f"{kind}+{b}": CameraVerificationConfig(features=kind, pnp_backend=b)
            for kind in ("sift", "orb") for b in backends}
     b = backends[0]
@@ -128,7 +128,8 @@ def camera_variants(backends: list[str]) -> dict[str, CameraVerificationConfig]:
         for n in (500, 1000, 2000):
             out[f"{kind}+{b} max_features={n}"] = CameraVerificationConfig(
                 features=kind, pnp_backend=b, max_features=n)
-        out[f"{kind}+{b} road kept"] = CameraVerificationConfig(features=kind, pnp_backend=b, min_point_height_m=None)
+        out[f"{kind}+{b} road kept"] = CameraVerificationConfig(features=kind, pnp_backend=b, drop_low_points=False)
+        out[f"{kind}+{b} rotation-invariant"] = CameraVerificationConfig(features=kind, pnp_backend=b, upright=False)
     # Identical configs (a variation equal to the default) are measured once.
     seen, unique = set(), {}
     for name, cfg in out.items():
@@ -147,11 +148,11 @@ def camera_benchmark(pairs, map_run, calib: CameraCalibration, variants: dict[st
         images.setdefault((map_run.run, p["mi"]), map_run.image(p["mi"]))
         if p["mi"] not in depth:
             depth[p["mi"]] = sparse_depth(map_run.cloud(p["mi"]), calib)
-    features: dict[tuple[str, int], tuple[dict, list]] = {}  # (kind, max_features) -> (features, extract ms)
+    features: dict[tuple, tuple[dict, list]] = {}  # extractor key -> (features, extract ms)
     out = {}
     for name, cfg in variants.items():
         v = CameraVerifier(cfg)
-        fkey = (cfg.features, cfg.max_features)
+        fkey = v.extractor.key  # what the features depend on (kind, count, upright)
         if fkey not in features:
             feats, extract_ms = {}, []
             for key, img in tqdm(images.items(), desc=f"{fkey} features", leave=False):
@@ -197,7 +198,8 @@ def summarize_camera(rows, extract_ms, cfg: CameraVerificationConfig) -> dict:
             reasons[key] = reasons.get(key, 0) + 1
     return dict(
         features=cfg.features, pnp_backend=cfg.pnp_backend, max_features=cfg.max_features,
-        min_point_height_m=cfg.min_point_height_m, positives=len(pos), negatives=len(neg), accepted=len(acc),
+        min_point_height_m=cfg.min_point_height_m if cfg.drop_low_points else None, positives=len(pos),
+        negatives=len(neg), accepted=len(acc),
         correct=len(correct), false_accepts=len(acc) - len(correct),
         false_accepts_on_negatives=sum(r["accepted"] for r in neg),
         precision=precision, recall=len(correct) / len(pos) if pos else None,

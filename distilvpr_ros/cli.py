@@ -100,13 +100,17 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.submap import SubmapConfig
     from .evaluation.evaluate import run_evaluate
+    from .evaluation.report import to_jsonable
 
     metrics = run_evaluate(Path(args.checkpoint), Path(args.root), region=args.region,
                            out_dir=None if args.out is None else Path(args.out), batch_size=args.batch_size,
                            head=args.head, source=args.source, sequences=args.sequences,
-                           images_root=args.images_root, results_root=Path(args.results))
-    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("recall@")}, indent=2))
+                           images_root=args.images_root, results_root=Path(args.results),
+                           submap=SubmapConfig(length_m=args.submap_length_m, window=args.submap_window))
+    print(json.dumps({**{k: v for k, v in metrics.items() if k.startswith("recall@")},
+                      "headline": to_jsonable(metrics["headline"])}, indent=2))
     return 0
 
 
@@ -127,7 +131,8 @@ def _build_map_config(args: argparse.Namespace):
 
     overrides = {"map.path": str(args.out), "models.teacher_checkpoint": str(args.teacher),
                  "models.student_checkpoint": str(args.student), **({"map.resume": False} if args.fresh else {}),
-                 **({"map.run": args.run} if args.run else {})}
+                 **({"map.run": args.run} if args.run else {}),
+                 **({"submap.length_m": args.submap_length_m} if args.submap_length_m is not None else {})}
     return load_node_config(args.config, "distilvpr_mapping", **overrides)
 
 
@@ -299,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="cross-run Recall@N of a checkpoint on a synthetic world region, bags or "
                        "a dataset")
-    e.add_argument("--checkpoint", required=True, help="checkpoint folder (teacher or student)")
+    e.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder (teacher or student), or a classical LiDAR kind: ring_key | "
+                   "scan_context_fft")
     e.add_argument("--source", choices=DATA_SOURCES, default="synthetic", help="data reader (default: synthetic)")
     e.add_argument("--world", "--root", dest="root", required=True,
                    help="folder written by `distilvpr generate`, or the root of the bags / dataset")
@@ -309,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--images-root", type=Path, default=None, help="oxford: RobotCar image folders")
     e.add_argument("--head", default="fused", help="descriptor head: fused | image | cloud (teacher only)")
     e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--submap-length-m", type=float, default=0.0, metavar="D",
+                   help="LiDAR submaps of D metres of travel instead of single scans (default 0: single scans)")
+    e.add_argument("--submap-window", choices=("trailing", "centred"), default="trailing",
+                   help="where the D metres lie: driven up to the scan (default, as online) or +-D/2 around it")
     e.add_argument("--out", default=None, help="output folder (default: results/evaluate/<timestamp>)")
     e.add_argument("--results", default="results", help="results root (default: results)")
     e.set_defaults(func=_cmd_evaluate)
@@ -326,12 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build-map", help="build a place map from a bag offline, as the mapping node does live")
     b.add_argument("--bag", required=True, help="rosbag2 folder or .mcap/.db3 file")
-    b.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    b.add_argument("--teacher", required=True, help="loop-closure model: teacher or LiDAR-student checkpoint folder, "
+                   "or a classical LiDAR kind: ring_key | scan_context_fft")
     b.add_argument("--student", required=True, help="camera student checkpoint folder")
     b.add_argument("--out", required=True, help="map folder (extended if it exists, unless --fresh)")
     b.add_argument("--config", default=None, help="node YAML (e.g. config/mapping.yaml): topics, keyframes, index")
     b.add_argument("--run", default=None, help="run name stored with the keyframes (default: the bag's name)")
     b.add_argument("--fresh", action="store_true", help="replace an existing map instead of extending it")
+    b.add_argument("--submap-length-m", type=float, default=None, metavar="D",
+                   help="the teacher reads the previous keyframes' scans over the trailing D metres of odometry "
+                   "(submap.length_m; default: the config's, 0 = single scans)")
     b.add_argument("--anchor-to-map", default=None, metavar="MAP",
                    help="a new session: map the bag in its own frame, align it to the saved MAP by LiDAR-verified "
                    "matches and write MAP plus its keyframes (in MAP's frame) to --out (may be MAP); exit 1, "

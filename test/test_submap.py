@@ -7,8 +7,9 @@ import pytest
 
 from distilvpr_ros.data.geometry import pose_from_xyz_yaw
 from distilvpr_ros.data.sample import Sample
-from distilvpr_ros.data.submap import (SubmapConfig, SubmapSequence, accumulate_submap, relative_transform,
-                                       submap_members, voxel_filter)
+from distilvpr_ros.data.submap import (SubmapConfig, SubmapSequence, TrailingSubmaps, accumulate_submap,
+                                       lidar_extrinsic, relative_transform, submap_members, voxel_filter,
+                                       with_submaps)
 
 
 def straight_poses(n: int = 7, step_m: float = 5.0) -> np.ndarray:
@@ -27,25 +28,25 @@ def by_scan(cloud: np.ndarray) -> dict[int, list[float]]:
 
 def test_members_within_travel_distance_nearest_first():
     poses = straight_poses(9)
-    assert submap_members(poses, 4, 10.0, 11) == [4, 3, 5, 2, 6]
-    assert submap_members(poses, 4, 10.0, 3) == [4, 3, 5]
-    assert submap_members(poses, 4, 0.0, 11) == [4]
-    assert submap_members(poses, 0, 10.0, 11) == [0, 1, 2]  # at the start of the run only ahead
+    assert submap_members(poses, 4, 20, 11, "centred") == [4, 3, 5, 2, 6]
+    assert submap_members(poses, 4, 20, 3, "centred") == [4, 3, 5]
+    assert submap_members(poses, 4, 0, 11, "centred") == [4]
+    assert submap_members(poses, 0, 20, 11, "centred") == [0, 1, 2]  # at the start of the run only ahead
     with pytest.raises(IndexError):
-        submap_members(poses, 9, 10.0, 11)
+        submap_members(poses, 9, 20, 11, "centred")
 
 
 def test_travel_is_path_length_not_straight_line():
     # a U-turn: scan 2 is 2 m from scan 0 in a straight line but 12 m away along the path
     poses = np.stack([pose_from_xyz_yaw(0, 0, 0, 0), pose_from_xyz_yaw(5, 0, 0, 0), pose_from_xyz_yaw(5, 2, 0, 0),
                       pose_from_xyz_yaw(0, 2, 0, math.pi)])
-    assert submap_members(poses, 0, 10.0, 11) == [0, 1, 2]
-    assert submap_members(poses, 0, 6.9, 11) == [0, 1]
+    assert submap_members(poses, 0, 20, 11, "centred") == [0, 1, 2]
+    assert submap_members(poses, 0, 13.8, 11, "centred") == [0, 1]
 
 
 def test_points_go_into_the_centre_frame():
     poses = straight_poses(5)
-    submap = accumulate_submap(marker_clouds(5), poses, 2, SubmapConfig(radius_m=10.0))
+    submap = accumulate_submap(marker_clouds(5), poses, 2, SubmapConfig(length_m=20, window="centred"))
     # scan j's point sits at x = 5 j + 1 in the world, so at 5 (j - 2) + 1 from the centre sensor
     assert by_scan(submap) == {j: [5.0 * (j - 2) + 1.0, 0.0, 0.5] for j in range(5)}
 
@@ -55,7 +56,7 @@ def test_rotated_poses_and_sensor_extrinsic_by_hand():
     poses = [pose_from_xyz_yaw(0, 0, 0, math.pi / 2), pose_from_xyz_yaw(10, 0, 0, math.pi)]
     base_T_sensor = pose_from_xyz_yaw(0.3, 0.0, 1.9, 0.0)
     clouds = [np.zeros((0, 4), np.float32), np.array([[2.0, 1.0, 0.0, 1.0]], np.float32)]
-    submap = accumulate_submap(clouds, poses, 0, SubmapConfig(radius_m=20.0), base_T_sensor)
+    submap = accumulate_submap(clouds, poses, 0, SubmapConfig(length_m=40, window="centred"), base_T_sensor)
     # other sensor: world (10 - 0.3, 0, 1.9), facing west; its point (2, 1, 0) is 2 m west, 1 m south:
     # world (7.7, -1, 1.9). Centre sensor at world (0, 0.3, 1.9) facing north: x_c = north offset = -1.3,
     # y_c = west offset (left of north) = -7.7, z_c = 0.
@@ -68,25 +69,25 @@ def test_gaps_in_odometry_fall_back_to_fewer_scans():
     poses = list(straight_poses(7))
     poses[4] = np.full((4, 4), np.nan)  # odometry lost ahead of the centre
     poses[1] = None  # and a missing message behind it
-    cfg = SubmapConfig(radius_m=15.0)
+    cfg = SubmapConfig(length_m=30, window="centred")
     assert sorted(by_scan(accumulate_submap(marker_clouds(7), poses, 3, cfg))) == [2, 3]
     # scans beyond a gap are never used, even when within the radius
-    assert submap_members(poses, 5, 15.0, 11) == [5, 6]
+    assert submap_members(poses, 5, 30, 11, "centred") == [5, 6]
     poses[3] = None  # no pose for the centre scan: the single scan
     single = accumulate_submap(marker_clouds(7), poses, 3, cfg)
     assert by_scan(single) == {3: [1.0, 0.0, 0.5]}
 
 
-def test_radius_zero_keeps_the_single_scan_object():
+def test_length_zero_keeps_the_single_scan_object():
     clouds = marker_clouds(3)
-    assert accumulate_submap(clouds, straight_poses(3), 1, SubmapConfig(radius_m=0.0)) is clouds[1]
+    assert accumulate_submap(clouds, straight_poses(3), 1, SubmapConfig(length_m=0, window="centred")) is clouds[1]
 
 
 def test_memory_bounds_range_crop_and_voxel_filter():
     rng = np.random.default_rng(0)
     clouds = [np.concatenate([rng.uniform(-60, 60, (500, 3)), np.full((500, 1), j)], axis=1).astype(np.float32)
               for j in range(9)]
-    cfg = SubmapConfig(radius_m=100.0, max_scans=4, max_range_m=30.0)
+    cfg = SubmapConfig(length_m=200, window="centred", max_scans=4, max_range_m=30.0)
     submap = accumulate_submap(clouds, straight_poses(9, 2.0), 4, cfg)
     assert set(np.unique(submap[:, 3]).astype(int)) == {2, 3, 4, 5}  # the 4 nearest in travel
     assert np.hypot(submap[:, 0], submap[:, 1]).max() <= 30.0
@@ -121,7 +122,7 @@ class FakeRun:
 
 def test_submap_sequence_replaces_clouds_and_reads_each_scan_about_once():
     parent = FakeRun(6)
-    seq = SubmapSequence(parent, SubmapConfig(radius_m=5.0))
+    seq = SubmapSequence(parent, SubmapConfig(length_m=10, window="centred"))
     assert len(seq) == 6 and seq.meta(2) == {"frame": 2} and seq.poses is parent.poses
     clouds = [seq[i].cloud for i in range(len(seq))]
     assert sorted(by_scan(clouds[2])) == [1, 2, 3] and sorted(by_scan(clouds[0])) == [0, 1]
@@ -129,3 +130,81 @@ def test_submap_sequence_replaces_clouds_and_reads_each_scan_about_once():
     assert len(parent.reads) <= 2 * len(seq) + 2
     with pytest.raises(IndexError):
         seq[6]
+
+
+# --- the trailing window (online) and its live form ------------------------------------------------------
+
+
+def test_trailing_window_walks_back_only():
+    poses = straight_poses(9)
+    assert submap_members(poses, 4, 10.0, 11) == [4, 3, 2]  # trailing is the default: the past only
+    assert submap_members(poses, 4, 10.0, 2) == [4, 3]
+    assert submap_members(poses, 1, 10.0, 11) == [1, 0]
+    cfg = SubmapConfig(length_m=10.0)
+    assert cfg.window == "trailing" and cfg.enabled and not SubmapConfig().enabled
+    # scan j's point at world x = 5 j + 1: from scan 4's sensor at 5 (j - 4) + 1
+    expected = {2: [-9.0, 0.0, 0.5], 3: [-4.0, 0.0, 0.5], 4: [1.0, 0.0, 0.5]}
+    assert by_scan(accumulate_submap(marker_clouds(9), poses, 4, cfg)) == expected
+    poses = list(poses)
+    poses[3] = None  # an odometry gap right behind: the scan alone
+    assert submap_members(poses, 4, 10.0, 11) == [4]
+    with pytest.raises(ValueError, match="window"):
+        submap_members(poses, 4, 10.0, 11, "ahead")
+
+
+def feed(live: TrailingSubmaps, stamps, poses, clouds, epochs):
+    """Each keyframe's live submap (built, then its scan kept, as the map builder does)."""
+    out = []
+    for t, pose, cloud, epoch in zip(stamps, poses, clouds, epochs):
+        out.append(live.submap(t, pose, cloud, epoch))
+        live.add(t, pose, cloud, epoch)
+    return out
+
+
+def test_live_trailing_submaps_equal_the_offline_ones_and_stay_bounded():
+    poses, clouds = straight_poses(12), marker_clouds(12)
+    base_T_sensor = pose_from_xyz_yaw(0.3, 0.0, 1.9, 0.0)
+    cfg = SubmapConfig(length_m=10.0)
+    live = TrailingSubmaps(cfg, base_T_sensor)
+    got = feed(live, np.arange(12.0), poses, clouds, [0] * 12)
+    for i, sub in enumerate(got):
+        np.testing.assert_array_equal(sub.cloud, accumulate_submap(clouds, poses, i, cfg, base_T_sensor))
+        assert sub.scans == min(i + 1, 3) and not sub.cut_short
+    assert by_scan(got[7].cloud) == {5: [-9.0, 0.0, 0.5], 6: [-4.0, 0.0, 0.5], 7: [1.0, 0.0, 0.5]}
+    assert len(live) == 3  # only what the next window can reach (10 m back from the newest, 5 m steps)
+    capped = TrailingSubmaps(SubmapConfig(length_m=1000.0, max_scans=4))
+    feed(capped, np.arange(12.0), poses, clouds, [0] * 12)
+    assert len(capped) == 3 and capped.counts["last_scans"] == 4
+    assert TrailingSubmaps(SubmapConfig(length_m=0.0)).submap(0.0, poses[0], clouds[0]).cloud is clouds[0]
+
+
+def test_live_submaps_fall_back_to_fewer_scans_after_an_odometry_break():
+    poses, clouds = straight_poses(9), marker_clouds(9)
+    live = TrailingSubmaps(SubmapConfig(length_m=10.0))
+    # keyframes 0-3 on odometry epoch 0, then the odometry was reset (epoch 1): 4 must not use 0-3
+    got = feed(live, np.arange(9.0), poses, clouds, [0, 0, 0, 0, 1, 1, 1, 1, 1])
+    assert [sorted(by_scan(g.cloud)) for g in got[3:7]] == [[1, 2, 3], [4], [4, 5], [4, 5, 6]]
+    assert [g.cut_short for g in got] == [False] * 4 + [True, True, False, False, False]
+    assert live.counts["breaks"] == 1 and live.counts["cut_short"] == 2 and live.counts["submaps"] == 9
+    # a stamp that goes back (a bag played again) breaks the chain too
+    sub = live.submap(3.0, poses[8], clouds[8], 1)
+    assert sub.scans == 1 and sub.cut_short
+    live.add(3.0, poses[8], clouds[8], 1)
+    assert len(live) == 1 and live.counts["breaks"] == 2
+
+
+def test_with_submaps_finds_the_world_lidar_extrinsic(tmp_path):
+    import json
+
+    world = tmp_path / "world"
+    (world / "runs" / "run00").mkdir(parents=True)
+    T = pose_from_xyz_yaw(0.3, 0.0, 1.9, 0.0)
+    (world / "world.json").write_text(json.dumps({"version": 1, "calibration": {"T_base_lidar": T.tolist()}}))
+    parent = FakeRun(5)
+    parent.run_dir = world / "runs" / "run00"
+    np.testing.assert_array_equal(lidar_extrinsic(parent), T)
+    assert lidar_extrinsic(FakeRun(5)) is None
+    wrapped = with_submaps([parent], SubmapConfig(length_m=10.0))[0]
+    np.testing.assert_array_equal(wrapped.base_T_sensor, T)
+    assert sorted(by_scan(wrapped[4].cloud)) == [2, 3, 4]
+    assert with_submaps([parent], SubmapConfig())[0] is parent and with_submaps([parent], None)[0] is parent

@@ -140,9 +140,71 @@ def test_bad_input_is_rejected_with_a_reason(scene):
     for expected, r in cases.items():
         assert not r.accepted and r.reason.startswith(expected.strip()), (expected, r.reason)
         assert r.pose is None and r.covariance is None
+    # a malformed depth image (wrong shape) is a rejected keyframe with a reason, also when prepared on its own
+    broken = KeyframeView(kf.pose, c, kf.image, np.ones((3, 3, 3), np.float32))
+    assert v.prepare(broken).startswith("keyframe preparation failed")
+    assert not v.verify(scene["query"], broken).accepted
     noise = np.random.default_rng(0).integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
     r = v.verify(noise, kf)
     assert not r.accepted and r.reason
+
+
+def test_low_points_are_dropped_by_an_explicit_flag_and_zero_is_a_height(scene):
+    kf = scene["kf"]
+    # every LiDAR point lies below 100 m: dropping low points leaves no 2D-3D correspondence, keeping them accepts
+    high = CameraVerifier(CameraVerificationConfig(min_point_height_m=100.0)).verify(scene["query"], kf)
+    assert not high.accepted and high.reason.startswith("too few matches with LiDAR depth")
+    off = CameraVerificationConfig(min_point_height_m=100.0, drop_low_points=False)
+    assert CameraVerifier(off).verify(scene["query"], kf).accepted
+    # 0.0 is a height, not "unset"; the former ``None`` still means "keep every point"
+    zero = CameraVerificationConfig(min_point_height_m=0.0)
+    assert zero.drop_low_points and zero.min_point_height_m == 0.0
+    legacy = CameraVerificationConfig(min_point_height_m=None)
+    assert not legacy.drop_low_points and legacy.min_point_height_m == 0.3
+
+
+def test_min_point_height_zero_survives_ros_parameters():
+    """A ROS double cannot be None: 0.0 must reach the verifier as 0.0 (it used to be read back as "unset")."""
+    pytest.importorskip("rclpy")
+    from distilvpr_ros.pipeline.config import NodeConfig
+    from distilvpr_ros.ros.params import _validate, flatten, parameter_specs
+
+    specs = {s.name: s for s in parameter_specs()}
+    height = specs["verification.camera.min_point_height_m"]
+    assert not height.optional and specs["verification.camera.drop_low_points"].default is True
+    values = flatten(NodeConfig())
+    values["verification.camera.min_point_height_m"] = 0.0
+    cfg = _validate(values, list(specs.values())).verification.camera
+    assert cfg.min_point_height_m == 0.0 and cfg.drop_low_points
+    values["verification.camera.drop_low_points"] = False
+    assert not _validate(values, list(specs.values())).verification.camera.drop_low_points
+
+
+def test_keyframe_is_prepared_once_with_a_3d_point_per_feature(scene):
+    s = scene["scene"]
+    kf = KeyframeView.from_cloud(scene["kf"].pose, s.calib, scene["kf"].image, s.lidar(scene["kf"].pose))
+    v = CameraVerifier(CameraVerificationConfig(features="orb"))
+    assert v.prepare(kf) == "" and kf.prepared is not None
+    feats, pts = kf.features, kf.points
+    assert 0 < len(feats) == len(pts) < kf.detected  # the features without LiDAR depth are left out
+    uv, inside = s.calib.project(pts)  # each point projects back onto its own keypoint
+    assert inside.all() and np.abs(uv - feats.uv).max() < 0.5
+    assert v.verify(scene["query"], kf).accepted and kf.features is feats  # not prepared again
+    other = CameraVerifier(CameraVerificationConfig(features="orb", upright=False))
+    assert other.prepare(kf) == "" and kf.features is not feats  # other settings: prepared again
+
+
+def test_upright_features_are_described_at_orientation_zero(scene):
+    import cv2
+
+    gray = cv2.cvtColor(scene["query"], cv2.COLOR_RGB2GRAY)
+    up, rot = FeatureExtractor("orb", 500, upright=True), FeatureExtractor("orb", 500, upright=False)
+    f_up, f_rot = up.extract(scene["query"]), rot.extract(scene["query"])
+    orb = cv2.ORB_create(nfeatures=500, fastThreshold=7, edgeThreshold=15, patchSize=15)
+    kps = [cv2.KeyPoint(k.pt[0], k.pt[1], k.size, 0.0, k.response, k.octave, k.class_id) for k in orb.detect(gray)]
+    kps, desc = orb.compute(gray, kps)
+    np.testing.assert_array_equal(f_up.descriptors, desc)
+    assert len(f_up) == len(f_rot) and not np.array_equal(f_up.descriptors, f_rot.descriptors)
 
 
 def test_degenerate_pnp_is_rejected():

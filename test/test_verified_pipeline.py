@@ -185,6 +185,38 @@ def test_localizer_returns_the_metric_pose_and_rejects_a_wrong_keyframe(canyon):
     assert not out.output().accepted and out.output().loop_closure is None and "not verified" in out.output().reason
 
 
+def test_verified_loop_closures_are_spaced_by_min_interval(canyon):
+    """Every verified frame is a place match, but a loop closure to the same place is published at most once per
+    ``matcher.min_interval_s`` (it used to be published for every verified frame)."""
+    scene, db, poses = canyon
+    loc, student = localizer(db, top_k=1)
+    assert loc.matcher.cfg.min_interval_s == 5.0 and loc.matcher.cfg.same_place_radius_m == 10.0
+    near_1, near_3 = scene.render(pose(6.5, 0.2, 1.0))[0], scene.render(pose(18.5, 0.2, 1.0))[0]
+    outputs = []
+    for stamp, tag, image in [(100.0, 1, near_1), (100.5, 1, near_1), (101.0, 3, near_3), (102.0, 1, near_1),
+                              (105.5, 1, near_1)]:
+        student.next = one_hot(tag)
+        out = loc.localize(stamp, image)
+        assert out.accepted, out.verification.reason
+        outputs.append(out.output())
+    assert [o.loop_closure for o in outputs] == [(100.0, 1.0), None, (101.0, 3.0), None, (105.5, 1.0)]
+    assert all(o.accepted for o in outputs) and "min_interval_s" in outputs[1].reason
+    assert outputs[0].reason == ""
+    loc.reset()  # a relocalisation forgets what was emitted
+    student.next = one_hot(1)
+    assert loc.localize(106.0, near_1).output().loop_closure == (106.0, 1.0)
+
+
+def test_localizer_prepares_the_keyframes_when_the_map_is_loaded(canyon):
+    scene, db, poses = canyon
+    loc, _ = localizer(db)
+    views = [loc.cache.camera(i) for i in range(len(db))]  # already built: the cache returns them as they are
+    assert all(v.prepared is not None and len(v.features) == len(v.points) > 0 for v in views)
+    assert loc.preload_seconds > 0
+    lazy, _ = localizer(db, preload_keyframes=False)
+    assert lazy.preload_seconds == 0 and lazy.cache.camera(0).prepared is None
+
+
 def test_consecutive_agreement_and_the_unverified_path(canyon):
     scene, db, poses = canyon
     loc, student = localizer(db, consecutive=2)

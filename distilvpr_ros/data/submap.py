@@ -1,31 +1,48 @@
-"""LiDAR submaps: the scans within ±D metres of travel, accumulated into the current scan's frame.
+"""LiDAR submaps: the scans over ``D`` metres of travel, accumulated into the current scan's frame.
 
 The DistilVPR teacher read 20 m Oxford submaps (reference §2.3); a single 360° scan sees less, and fog's
-shorter range hurts it most. :func:`accumulate_submap` is the one function that builds a submap, from
-any indexable source of clouds and their poses (a run's ground-truth poses, or odometry: only relative
-transforms matter, so any fixed world or odometry frame works):
+shorter range hurts it most. One parameter says how much: :attr:`SubmapConfig.length_m` = ``D``, the metres
+of travel a submap spans (``submap.length_m`` in the node config, ``data.submap.length_m`` in training,
+``--submap-length-m`` on ``evaluate`` / ``build-map``); ``D = 0`` keeps single scans. ``window`` says where
+the ``D`` metres lie: ``trailing`` (default) = the ``D`` metres driven up to and including the scan, the only
+window a robot can build online (the mapping node and ``build-map`` always use it); ``centred`` = ``±D/2``
+around the scan (offline data only, like Oxford's submaps).
 
-* scans are taken outward from the centre scan, alternately ahead and behind, while the path length
-  travelled from the centre (the sum of the steps between consecutive poses) is at most ``radius_m``;
+:func:`accumulate_submap` is the one function that builds a submap, from any indexable source of clouds
+and their poses (a run's ground-truth poses, or odometry: only relative transforms matter, so any fixed
+world or odometry frame works):
+
+* scans are taken outward from the centre scan (``centred``: alternately ahead and behind; ``trailing``:
+  behind only) while the path length travelled from the centre scan (the sum of the steps between
+  consecutive poses) is at most ``D/2`` (``centred``) or ``D`` (``trailing``);
 * a missing or non-finite pose (an odometry gap) ends the walk in that direction, so the submap falls
   back to fewer scans, down to the centre scan alone (also when the centre pose itself is missing);
 * memory is bounded: at most ``max_scans`` scans (the nearest in travel), points beyond
   ``max_range_m`` of the centre sensor dropped, an optional voxel filter (``voxel_m``) that keeps
   one point per voxel, the centre scan's first, and an optional cap ``max_points`` (every k-th point);
-* ``radius_m = 0`` returns the centre scan unchanged.
+* ``length_m = 0`` returns the centre scan unchanged.
 
 Points of scan ``j`` go into the centre scan's sensor frame by
 ``inv(base_T_sensor) · inv(pose_c) · pose_j · base_T_sensor`` (poses are ``world_T_base``, the package
 convention); the columns after x, y, z (intensity, ring, time) are copied unchanged.
 
-:class:`SubmapSequence` wraps a :class:`~.sample.Sequence` so that every sample's cloud is its submap;
-training, evaluation and map building then read submaps without other changes.
+* :class:`SubmapSequence` wraps a :class:`~.sample.Sequence` so that every sample's cloud is its submap;
+  training and evaluation then read submaps without other changes (:func:`with_submaps` wraps a list,
+  with the LiDAR extrinsic of :func:`lidar_extrinsic`).
+* :class:`TrailingSubmaps` is the live form (the mapping node, ``build-map``): keyframe scans are fed one
+  at a time with their odometry pose and an odometry *epoch* (a number that changes whenever the odometry
+  frame may have changed: a reset, a clock jump, a frame without odometry); a keyframe's submap is its
+  trailing window over the earlier keyframes of the same epoch, built by :func:`accumulate_submap`, so it
+  equals the offline ``trailing`` submap over the same keyframes. It keeps at most ``max_scans - 1`` earlier
+  scans (bounded memory) and counts the times an epoch change cut the window short (``breaks``).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Callable, Sequence
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -35,41 +52,55 @@ from .sample import Sample
 from .sample import Sequence as SampleSequence
 
 
-class SubmapConfig(Section):
-    """How a submap is accumulated (``radius_m = 0``: single scans)."""
+SubmapWindow = Literal["trailing", "centred"]
 
-    radius_m: float = Field(0.0, ge=0, description="accumulate the scans within ± this path length (m); "
-                            "a '20 m submap' is radius 10")
-    max_scans: int = Field(11, ge=1, description="at most this many scans, the centre one included")
-    max_range_m: float | None = Field(100.0, gt=0, description="drop points farther (planar) from the centre "
-                                      "sensor (None: keep all)")
-    voxel_m: float | None = Field(None, gt=0, description="keep one point per voxel of this side (None: no filter)")
-    max_points: int | None = Field(None, ge=1, description="keep every k-th point, k = ceil(points / this), when "
-                                   "the submap has more (None: keep all)")
+
+class SubmapConfig(Section):
+    """How a submap is accumulated (``length_m = 0``: single scans)."""
+
+    length_m: float = Field(0.0, ge=0, le=1000.0, description="D: metres of travel a LiDAR submap spans (0: single "
+                            "scans); a '20 m submap' is 20")
+    window: SubmapWindow = Field("trailing", description="trailing: the D m driven up to the scan (online; the "
+                                 "mapping node and build-map); centred: +-D/2 around it (offline data only)")
+    max_scans: int = Field(11, ge=1, le=1000, description="at most this many scans, the current one included")
+    max_range_m: float | None = Field(100.0, gt=0, le=1e4, description="drop points farther (planar) from the "
+                                      "current sensor (None: keep all)")
+    voxel_m: float | None = Field(None, gt=0, le=100.0, description="keep one point per voxel of this side "
+                                  "(None: no filter)")
+    max_points: int | None = Field(None, ge=1, le=100_000_000, description="keep every k-th point, k = ceil(points "
+                                   "/ this), when the submap has more (None: keep all)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.length_m > 0
 
 
 def _finite_pose(pose: np.ndarray | None) -> bool:
     return pose is not None and np.shape(pose) == (4, 4) and bool(np.isfinite(pose).all())
 
 
-def submap_members(poses: Sequence[np.ndarray | None] | np.ndarray, center: int, radius_m: float,
-                   max_scans: int) -> list[int]:
+def submap_members(poses: Sequence[np.ndarray | None] | np.ndarray, center: int, length_m: float,
+                   max_scans: int, window: SubmapWindow = "trailing") -> list[int]:
     """Indices of the scans in the submap of ``center``, the centre first, then by travel from it.
 
-    A missing or non-finite pose stops the walk in its direction (module doc).
+    ``window``: ``trailing`` walks back up to ``length_m`` of travel, ``centred`` both ways up to
+    ``length_m / 2``. A missing or non-finite pose stops the walk in its direction (module doc).
     """
     n = len(poses)
     if not 0 <= center < n:
         raise IndexError(f"centre scan {center} out of range for {n} poses")
-    if radius_m <= 0 or max_scans <= 1 or not _finite_pose(poses[center]):
+    if window not in ("trailing", "centred"):
+        raise ValueError(f"submap window must be 'trailing' or 'centred', got {window!r}")
+    if length_m <= 0 or max_scans <= 1 or not _finite_pose(poses[center]):
         return [center]
+    reach, steps = (length_m, (-1,)) if window == "trailing" else (length_m / 2, (1, -1))
     candidates: list[tuple[float, int]] = []
-    for step in (1, -1):
+    for step in steps:
         travelled, previous, j = 0.0, np.asarray(poses[center])[:3, 3], center + step
         while 0 <= j < n and _finite_pose(poses[j]):
             position = np.asarray(poses[j])[:3, 3]
             travelled += float(np.linalg.norm(position - previous))
-            if travelled > radius_m:
+            if travelled > reach:
                 break
             candidates.append((travelled, j))
             previous, j = position, j + step
@@ -109,14 +140,14 @@ def accumulate_submap(clouds: Sequence[np.ndarray | None] | Callable[[int], np.n
             or empty: no points); only the member scans are read.
         poses: ``world_T_base`` of every scan (4x4; ``None`` or NaN where odometry is missing).
         center: the scan whose frame the submap is in.
-        cfg: radius, scan and range bounds, voxel filter.
+        cfg: length and window, scan and range bounds, voxel filter.
         base_T_sensor: sensor extrinsic (identity when None, i.e. poses of the sensor itself).
     """
     cfg = cfg or SubmapConfig()
     load = clouds if callable(clouds) else clouds.__getitem__
-    members = submap_members(poses, center, cfg.radius_m, cfg.max_scans)
+    members = submap_members(poses, center, cfg.length_m, cfg.max_scans, cfg.window)
     first = load(center)
-    if len(members) == 1 and cfg.voxel_m is None and cfg.radius_m <= 0:
+    if len(members) == 1 and cfg.voxel_m is None and cfg.length_m <= 0:
         return first
     columns = first.shape[1] if first is not None and first.ndim == 2 else 4
     parts = []
@@ -166,7 +197,7 @@ class SubmapSequence:
         return len(self.parent)
 
     def __repr__(self) -> str:
-        return f"SubmapSequence({self.run!r}, frames={len(self)}, radius_m={self.cfg.radius_m})"
+        return f"SubmapSequence({self.run!r}, frames={len(self)}, length_m={self.cfg.length_m}, {self.cfg.window})"
 
     def meta(self, i: int) -> dict:
         return self.parent.meta(i)
@@ -190,5 +221,118 @@ class SubmapSequence:
         i %= n
         sample = self.parent[i]
         self._cache[i] = sample.cloud
-        sample.cloud = accumulate_submap(self.cloud, self.odometry, i, self.cfg, self.base_T_sensor)
+        sample.cloud = self.submap_cloud(i)
         return sample
+
+    def submap_cloud(self, i: int) -> np.ndarray:
+        """The submap of frame ``i`` alone (no image read)."""
+        return accumulate_submap(self.cloud, self.odometry, i, self.cfg, self.base_T_sensor)
+
+
+def lidar_extrinsic(sequence) -> np.ndarray | None:
+    """``base_T_lidar`` of a sequence when it is known: its own ``T_base_lidar`` attribute, else the calibration
+    of the synthetic world its run folder lies in (``world.json``); None (poses taken as the sensor's) else."""
+    own = getattr(sequence, "T_base_lidar", None)
+    if own is not None:
+        return np.asarray(own, dtype=np.float64)
+    run_dir = getattr(sequence, "run_dir", None) or getattr(getattr(sequence, "parent", None), "run_dir", None)
+    if run_dir is None:
+        return None
+    from .synthetic import read_world_meta
+
+    for folder in (Path(run_dir).parent, Path(run_dir).parent.parent):
+        if (folder / "world.json").is_file():
+            calibration = read_world_meta(folder).get("calibration", {})
+            if "T_base_lidar" in calibration:
+                return np.asarray(calibration["T_base_lidar"], dtype=np.float64)
+    return None
+
+
+def with_submaps(sequences: list, cfg: SubmapConfig | None) -> list:
+    """``sequences`` with every cloud replaced by its submap (:class:`SubmapSequence`, each sequence's own
+    poses and :func:`lidar_extrinsic`); unchanged when ``cfg`` is None or ``length_m`` is 0."""
+    if cfg is None or not cfg.enabled:
+        return list(sequences)
+    return [SubmapSequence(seq, cfg, lidar_extrinsic(seq)) for seq in sequences]
+
+
+@dataclass
+class LiveSubmap:
+    """One keyframe's submap from :class:`TrailingSubmaps`."""
+
+    cloud: np.ndarray  # N x C in the keyframe's sensor frame
+    scans: int  # scans accumulated, the keyframe's own included
+    cut_short: bool  # an odometry epoch change dropped earlier scans that the window would have reached
+
+
+class TrailingSubmaps:
+    """Live trailing submaps over keyframe scans (module doc): :meth:`submap` builds one, :meth:`add` keeps the
+    keyframe's scan for the next ones (call it once the keyframe is in the map).
+
+    ``counts``: ``submaps`` built, ``breaks`` (kept scans dropped because the odometry epoch changed or the
+    stamps went back), ``cut_short`` (submaps that start a new epoch, or reach back to the first scan after
+    a break with less than ``length_m`` of travel: fewer scans than without the break, as far as the kept
+    poses tell), ``last_scans`` (scans in the latest submap).
+    """
+
+    def __init__(self, cfg: SubmapConfig, base_T_sensor: np.ndarray | None = None) -> None:
+        self.cfg = cfg.model_copy(update={"window": "trailing"})
+        self.base_T_sensor = base_T_sensor
+        self._scans: deque[tuple[float, np.ndarray, np.ndarray, int]] = deque()  # stamp, pose, cloud, epoch
+        self._after_break = False  # the oldest kept scan is the first one after a break
+        self.counts = {"submaps": 0, "breaks": 0, "cut_short": 0, "last_scans": 0}
+
+    def __len__(self) -> int:
+        return len(self._scans)
+
+    def _continues(self, stamp: float, epoch: int) -> bool:
+        """A keyframe at ``stamp`` / ``epoch`` continues the kept scans (same epoch, later stamp)."""
+        return not self._scans or (self._scans[-1][3] == epoch and self._scans[-1][0] < stamp)
+
+    def submap(self, stamp: float, pose: np.ndarray, cloud: np.ndarray, epoch: int = 0) -> LiveSubmap:
+        """The trailing submap of a keyframe (nothing kept: see :meth:`add`)."""
+        if not self.cfg.enabled:
+            return LiveSubmap(cloud, 1, False)
+        continues = self._continues(stamp, epoch)
+        earlier = list(self._scans) if continues else []
+        poses = [s[1] for s in earlier] + [np.asarray(pose, dtype=np.float64)]
+        clouds = [s[2] for s in earlier] + [cloud]
+        center = len(poses) - 1
+        members = submap_members(poses, center, self.cfg.length_m, self.cfg.max_scans, "trailing")
+        out = accumulate_submap(clouds, poses, center, self.cfg, self.base_T_sensor)
+        if not continues:
+            cut = True  # this keyframe starts a new epoch: none of the kept scans may join it
+        else:  # the walk reached the first scan after a break with travel to spare
+            path = [p[:3, 3] for p in poses[center + 1 - len(members):]]
+            cut = (self._after_break and len(members) == len(poses) and len(members) < self.cfg.max_scans
+                   and sum(float(np.linalg.norm(b - a)) for a, b in zip(path, path[1:])) < self.cfg.length_m)
+        self.counts["submaps"] += 1
+        self.counts["last_scans"] = len(members)
+        self.counts["cut_short"] += int(cut)
+        return LiveSubmap(out, len(members), cut)
+
+    def add(self, stamp: float, pose: np.ndarray, cloud: np.ndarray, epoch: int = 0) -> None:
+        """Keep a keyframe's scan; drop what no later trailing window can reach (more than ``length_m`` of
+        travel back, or beyond ``max_scans``), and every kept scan when the keyframe does not continue them
+        (another epoch, or a stamp not after theirs: counted in ``breaks``)."""
+        if not self.cfg.enabled:
+            return
+        if not self._continues(stamp, epoch):
+            self._scans.clear()
+            self.counts["breaks"] += 1
+            self._after_break = True
+        self._scans.append((float(stamp), np.asarray(pose, dtype=np.float64), np.asarray(cloud), epoch))
+        keep, travel = min(len(self._scans), self.cfg.max_scans - 1), 0.0
+        for k in range(len(self._scans) - 2, max(len(self._scans) - 2 - keep, -1), -1):
+            travel += float(np.linalg.norm(self._scans[k + 1][1][:3, 3] - self._scans[k][1][:3, 3]))
+            if travel > self.cfg.length_m:
+                keep = len(self._scans) - 1 - k
+                break
+        while len(self._scans) > keep:
+            self._scans.popleft()
+            self._after_break = False
+
+    def reset(self) -> None:
+        """Forget the kept scans (a new run)."""
+        self._scans.clear()
+        self._after_break = False

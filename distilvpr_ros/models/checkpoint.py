@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..utils.fileio import atomic_write, recovered_path, sha256_file
+from ..utils.fileio import atomic_write, backup_path, recovered_path, sha256_file
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -159,12 +159,30 @@ def _check_shapes(path: Path, kind: str, expected: dict[str, torch.Size], state:
                               f"mismatches, file vs model: {wrong[:3]}); wrong weights for this config?")
 
 
+def classical_kind(path: str | Path) -> str | None:
+    """The no-training LiDAR kind (``ring_key``, ``scan_context_fft``) that ``path`` names, when it names one
+    and no checkpoint folder of that name exists (a folder wins); None otherwise. Such a name may stand
+    wherever a checkpoint folder is asked for (default ``ModelConfig``: 20 x 60 Scan Context to 100 m)."""
+    from .classical import CLASSICAL_MODELS
+
+    name = str(path)
+    if name not in CLASSICAL_MODELS or Path(name).exists() or backup_path(Path(name)).exists():
+        return None
+    return name
+
+
 def load_model(path: str | Path, expect_kind: str | None = None):
-    """Rebuild a network from a checkpoint folder (in eval mode); refuses a mismatched kind, and weights
-    whose names or shapes do not fit the model the recorded config builds (:class:`CheckpointError`)."""
+    """Rebuild a network from a checkpoint folder (in eval mode), or build the classical kind ``path`` names
+    (:func:`classical_kind`); refuses a mismatched kind, and weights whose names or shapes do not fit the
+    model the recorded config builds (:class:`CheckpointError`)."""
     from .config import ModelConfig
     from .factory import build_model
 
+    named = classical_kind(path)
+    if named is not None:
+        if expect_kind is not None and named != expect_kind:
+            raise CheckpointError(f"{path}: names a {named} model, expected {expect_kind}")
+        return build_model(named, ModelConfig(pretrained=False)).eval()
     meta, state, _ = load_checkpoint(path)
     kind = meta["kind"]
     if expect_kind is not None and kind != expect_kind:
@@ -188,8 +206,17 @@ def model_identity(checkpoint_dir: str | Path) -> tuple[str, str]:
     """``(name, sha256)`` of a checkpoint's weights: the map's embedding-space tag.
 
     The name is the checkpoint kind and folder name; the hash is the one recorded for
-    ``model.safetensors`` in ``checkpoint.json`` (verified when the checkpoint is loaded).
+    ``model.safetensors`` in ``checkpoint.json`` (verified when the checkpoint is loaded). A classical kind
+    named instead of a folder (:func:`classical_kind`) is ``<kind>:builtin`` with the sha256 of its config.
     """
+    named = classical_kind(checkpoint_dir)
+    if named is not None:
+        import hashlib
+
+        from .config import ModelConfig
+
+        grid = ModelConfig(pretrained=False).scan_context.model_dump_json()
+        return f"{named}:builtin", hashlib.sha256(f"{named}:{grid}".encode()).hexdigest()
     meta = read_checkpoint_meta(checkpoint_dir)
     sha256 = meta["sha256"].get(MODEL_FILE)
     if not isinstance(sha256, str):

@@ -10,9 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config import Section, load_yaml, merge_config, validate_config
+from ..data.submap import SubmapConfig
 from ..mapping.database import IndexConfig
 from ..mapping.matcher import MatcherConfig
 from ..verification.config import CameraVerificationConfig, LidarVerificationConfig, RerankConfig
@@ -91,7 +92,9 @@ class KeyframeConfig(Section):
 class ModelsConfig(Section):
     """Networks: the teacher (mapping) and the camera student (mapping and localisation)."""
 
-    teacher_checkpoint: str = Field("", description="teacher checkpoint folder (mapping)")
+    teacher_checkpoint: str = Field(
+        "", description="mapping: checkpoint folder of the loop-closure model (teacher, lidar_student, ring_key or "
+                        "scan_context_fft), or the name of a classical kind: ring_key | scan_context_fft")
     student_checkpoint: str = Field(
         "", description="camera-student checkpoint folder (torch backend; its checkpoint.json names the model)")
     student_onnx: str = Field("", description="camera-student ONNX file (onnxruntime backend)")
@@ -168,6 +171,9 @@ class VerificationConfig(Section):
                            "(min_score, sequence); false: verify the top-k of every frame")
     cache_keyframes: int = Field(
         512, ge=1, le=1000000, description="keyframes whose decoded image, depth and features stay cached")
+    preload_keyframes: bool = Field(
+        True, description="localisation: prepare the first cache_keyframes keyframes (image, depth, features with "
+                          "their 3D points) when the map is loaded, not at their first match")
 
 
 class DiagnosticsConfig(Section):
@@ -200,6 +206,17 @@ class NodeConfig(Section):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    submap: SubmapConfig = Field(
+        default_factory=SubmapConfig,
+        description="mapping: the teacher-space descriptor of a keyframe reads the LiDAR scans of the previous "
+                    "keyframes over the trailing submap.length_m metres of odometry (0: the keyframe's scan only)")
+
+    @field_validator("submap")
+    @classmethod
+    def _trailing_only(cls, value: SubmapConfig) -> SubmapConfig:
+        if value.window != "trailing":
+            raise ValueError("the mapping pipeline only knows the past: submap.window must be 'trailing'")
+        return value
 
 
 def load_node_config(path: str | Path | None = None, node_name: str | None = None, **overrides: Any) -> NodeConfig:

@@ -11,7 +11,12 @@ import numpy as np
 
 from ..mapping.database import EmbeddingSpace, IndexConfig
 from ..utils.fileio import backup_path
-from .config import STUDENT_SPACE, ModelsConfig
+from .config import STUDENT_SPACE, TEACHER_SPACE, ModelsConfig
+
+#: Model kinds that may fill the map's teacher space (loop closures of the mapping node and build-map): the
+#: camera+LiDAR teacher, a LiDAR student, or a no-training classical LiDAR kind (a checkpoint of one, or its
+#: name: ``models.teacher_checkpoint: scan_context_fft``).
+LOOP_CLOSURE_KINDS = ("teacher", "lidar_student", "ring_key", "scan_context_fft")
 
 
 class ModelLoadError(RuntimeError):
@@ -34,22 +39,34 @@ class Embedder:
 
     # ---- construction
     @classmethod
-    def from_checkpoint(cls, path: str | Path, kind: str, num_threads: int = 1) -> "Embedder":
-        """A torch model from a checkpoint folder; refuses a missing folder or another model kind."""
+    def from_checkpoint(cls, path: str | Path, kind: str, num_threads: int = 1,
+                        accept: tuple[str, ...] | None = None) -> "Embedder":
+        """A torch model from a checkpoint folder (or a classical kind's name), used as ``kind`` (the map
+        space it fills); refuses a missing folder or a model whose kind is not ``kind`` (or in ``accept``)."""
         import torch
 
-        from ..models.checkpoint import CheckpointError, load_model, model_identity
+        from ..models.checkpoint import CheckpointError, classical_kind, load_model, model_identity
 
+        accept = accept or (kind,)
+        named = classical_kind(path)
         path = Path(path)
-        if not str(path) or not (path.is_dir() or backup_path(path).is_dir()):  # .bak: an interrupted save
+        if named is None and (not str(path) or not (path.is_dir() or backup_path(path).is_dir())):  # .bak: see fileio
             raise ModelLoadError(f"{kind} checkpoint not found: {str(path) or '(not set)'}")
         torch.set_num_threads(num_threads)
         try:
-            model = load_model(path, expect_kind=kind)
+            model = load_model(path, expect_kind=accept[0] if len(accept) == 1 else None)
+            if model.kind not in accept:
+                raise CheckpointError(f"holds a {model.kind} model, expected {' or '.join(accept)}")
             identity = model_identity(path)
         except (CheckpointError, KeyError, ValueError, OSError) as e:
             raise ModelLoadError(f"{kind} checkpoint {path}: {e}") from None
         return cls(model, kind, identity, "torch")
+
+    @classmethod
+    def teacher_from_config(cls, cfg: ModelsConfig) -> "Embedder":
+        """The model of the map's teacher space (loop closures): ``teacher_checkpoint`` holds any of
+        :data:`LOOP_CLOSURE_KINDS` (or names a classical one)."""
+        return cls.from_checkpoint(cfg.teacher_checkpoint, TEACHER_SPACE, cfg.num_threads, LOOP_CLOSURE_KINDS)
 
     @classmethod
     def from_onnx(cls, path: str | Path, kind: str = STUDENT_SPACE, checkpoint: str | Path | None = None,

@@ -23,6 +23,9 @@ class OdometryBuffer:
     pose faster than ``max_speed_mps``, raises ValueError (nothing stored). A jump that persists for
     ``JUMP_RESET_COUNT`` consecutive messages is an odometry reset (the driver restarted at a new origin):
     the buffer is cleared and the new track accepted.
+
+    ``epoch`` counts the clears (resets, clock jumps): poses of different epochs may lie in different odometry
+    frames, so LiDAR submaps never join scans across an epoch change.
     """
 
     JUMP_RESET_COUNT = 10
@@ -34,6 +37,7 @@ class OdometryBuffer:
         self._t: deque[float] = deque()
         self._poses: deque[np.ndarray] = deque()
         self._jumps = 0  # consecutive rejected jumps
+        self.epoch = 0  # incremented by every clear() of a non-empty buffer
 
     def __len__(self) -> int:
         return len(self._t)
@@ -73,6 +77,8 @@ class OdometryBuffer:
         return True
 
     def clear(self) -> None:
+        if self._t:
+            self.epoch += 1
         self._t.clear()
         self._poses.clear()
 

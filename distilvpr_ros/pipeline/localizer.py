@@ -5,13 +5,16 @@ Verification (``verification.enabled`` and a map with views). The matcher's top-
 (``min(matcher.top_k, verification.rerank.top_k)``) of every frame — or only of frames the matcher accepted,
 with ``verification.require_descriptor_match`` — are verified in descriptor order with
 :class:`~distilvpr_ros.verification.camera.CameraVerifier` (local features of the query once per frame,
-the keyframes' features cached per keyframe id; PnP + RANSAC against the keyframe's LiDAR depth), stopping at
+each keyframe prepared once — its features that have a LiDAR 3D point —, for the first ``cache_keyframes``
+keyframes when the map is loaded with ``verification.preload_keyframes``; PnP + RANSAC), stopping at
 the first accepted candidate (``rerank.stop_at_first``), and re-ranked by inliers
 (:func:`~distilvpr_ros.verification.rerank.rerank`). The accepted candidate gives the query's base pose in the
 map frame and its PnP covariance; with ``rerank.consecutive`` > 1 it counts only once that many consecutive
 frames agree (:class:`~distilvpr_ros.verification.agreement.ConsecutiveAgreement`, the odometry ``motion``
 between frames when given). :meth:`LocalizationResult.output` is the match to publish: the verified metric
-pose and covariance when verified, and nothing accepted otherwise.
+pose and covariance when verified, and nothing accepted otherwise. A verified frame's loop closure is spaced like the
+matcher's: none when one was emitted less than ``matcher.min_interval_s`` ago to a keyframe within
+``matcher.same_place_radius_m`` of the verified one (the frame stays accepted).
 
 Without verification (off, or a map without views when ``verification.enabled`` is false) the result is the
 matcher's, as before. With verification on and a map without views, every frame is rejected with reason
@@ -69,6 +72,8 @@ class VerifiedMatch:
     candidates: list[CandidateCheck] = field(default_factory=list)  # re-ranked; accepted first
     streak: int = 0  # consecutive agreeing frames so far
     seconds: float = 0.0
+    loop_closure: tuple[float, float] | None = None  # (t_query, t_keyframe) to publish; None when not verified or
+    loop_reason: str = ""  # ... suppressed by ``matcher.min_interval_s`` (this says why)
 
     @property
     def reranked_ids(self) -> list[int]:
@@ -103,7 +108,9 @@ class LocalizationResult:
     def output(self) -> MatchResult:
         """The :class:`MatchResult` to publish. Without verification: the matcher's. With it: accepted only when
         verified; ``best`` is the accepted keyframe carrying the *query's* metric pose, ``covariance`` the PnP
-        one, ``loop_closure`` ``(t_query, t_keyframe)``; candidates in re-ranked order."""
+        one, ``loop_closure`` ``(t_query, t_keyframe)`` unless one was emitted less than ``matcher.min_interval_s``
+        ago to a keyframe within ``matcher.same_place_radius_m`` (the matcher's de-duplication, applied to the
+        verified keyframe; ``reason`` then says so); candidates in re-ranked order."""
         v, m = self.verification, self.match
         if v is None:
             return m
@@ -116,8 +123,8 @@ class LocalizationResult:
         kf = by_id[v.id]
         xyz, quat = pose_to_xyz_quat(v.pose)
         best = Candidate(kf.id, kf.score, kf.stamp, np.concatenate([xyz, quat]))
-        return replace(m, accepted=True, reason="", candidates=cands, best=best, covariance=v.covariance,
-                       loop_closure=(m.stamp, kf.stamp))
+        return replace(m, accepted=True, reason=v.loop_reason, candidates=cands, best=best, covariance=v.covariance,
+                       loop_closure=v.loop_closure)
 
 
 class Localizer:
@@ -138,8 +145,12 @@ class Localizer:
         self.calibration = calibration
         self.verifier = CameraVerifier(self.verification.camera)
         self.cache = ViewCache(db, self.verification.cache_keyframes, calibration)
+        self.preload_seconds = 0.0
+        if self.verification.enabled and self.verification.preload_keyframes:
+            self.preload()
         r = self.verification.rerank
         self.agreement = ConsecutiveAgreement(r.consecutive, r.agree_m, r.agree_deg)
+        self._loops: list[tuple[float, np.ndarray]] = []  # verified loop closures emitted: (t_query, keyframe xy)
 
     @classmethod
     def load(cls, student: Embedder, map_path: str | Path, matcher: MatcherConfig | None = None,
@@ -153,10 +164,23 @@ class Localizer:
         db = PlaceDatabase.load(map_path, expect={student.kind: student.sha256})
         return cls(student, db, matcher, run, quality, verification, calibration)
 
+    def preload(self) -> int:
+        """Prepare the views of the first ``cache_keyframes`` keyframes (decoded image, depth, features with their
+        3D points) now instead of at their first match; returns how many are ready (``preload_seconds``: the time)."""
+        t0 = time.perf_counter()
+        ready = 0
+        if self.db.has_views:
+            for id in range(min(len(self.db), self.verification.cache_keyframes)):
+                view = self.cache.camera(id)
+                ready += not isinstance(view, str) and not self.verifier.prepare(view)
+        self.preload_seconds = time.perf_counter() - t0
+        return ready
+
     def reset(self) -> None:
         """Forget the matcher's sequence history and the agreement streak (e.g. after a relocalisation)."""
         self.matcher.reset()
         self.agreement.reset()
+        self._loops = []
 
     def localize(self, stamp: float, image: np.ndarray, motion: np.ndarray | None = None) -> LocalizationResult:
         """Match one camera frame and, when enabled, verify it. ``motion``: odometry ``previous_base_T_current_base``
@@ -182,8 +206,23 @@ class Localizer:
         if out.verified and not confirmed:
             out.verified = False
             out.reason = f"waiting for {cfg.rerank.consecutive} consecutive agreeing frames ({out.streak} so far)"
+        if out.verified:
+            out.loop_closure, out.loop_reason = self._loop_closure(match.stamp, out.id)
         out.seconds = time.perf_counter() - t0
         return out
+
+    def _loop_closure(self, stamp: float, id: int) -> tuple[tuple[float, float] | None, str]:
+        """``(t_query, t_keyframe)`` for a verified match to keyframe ``id``, or None and why: the matcher's
+        de-duplication (``min_interval_s``, ``same_place_radius_m``) on the verified keyframe, not the descriptor's."""
+        cfg = self.matcher.cfg
+        xy = np.asarray(self.db.positions[id], dtype=np.float64)
+        self._loops = [(t, p) for t, p in self._loops if abs(stamp - t) < cfg.min_interval_s]
+        for t, p in self._loops:
+            if float(np.hypot(*(xy - p))) <= cfg.same_place_radius_m:
+                return None, (f"loop closure suppressed: same place as the one emitted {stamp - t:.2f} s ago "
+                              f"(min_interval_s {cfg.min_interval_s:g})")
+        self._loops.append((float(stamp), xy.copy()))
+        return (float(stamp), float(self.db.stamps[id])), ""
 
     def _verify(self, image: np.ndarray, match: MatchResult, cfg: VerificationConfig) -> VerifiedMatch:
         if not self.db.has_views:

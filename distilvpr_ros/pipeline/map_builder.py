@@ -9,6 +9,14 @@ odometry by default; the teacher's descriptor is yaw-invariant and gives none); 
 ``verification.lidar_candidates`` candidates are tried, best first. Only an accepted registration
 emits the loop closure; a rejected one leaves ``match.loop_closure`` None, ``match.accepted`` False and the
 reason in ``match.reason``. :attr:`KeyframeResult.verification` carries the registration either way.
+
+Submaps (``submap.length_m`` = D > 0). The teacher-space descriptor of a keyframe reads its LiDAR submap: the
+scans of the earlier keyframes over the trailing D metres of odometry, in the keyframe's LiDAR frame
+(:class:`~distilvpr_ros.data.submap.TrailingSubmaps`; at most ``submap.max_scans`` scans are kept). The caller
+passes an odometry ``epoch`` with each keyframe that changes whenever the odometry frame may have changed (a
+reset, a bag restart, frames without odometry); a keyframe never uses scans of another epoch, so after a break
+its submap holds fewer scans (counted in ``submaps.counts``). The stored view keeps the keyframe's own scan, so
+LiDAR verification registers single scans as before.
 """
 
 from __future__ import annotations
@@ -21,12 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from ..data.geometry import invert, yaw_of
+from ..data.submap import SubmapConfig, TrailingSubmaps
 from ..mapping.database import IndexConfig, PlaceDatabase
 from ..mapping.matcher import Candidate, MatcherConfig, MatchResult, PlaceMatcher
 from ..data.calibration import CameraCalibration
 from ..verification.lidar import LidarVerifier, Registration, yaw_transform
 from .config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig, VerificationConfig, ViewsConfig, default_run_name
-from .embedder import Embedder
+from .embedder import Embedder, check_cloud
 from .views import NO_VIEWS, ViewCache, make_view
 
 
@@ -60,6 +69,7 @@ class KeyframeResult:
     seconds: float  # time spent in the networks, the map and verification
     proposed: tuple[float, float] | None = None  # the matcher's loop closure before verification
     verification: LoopVerification | None = None  # None: nothing proposed, or verification off
+    submap_scans: int = 1  # LiDAR scans in the teacher's input (1: the keyframe's own)
 
     @property
     def loop_closure(self) -> tuple[float, float] | None:
@@ -77,9 +87,11 @@ class MapBuilder:
     def __init__(self, teacher: Embedder, student: Embedder, db: PlaceDatabase | None = None,
                  index: IndexConfig | None = None, matcher: MatcherConfig | None = None,
                  run: str = "", frame_id: str = "map", calibration: CameraCalibration | None = None,
-                 verification: VerificationConfig | None = None, views: ViewsConfig | None = None) -> None:
+                 verification: VerificationConfig | None = None, views: ViewsConfig | None = None,
+                 submap: SubmapConfig | None = None) -> None:
         if teacher.kind != TEACHER_SPACE or student.kind != STUDENT_SPACE:
-            raise ValueError(f"MapBuilder needs a teacher and a camera_student, got {teacher.kind}, {student.kind}")
+            raise ValueError(f"MapBuilder needs a teacher-space model and a camera_student, got {teacher.kind}, "
+                             f"{student.kind}")
         self.teacher, self.student = teacher, student
         self.db = db if db is not None else PlaceDatabase([teacher.space(index), student.space(index)])
         self.run = run or default_run_name()
@@ -97,6 +109,7 @@ class MapBuilder:
         self.lidar = LidarVerifier(self.verification.lidar)
         self.cache = ViewCache(self.db, self.verification.cache_keyframes)
         self.T_base_lidar = calibration.T_base_lidar if calibration is not None else np.eye(4)
+        self.submaps = TrailingSubmaps(submap or SubmapConfig(), self.T_base_lidar)
 
     @classmethod
     def open(cls, teacher: Embedder, student: Embedder, cfg: NodeConfig, frame_id: str = "map",
@@ -111,11 +124,12 @@ class MapBuilder:
                 warnings.simplefilter("ignore")
                 db = PlaceDatabase.load(path, expect={TEACHER_SPACE: teacher.sha256, STUDENT_SPACE: student.sha256})
         return cls(teacher, student, db, cfg.index, cfg.matcher, cfg.map.run, frame_id, calibration,
-                   cfg.verification, cfg.views)
+                   cfg.verification, cfg.views, cfg.submap)
 
     def add_keyframe(self, stamp: float, pose: np.ndarray, image: np.ndarray, cloud: np.ndarray,
-                     frame_id: str | None = None) -> KeyframeResult:
-        """Embed one camera+LiDAR keyframe with both models, match it (teacher space, this run's recent
+                     frame_id: str | None = None, odom_epoch: int = 0) -> KeyframeResult:
+        """Embed one camera+LiDAR keyframe with both models (the teacher on its trailing submap when
+        ``submap.length_m`` > 0; ``odom_epoch``: module doc), match it (teacher space, this run's recent
         keyframes excluded), verify a proposed loop closure (module doc) and add it with its view.
         ValueError (nothing added) for unusable inputs."""
         t0 = time.perf_counter()
@@ -125,7 +139,12 @@ class MapBuilder:
         if float(stamp) in self._run_stamps:
             raise DuplicateKeyframe(f"run {self.run!r} already has a keyframe at t={float(stamp):.6f} "
                                     "(the same data played again?)")
-        teacher_desc = self.teacher(image=image, cloud=cloud)
+        submap = None
+        if self.submaps.cfg.enabled:
+            cloud = check_cloud(cloud)
+            self.submaps.base_T_sensor = self.T_base_lidar  # a later CameraInfo may complete the calibration
+            submap = self.submaps.submap(float(stamp), pose, cloud, odom_epoch)
+        teacher_desc = self.teacher(image=image, cloud=cloud if submap is None else submap.cloud)
         student_desc = self.student(image=image)
         view = make_view(image, cloud, self.views)
         match = self.matcher.match(teacher_desc, stamp, run=self.run)
@@ -145,7 +164,9 @@ class MapBuilder:
                             view=view if self.views.store else None)
         self._run_stamps.add(float(stamp))
         self.unsaved += 1
-        return KeyframeResult(kf_id, float(stamp), pose, match, time.perf_counter() - t0, proposed, verification)
+        self.submaps.add(float(stamp), pose, cloud, odom_epoch)
+        return KeyframeResult(kf_id, float(stamp), pose, match, time.perf_counter() - t0, proposed, verification,
+                              1 if submap is None else submap.scans)
 
     def verify_loop(self, pose: np.ndarray, query_points: np.ndarray | None, match: MatchResult) -> LoopVerification:
         """Register the query keyframe's LiDAR points (LiDAR frame) to the stored points of the match's

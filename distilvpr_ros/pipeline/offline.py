@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .calibration import resolve_calibration
-from .config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig, default_run_name
+from .config import STUDENT_SPACE, NodeConfig, default_run_name
 from .embedder import Embedder
 from .keyframes import Keyframer
 from .map_builder import DuplicateKeyframe, MapBuilder
@@ -39,7 +39,9 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
     node does live: keyframes gated by :class:`Keyframer` on the sequence's poses, teacher and student
     descriptors, keyframe views (image + LiDAR points + the calibration of
     :func:`~.calibration.resolve_calibration`), teacher-space loop closures verified by LiDAR registration.
-    Frames without a finite pose or a LiDAR cloud are skipped.
+    Frames without a finite pose or a LiDAR cloud are skipped. With ``submap.length_m`` > 0 the teacher reads
+    the trailing submap over the earlier keyframes, as the node does; a frame without a pose starts a new
+    odometry epoch, so no submap reaches across it.
 
     ``sequence``: a :class:`~distilvpr_ros.data.sample.Sequence` (``BagSequence`` from
     :func:`open_bag_sequence`, a ``SyntheticRun``, ...). ``on_keyframe`` is called with every
@@ -52,7 +54,8 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
     cfg.map.path = str(out_map)
     if not cfg.map.run:
         cfg.map.run = str(getattr(sequence, "run", "") or default_run_name())
-    teacher = Embedder.from_checkpoint(teacher_ckpt, TEACHER_SPACE, cfg.models.num_threads)
+    cfg.models.teacher_checkpoint = str(teacher_ckpt)
+    teacher = Embedder.teacher_from_config(cfg.models)
     student = Embedder.from_checkpoint(student_ckpt, STUDENT_SPACE, cfg.models.num_threads)
     calibration = resolve_calibration(cfg.calibration, sequence)
     builder = MapBuilder.open(teacher, student, cfg, cfg.frames.map, calibration)
@@ -62,10 +65,11 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
     verification = {"enabled": cfg.verification.enabled, "proposed": 0, "verified": 0, "rejected": 0,
                     "rejections": {}, "fitness": []}
     first = len(builder.db)
+    submap_scans: list[int] = []
     for i in tqdm(range(len(sequence)), desc=f"build map {builder.run}", unit="frame", disable=not progress):
         pose, stamp = np.asarray(sequence.poses[i]), float(sequence.timestamps[i])
         if not np.isfinite(pose).all():
-            skipped["no_pose"] += 1
+            skipped["no_pose"] += 1  # an odometry gap: a new epoch, no submap reaches across it
             continue
         if not keyframer.check(pose, stamp).accept:
             continue
@@ -74,7 +78,7 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
             skipped["no_cloud"] += 1
             continue
         try:
-            result = builder.add_keyframe(stamp, pose, sample.image, sample.cloud)
+            result = builder.add_keyframe(stamp, pose, sample.image, sample.cloud, odom_epoch=skipped["no_pose"])
         except DuplicateKeyframe:
             skipped["duplicate"] += 1
             continue
@@ -82,6 +86,7 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
             skipped["invalid"] += 1
             continue
         keyframer.accept(pose, stamp)
+        submap_scans.append(result.submap_scans)
         if on_keyframe is not None:
             on_keyframe(result)
         if result.proposed is not None:
@@ -99,9 +104,12 @@ def build_map_from_sequence(sequence: Any, teacher_ckpt: str | Path, student_ckp
     builder.save(out_map)
     fitness = verification.pop("fitness")
     verification["fitness_median"] = float(np.median(fitness)) if fitness else None
+    submaps = {"length_m": cfg.submap.length_m, "breaks": builder.submaps.counts["breaks"],
+               "cut_short": builder.submaps.counts["cut_short"],
+               "scans_mean": float(np.mean(submap_scans)) if submap_scans else 0.0}
     return {"map": str(out_map), "run": builder.run, "frames": len(sequence), "keyframes": len(builder.db) - first,
             "map_size": len(builder.db), "skipped": skipped, "loop_closures": loops,
-            "loop_closure_verification": verification, "calibration": calibration is not None}
+            "loop_closure_verification": verification, "calibration": calibration is not None, "submap": submaps}
 
 
 def extend_map_anchored(sequence: Any, teacher_ckpt: str | Path, student_ckpt: str | Path, map_path: str | Path,

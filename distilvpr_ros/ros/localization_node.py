@@ -146,6 +146,8 @@ class LocalizationNode(ManagedNode):
         if calib is not localizer.calibration:  # views built with the previous calibration are built again
             localizer.calibration = calib
             localizer.cache = ViewCache(localizer.db, self.cfg.verification.cache_keyframes, calib)
+            if self.cfg.verification.enabled and self.cfg.verification.preload_keyframes:
+                localizer.preload()
 
     def configure(self) -> str:
         try:

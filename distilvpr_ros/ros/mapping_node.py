@@ -12,6 +12,12 @@ Pipeline
     camera stamp (none close enough: throttled WARN, no keyframe) →
     :class:`~distilvpr_ros.pipeline.keyframes.Keyframer` gating →
     :class:`~distilvpr_ros.pipeline.map_builder.MapBuilder` (teacher + student descriptors, teacher-space loop check).
+    With ``submap.length_m`` = D > 0 the teacher reads the keyframe's LiDAR submap: the previous keyframes' scans
+    over the trailing D metres of odometry (the builder accumulates them; the node passes the odometry buffer's
+    epoch, which changes at every odometry reset or clock jump, so no submap joins scans across one: it falls
+    back to fewer scans, counted in the diagnostics ``submap_breaks`` / ``submaps_cut_short``).
+    ``models.teacher_checkpoint`` may hold the teacher, a LiDAR student or a classical kind (or name one:
+    ``scan_context_fft``, ``ring_key``).
 
 Threads
     ``main`` spins a :class:`~rclpy.executors.MultiThreadedExecutor`. Odometry, camera+LiDAR and the
@@ -61,7 +67,6 @@ from collections import deque
 import numpy as np
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -70,13 +75,13 @@ from visualization_msgs.msg import MarkerArray
 from ..data import msg_codec
 from ..mapping.database import MapError
 from ..pipeline.calibration import calibration_from_config
-from ..pipeline.config import TEACHER_SPACE, NodeConfig
+from ..pipeline.config import NodeConfig
 from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.keyframes import Keyframer, OdometryBuffer
 from ..pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from .latency import LatencyWindow
 from .diagnostics import ERROR
-from .managed_node import ManagedNode, run_managed
+from .managed_node import DrainingExecutor, ManagedNode, run_managed
 from .messages import keyframe_markers, loop_closure_msg, match_markers, msg_stamp, transform_msg
 from .qos import OUTPUT_QOS, sensor_qos
 from .sync import ApproxTimeSync, Pair
@@ -122,14 +127,15 @@ class MappingNode(ManagedNode):
         self.autostart()
 
     @staticmethod
-    def make_executor() -> MultiThreadedExecutor:
-        """The executor ``main`` spins this node with (one thread per callback group and one for the rest)."""
-        return MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    def make_executor() -> DrainingExecutor:
+        """The executor ``main`` spins this node with (one thread per callback group and one for the rest; a
+        multi-threaded executor that finishes the callbacks in hand before it shuts down)."""
+        return DrainingExecutor(num_threads=EXECUTOR_THREADS)
 
     # ------------------------------------------------------------------ lifecycle
     def _open(self, cfg: NodeConfig, resume: bool | None = None) -> MapBuilder:
         """Teacher, student and the map builder for ``cfg`` (``resume`` overrides ``map.resume``)."""
-        teacher = Embedder.from_checkpoint(cfg.models.teacher_checkpoint, TEACHER_SPACE, cfg.models.num_threads)
+        teacher = Embedder.teacher_from_config(cfg.models)  # the teacher, a LiDAR student or a classical kind
         student = Embedder.student_from_config(cfg.models)  # models.backend: torch checkpoint or ONNX Runtime
         if resume is not None:
             cfg = cfg.model_copy(update={"map": cfg.map.model_copy(update={"resume": resume})})
@@ -342,14 +348,14 @@ class MappingNode(ManagedNode):
                 if not give_up and self.odom.awaiting(pair.stamp):
                     return False
                 self._pairs.popleft()
-                pose = self.odom.pose_at(pair.stamp)
+                pose, epoch = self.odom.pose_at(pair.stamp), self.odom.epoch
                 decision = None if pose is None else self.keyframer.check(pose, pair.stamp)
             if pose is None:
                 self.counts["missing_odometry"] += 1
                 self._report_missing_odometry(pair.stamp)
             elif decision.accept:
                 try:
-                    self._keyframe(pair, pose, publish)
+                    self._keyframe(pair, pose, publish, epoch)
                 except Exception as e:  # a bug or an unforeseen input must not kill the node
                     self.problems.report("internal_error", f"keyframe processing failed: {type(e).__name__}: {e}",
                                          ERROR)
@@ -368,7 +374,7 @@ class MappingNode(ManagedNode):
             while self._process_one(publish, give_up=True):
                 pass
 
-    def _keyframe(self, pair: Pair, pose, publish: bool) -> None:
+    def _keyframe(self, pair: Pair, pose, publish: bool, epoch: int = 0) -> None:
         stamp = pair.stamp
         try:
             image = (msg_codec.image_to_rgb(pair.camera) if isinstance(pair.camera, Image)
@@ -378,7 +384,7 @@ class MappingNode(ManagedNode):
             return
         try:
             cloud = msg_codec.cloud_from_pointcloud2(pair.lidar)
-            result = self.builder.add_keyframe(stamp, pose, image, cloud, self._odom_frame)
+            result = self.builder.add_keyframe(stamp, pose, image, cloud, self._odom_frame, epoch)
         except DuplicateKeyframe as e:
             self.problems.report("duplicate_keyframe", f"keyframe refused: {e}")
             return
@@ -467,6 +473,9 @@ class MappingNode(ManagedNode):
             "loop_closures_proposed": self.counts["loop_closures_proposed"],
             "loop_closures_rejected": self.counts["loop_closures_rejected"], "last_loop_rejection": self.last_rejection,
             "verification": bool(b is not None and b.verification.enabled),
+            "submap_scans": b.submaps.counts["last_scans"] if b else 0,
+            "submap_breaks": b.submaps.counts["breaks"] if b else 0,
+            "submaps_cut_short": b.submaps.counts["cut_short"] if b else 0,
             "calibration": "none" if b is None or b.calibration is None else
             f"{b.calibration.width}x{b.calibration.height} fx {b.calibration.K[0, 0]:.1f}",
             "map_path": self.cfg.map.path, "last_error": self.fatal or self.problems.last,

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import GroundTruthConfig, Section, load_yaml, merge_config
 from ..data.sources import DataSource
+from ..data.submap import SubmapConfig
 from ..losses import DISTILL_METHODS
 from ..losses.task import STUDENT_HEAD_WEIGHTS, TEACHER_HEAD_WEIGHTS, TRIPLET_MARGIN
 from ..models.config import ModelConfig
@@ -33,7 +34,8 @@ class DataConfig(Section):
     ``oxford`` (PointNetVLAD runs, images from ``images_root``), ``boreas`` and ``kitti`` read the named
     sequences under ``root``. The
     run and condition filters let experiments hold out runs or conditions (synthetic worlds record a
-    per-frame ``condition``; filtering by it needs that metadata).
+    per-frame ``condition``; filtering by it needs that metadata). ``submap`` replaces every cloud by its
+    LiDAR submap (``data.submap``: ``length_m`` metres of travel, ``trailing`` or ``centred``).
     """
 
     source: DataSource = Field("synthetic", description="dataset reader")
@@ -47,6 +49,8 @@ class DataConfig(Section):
     train_conditions: list[str] | None = Field(None, description="train only on these conditions (None: all)")
     val_runs: list[str] | None = Field(None, description="validate only on these runs (None: all)")
     val_conditions: list[str] | None = Field(None, description="validate only on these conditions (None: all)")
+    submap: SubmapConfig = Field(default_factory=SubmapConfig, description="LiDAR submaps instead of single scans "
+                                 "(submap.length_m = D metres of travel, 0: single scans; data.submap)")
 
 
 class OptimConfig(Section):

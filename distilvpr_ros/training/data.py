@@ -38,6 +38,7 @@ from tqdm import tqdm
 from ..data.ground_truth import TrainingGroundTruth
 from ..data.sample import Sequence
 from ..data.sources import filter_sequences, open_sequences
+from ..data.submap import with_submaps
 from ..models.config import BevConfig, PolarConfig
 from ..models.image import ImageEncoder
 from ..models.inference import run_in_batches
@@ -54,7 +55,8 @@ CLOUD_COLUMNS = 4
 
 
 def open_split(cfg: DataConfig, split: str) -> list[Sequence]:
-    """The training (``split="train"``) or validation (``"val"``) sequences of a data config, filtered."""
+    """The training (``split="train"``) or validation (``"val"``) sequences of a data config, filtered, with
+    LiDAR submaps when ``cfg.submap.length_m`` > 0 (accumulated over the filtered frames)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if cfg.root is None:
@@ -66,7 +68,7 @@ def open_split(cfg: DataConfig, split: str) -> list[Sequence]:
                                  cfg.train_conditions if train else cfg.val_conditions)
     if not sequences:
         raise ValueError(f"no {split} frames left in {cfg.root} after the run/condition filters")
-    return sequences
+    return with_submaps(sequences, cfg.submap)
 
 
 class FrameStore:

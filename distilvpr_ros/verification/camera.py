@@ -1,10 +1,13 @@
 """Camera verification and metric relocalization against one map keyframe.
 
-Pipeline (:meth:`CameraVerifier.verify`): local features of the query and of the keyframe image
--> mutual-NN + ratio matches -> 3D points for the keyframe's matched keypoints from its sparse
-LiDAR depth -> PnP + RANSAC for the query camera in the keyframe camera's frame -> query camera
-and base pose in the map frame (through the keyframe pose and the extrinsics) -> covariance from
-the inliers -> accept on inlier count and RMS reprojection error.
+Pipeline (:meth:`CameraVerifier.verify`): the keyframe is prepared once (:meth:`CameraVerifier.prepare`: local
+features of its image, a 3D point for each from its sparse LiDAR depth, the features without one — or below
+``min_point_height_m`` with ``drop_low_points`` — dropped; kept on the :class:`KeyframeView`) -> local features of
+the query -> mutual-NN + ratio matches against the keyframe's 3D-bearing features (2D-3D correspondences) -> PnP +
+RANSAC for the query camera in the keyframe camera's frame -> query camera and base pose in the map frame (through
+the keyframe pose and the extrinsics) -> covariance from the inliers -> accept on inlier count and RMS reprojection
+error. Matching only the keyframe features that have a 3D point is what a map-based localiser does: the others
+cannot become correspondences, and leaving them out makes matching ~3x cheaper per candidate.
 
 Bad input (no image, featureless image, no depth, too few correspondences, degenerate PnP)
 returns a rejected :class:`CameraVerification` whose ``reason`` says why; it never raises.
@@ -30,15 +33,22 @@ from .pnp import pose_covariance, solve_pnp
 class KeyframeView:
     """What camera verification needs of a map keyframe.
 
-    ``depth`` is the sparse LiDAR depth in the keyframe's image (:func:`~.depth.sparse_depth`);
-    ``features`` may be given (precomputed) or are extracted from ``image`` on first use.
+    ``depth`` is the sparse LiDAR depth in the keyframe's image (:func:`~.depth.sparse_depth`). ``features`` and
+    ``points`` (their 3D points in the keyframe camera's frame, one row each) are filled by
+    :meth:`CameraVerifier.prepare` on first use, for the settings in ``prepared``; ``problem`` says why the
+    keyframe cannot be verified against ("" when it can). ``features`` given before that (all of the image's,
+    extracted by the same verifier's extractor) are used instead of extracting them again.
     """
 
     pose: np.ndarray  # world_T_base of the keyframe
     calibration: CameraCalibration
     image: np.ndarray | None = None
     depth: np.ndarray | None = None
-    features: LocalFeatures | None = None
+    features: LocalFeatures | None = None  # prepared: only the features with a 3D point
+    points: np.ndarray | None = None  # (N, 3) camera-frame points of ``features``
+    detected: int = 0  # features detected before those without a 3D point were dropped
+    prepared: tuple | None = None  # the settings ``features`` / ``points`` were made with
+    problem: str = ""
 
     @classmethod
     def from_cloud(cls, pose: np.ndarray, calibration: CameraCalibration, image: np.ndarray | None,
@@ -54,8 +64,8 @@ class CameraVerification:
     accepted: bool
     reason: str  # why it was rejected; "" when accepted
     inliers: int = 0
-    matches: int = 0  # feature matches (mutual NN + ratio)
-    correspondences: int = 0  # matches with a LiDAR depth (2D-3D)
+    matches: int = 0  # feature matches (mutual NN + ratio) against the keyframe's features that have a 3D point
+    correspondences: int = 0  # 2D-3D correspondences (= matches)
     reprojection_error_px: float = float("inf")  # RMS over the PnP inliers
     pose: np.ndarray | None = None  # world_T_base of the query (4x4)
     camera_pose: np.ndarray | None = None  # world_T_camera of the query (4x4)
@@ -76,17 +86,59 @@ class CameraVerifier:
 
     def __init__(self, config: CameraVerificationConfig | None = None):
         self.config = config or CameraVerificationConfig()
-        self.extractor = FeatureExtractor(self.config.features, self.config.max_features)
+        self.extractor = FeatureExtractor(self.config.features, self.config.max_features, self.config.upright)
         self.backend = None if self.config.pnp_backend == "auto" else self.config.pnp_backend
 
     def features(self, image: np.ndarray | None) -> LocalFeatures:
         return self.extractor.extract(image)
 
-    def keyframe_features(self, keyframe: KeyframeView) -> LocalFeatures:
-        """The keyframe's features, extracted once and cached on the view."""
-        if keyframe.features is None or keyframe.features.kind != self.extractor.kind:
-            keyframe.features = self.extractor.extract(keyframe.image)
-        return keyframe.features
+    @property
+    def _prepare_key(self) -> tuple:
+        c = self.config
+        return (self.extractor.key, c.depth_radius_px, c.depth_min_samples, c.depth_max_residual, c.drop_low_points,
+                c.min_point_height_m)
+
+    def prepare(self, keyframe: KeyframeView) -> str:
+        """Features of the keyframe with a 3D point each (module doc), computed once per settings and kept on the
+        view; returns why the keyframe cannot be verified against ("" when it can)."""
+        key = self._prepare_key
+        if keyframe.prepared == key:
+            return keyframe.problem
+        try:
+            feats, pts, detected, problem = self._prepare(keyframe)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError, cv2.error) as e:  # malformed arrays: unusable
+            feats, pts, detected = LocalFeatures.empty(self.extractor.kind), np.zeros((0, 3)), 0
+            problem = f"keyframe preparation failed: {type(e).__name__}: {e}"
+        keyframe.features, keyframe.points, keyframe.detected, keyframe.problem = feats, pts, detected, problem
+        keyframe.prepared = key
+        return problem
+
+    def _prepare(self, keyframe: KeyframeView) -> tuple[LocalFeatures, np.ndarray, int, str]:
+        cfg, kcal = self.config, keyframe.calibration
+        given = keyframe.features if keyframe.prepared is None and keyframe.features is not None and \
+            keyframe.features.kind == self.extractor.kind else None  # extracted by the caller with this extractor
+        feats, pts, detected, problem = LocalFeatures.empty(self.extractor.kind), np.zeros((0, 3)), 0, ""
+        if keyframe.image is None and given is None:
+            problem = "keyframe has no image"
+        elif keyframe.depth is None or not np.any(keyframe.depth > 0):
+            problem = "keyframe has no LiDAR depth in its image"
+        else:
+            all_feats = given if given is not None else self.extractor.extract(keyframe.image)
+            detected = len(all_feats)
+            if detected < cfg.min_inliers:
+                problem = f"keyframe has too few features ({detected} < {cfg.min_inliers})"
+            else:
+                p = lookup_points(keyframe.depth, all_feats.uv, kcal, cfg.depth_radius_px, cfg.depth_min_samples,
+                                  cfg.depth_max_residual)
+                has = np.all(np.isfinite(p), axis=1)
+                if cfg.drop_low_points:  # drop the road: its markings repeat along the street
+                    with np.errstate(invalid="ignore"):
+                        has &= transform_points(kcal.T_base_camera, p)[:, 2] >= cfg.min_point_height_m
+                feats, pts = all_feats.subset(has), p[has]
+                if len(feats) < cfg.min_inliers:
+                    problem = (f"too few matches with LiDAR depth possible (the keyframe has {len(feats)} features "
+                               f"with a 3D point < {cfg.min_inliers})")
+        return feats, pts, detected, problem
 
     def verify(self, query: np.ndarray | LocalFeatures | None, keyframe: KeyframeView,
                query_calibration: CameraCalibration | None = None) -> CameraVerification:
@@ -112,35 +164,23 @@ class CameraVerifier:
             timings[name] = (now - t) * 1e3
             t = now
 
-        if keyframe.image is None and keyframe.features is None:
-            return CameraVerification(False, "keyframe has no image")
-        if keyframe.depth is None or not np.any(keyframe.depth > 0):
-            return CameraVerification(False, "keyframe has no LiDAR depth in its image")
+        problem = self.prepare(keyframe)
+        lap("keyframe")
+        if problem:
+            return CameraVerification(False, problem)
         q = query if isinstance(query, LocalFeatures) else self.features(query)
-        k = self.keyframe_features(keyframe)
+        k, pts_all = keyframe.features, keyframe.points
         lap("features")
         if len(q) < cfg.min_inliers:
             return CameraVerification(False, f"query has too few features ({len(q)} < {cfg.min_inliers})")
-        if len(k) < cfg.min_inliers:
-            return CameraVerification(False, f"keyframe has too few features ({len(k)} < {cfg.min_inliers})")
         pairs = match_features(q, k, cfg.ratio)
         lap("matching")
-        n_match = len(pairs)
-        if n_match < cfg.min_inliers:
-            return CameraVerification(False, f"too few feature matches ({n_match} < {cfg.min_inliers})",
-                                      matches=n_match)
+        n_match = n_corr = len(pairs)  # every keyframe feature has a 3D point: a match is a 2D-3D correspondence
         kcal = keyframe.calibration
-        pts_k = lookup_points(keyframe.depth, k.uv[pairs[:, 1]], kcal, cfg.depth_radius_px,
-                              cfg.depth_min_samples, cfg.depth_max_residual)
-        has = np.all(np.isfinite(pts_k), axis=1)
-        if cfg.min_point_height_m is not None:  # drop the road: its markings repeat along the street
-            with np.errstate(invalid="ignore"):
-                has &= transform_points(kcal.T_base_camera, pts_k)[:, 2] >= cfg.min_point_height_m
-        pairs, pts_k = pairs[has], pts_k[has]
+        pts_k = pts_all[pairs[:, 1]]
         uv_q_raw = q.uv[pairs[:, 0]]
         uv_q = qcal.undistort(uv_q_raw)
         lap("depth")
-        n_corr = len(pairs)
         if n_corr < cfg.min_inliers:
             return CameraVerification(False, f"too few matches with LiDAR depth ({n_corr} < {cfg.min_inliers})",
                                       matches=n_match, correspondences=n_corr)

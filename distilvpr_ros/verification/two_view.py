@@ -31,9 +31,10 @@ class TwoViewConfig:
     ransac_iterations: int = 2000
     min_matches: int = 8  # fewer matches: 0 inliers, no fit
     min_inliers: int = 1  # a candidate with fewer inliers is "rejected" (ranked after the accepted ones)
+    upright: bool = False  # describe keypoints at orientation 0 (see .features)
 
     def extractor(self) -> FeatureExtractor:
-        return FeatureExtractor(self.features, self.max_features)
+        return FeatureExtractor(self.features, self.max_features, self.upright)
 
 
 @dataclass
