@@ -64,6 +64,7 @@ _WHERE = {
     "FeatureCacheConfig": "distilvpr_ros.training.config",
     "ClassifyConfig": "distilvpr_ros.training.config",
     "DistillConfig": "distilvpr_ros.training.config",
+    "TeacherConfig": "distilvpr_ros.training.config",
     "ModelConfig": "distilvpr_ros.models.config",
     "BevConfig": "distilvpr_ros.models.config",
     "PolarConfig": "distilvpr_ros.models.config",

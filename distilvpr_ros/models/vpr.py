@@ -1,7 +1,8 @@
 """Place-recognition models: the camera+LiDAR teacher and the single-modality students (reference §1–2).
 
 * ``TeacherModel``: LiDAR encoder (128-d) and image encoder (256-d), late fusion by concatenation
-  ``fused = [cloud, image]`` (384-d, no normalisation), as DistilVPR's "minklocmmcat".
+  ``fused = [cloud, image]`` (384-d), as DistilVPR's "minklocmmcat" (``fusion: concat``), by default of the
+  L2-normalised branches, optionally weighted (``ModelConfig.fusion``).
 * ``CameraStudent``: image encoder → 384-d (DistilVPR's 2D student).
 * ``LidarStudent``: LiDAR encoder → 384-d (the 3D student).
 
@@ -13,6 +14,7 @@ for retrieval. ``input_spec`` says what to feed: ``image`` is ``B x 3 x H x W`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,19 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` scaled to unit length (float32; all-zero rows stay zero)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def weighted_fusion(cloud: np.ndarray, image: np.ndarray, cloud_weight: float) -> np.ndarray:
+    """Unit fused descriptors ``[sqrt(w) c, sqrt(1 - w) i]`` of the L2-normalised branch rows ``c``, ``i``.
+
+    The cosine of two of them is ``w cos(cloud) + (1 - w) cos(image)``: the retrieval a ``weighted_concat``
+    teacher with ``fusion_cloud_weight = w`` gives, computed from its two heads (e.g. to choose ``w`` on the
+    validation region without retraining). ``w = 0.5`` is ``normalized_concat``.
+    """
+    if not 0.0 <= cloud_weight <= 1.0:
+        raise ValueError(f"cloud_weight must be in [0, 1], got {cloud_weight}")
+    return np.concatenate([np.sqrt(cloud_weight) * l2_normalize(cloud),
+                           np.sqrt(1.0 - cloud_weight) * l2_normalize(image)], axis=1).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,12 @@ class TeacherModel(VprModel):
     concatenation. The paper concatenates raw GeM outputs; here that let the image branch dominate:
     after one epoch its descriptors had norm ~55 against ~3 for the LiDAR branch, and retrieval with
     the fused descriptor gave exactly the image branch's recall, i.e. the teacher ignored its LiDAR.
+
+    ``weighted_concat`` scales the normalised branches by ``sqrt(2 w)`` and ``sqrt(2 (1 - w))``, ``w =
+    cfg.fusion_cloud_weight``: the fused norm stays sqrt(2) as with ``normalized_concat`` (the triplet
+    margin keeps its meaning) and the cosine of two fused descriptors is ``w cos(cloud) + (1 - w)
+    cos(image)`` (``weighted_fusion``). ``learned_concat`` learns ``w = sigmoid(fusion_logit)``, started at
+    ``fusion_cloud_weight``; the scale cannot grow, so the triplet loss can only move the balance.
     """
 
     kind: ModelKind = "teacher"
@@ -118,6 +139,18 @@ class TeacherModel(VprModel):
         )
         self.lidar_encoder = make_lidar_encoder(cfg.cloud_dim, cfg)
         self.input_spec = InputSpec(("image", "cloud"), cfg.fused_dim, cfg.image_size, cfg.lidar_grid)
+        if cfg.fusion == "learned_concat":
+            weight = cfg.fusion_cloud_weight
+            self.fusion_logit = nn.Parameter(torch.tensor(math.log(weight / (1.0 - weight))))
+
+    @property
+    def cloud_weight(self) -> float | None:
+        """The LiDAR share ``w`` of the fused similarity (None for plain ``concat``)."""
+        if self.cfg.fusion == "concat":
+            return None
+        if self.cfg.fusion == "learned_concat":
+            return float(torch.sigmoid(self.fusion_logit.detach()))
+        return 0.5 if self.cfg.fusion == "normalized_concat" else self.cfg.fusion_cloud_weight
 
     def forward(
         self, image: torch.Tensor, cloud: CloudInput, mask: torch.Tensor | None = None
@@ -125,8 +158,12 @@ class TeacherModel(VprModel):
         cloud_desc = self.lidar_encoder(cloud, mask)
         image_desc = self.image_encoder(image)
         parts = [cloud_desc, image_desc]
-        if self.cfg.fusion == "normalized_concat":
+        if self.cfg.fusion != "concat":
             parts = [nn.functional.normalize(p, dim=1, eps=1e-12) for p in parts]
+        if self.cfg.fusion in ("weighted_concat", "learned_concat"):
+            weight = (torch.sigmoid(self.fusion_logit) if self.cfg.fusion == "learned_concat"
+                      else torch.tensor(self.cfg.fusion_cloud_weight))
+            parts = [parts[0] * torch.sqrt(2.0 * weight), parts[1] * torch.sqrt(2.0 * (1.0 - weight))]
         return {"fused": torch.cat(parts, dim=1), "cloud": cloud_desc, "image": image_desc}
 
 

@@ -220,6 +220,25 @@ class DistillConfig(Section):
         return dict(self.kwargs)
 
 
+class TeacherConfig(Section):
+    """Teacher only: where its LiDAR branch starts (the two-stage recipe) and how its fusion weight learns.
+
+    ``lidar_init`` loads the branch from a checkpoint folder: a ``lidar_student`` with ``student_dim``
+    equal to the teacher's ``cloud_dim`` and the same LiDAR encoder, or a teacher. Otherwise
+    ``lidar_warmup_epochs`` > 0 first trains the branch alone, as that LiDAR student (triplet, Adam at
+    ``lidar_warmup_lr``, MultiStepLR at 70 % of the warm-up epochs, the same frames, augmentation and seed),
+    into ``<run>/lidar_warmup/``; its best validation checkpoint starts the fused training, in which the
+    branch then trains at ``optim.cloud_lr``. Fused steps run the image tail as well, so LiDAR-only epochs
+    are the cheap way to give the LiDAR branch the steps it needs.
+    """
+
+    lidar_init: Path | None = Field(None, description="LiDAR branch weights from this checkpoint folder")
+    lidar_warmup_epochs: int = Field(0, ge=0, description="LiDAR-only epochs before the fused ones (0: none)")
+    lidar_warmup_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the LiDAR-only warm-up")
+    fusion_lr: float = Field(0.05, gt=0, description="Adam learning rate of the learned fusion weight "
+                             "(model.fusion: learned_concat; one scalar, so larger than the branches')")
+
+
 class TrainConfig(Section):
     """One training run (teacher or distillation)."""
 
@@ -232,6 +251,7 @@ class TrainConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     feature_cache: FeatureCacheConfig = Field(default_factory=FeatureCacheConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     seed: int = Field(7, description="torch/numpy/sampler seed")
     threads: int = Field(2, ge=1, description="torch.set_num_threads")
     eval_batch_size: int = Field(160, ge=1, description="batch for validation and cache passes")

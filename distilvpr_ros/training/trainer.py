@@ -46,7 +46,7 @@ from ..data.ground_truth import cross_run_pairs
 from ..evaluation.metrics import average_recalls, recall_at_n
 from ..losses import make_distill_loss
 from ..models import build_model, l2_normalize
-from ..models.checkpoint import load_checkpoint, load_model, save_model_checkpoint
+from ..models.checkpoint import load_checkpoint, load_model, read_checkpoint_meta, save_model_checkpoint
 from ..models.inference import run_in_batches
 from ..models.vpr import VprModel
 from ..utils.results import make_run_dir, write_json
@@ -79,13 +79,61 @@ def train_teacher(cfg: TrainConfig, train_sequences=None, val_sequences=None) ->
     """
     with _session(cfg) as env:
         model = build_model("teacher", cfg.model)
+        lidar_init = cfg.teacher.lidar_init
+        if lidar_init is None and cfg.teacher.lidar_warmup_epochs > 0:
+            if cfg.out_dir is None:  # one run folder for both stages
+                cfg = cfg.model_copy(update={"out_dir": _run_dir(cfg, "train_teacher", env)})
+            lidar_init = _lidar_warmup(cfg, env, train_sequences, val_sequences)
+        if lidar_init is not None:
+            load_lidar_branch(model, lidar_init)
         data = TrainingData(cfg, model, train_sequences, val_sequences)
         task = make_task(cfg, data, cfg.loss.teacher_heads, model)
         groups = [
             {"params": _trainable(model.image_encoder), "lr": cfg.optim.image_lr},
             {"params": _trainable(model.lidar_encoder), "lr": cfg.optim.cloud_lr},
         ]
+        if cfg.model.fusion == "learned_concat":
+            groups.append({"params": [model.fusion_logit], "lr": cfg.teacher.fusion_lr})
         return fit(cfg, env, "train_teacher", model, groups, task, data)
+
+
+LIDAR_WARMUP_DIR = "lidar_warmup"
+
+
+def _lidar_warmup(cfg: TrainConfig, env: DistEnv, train_sequences, val_sequences) -> Path:
+    """Stage 1 of the two-stage teacher (``cfg.out_dir`` set): the LiDAR branch alone, trained as a
+    ``cloud_dim`` LiDAR student.
+
+    Returns its ``best`` checkpoint folder (``<run>/lidar_warmup/best``); a finished warm-up found there
+    (its ``last/`` at the warm-up's epoch count) is reused, so ``resume`` does not repeat it.
+    """
+    out = Path(cfg.out_dir) / LIDAR_WARMUP_DIR
+    epochs = cfg.teacher.lidar_warmup_epochs
+    if (out / LAST).is_dir() and read_checkpoint_meta(out / LAST).get("epoch") == epochs:
+        return out / BEST
+    warm_cfg = cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"student_dim": cfg.model.cloud_dim}),
+        "optim": cfg.optim.model_copy(update={"epochs": epochs, "student_lr": cfg.teacher.lidar_warmup_lr,
+                                              "milestones": [max(1, int(0.7 * epochs))]}),
+        "out_dir": out, "resume": cfg.resume and (out / LAST).is_dir()})
+    student = build_model("lidar_student", warm_cfg.model)
+    data = TrainingData(warm_cfg, student, train_sequences, val_sequences)
+    task = make_task(warm_cfg, data, warm_cfg.loss.student_heads, student)
+    groups = [{"params": _trainable(student), "lr": warm_cfg.optim.student_lr}]
+    fit(warm_cfg, env, "lidar_warmup", student, groups, task, data)
+    return out / BEST
+
+
+def load_lidar_branch(teacher: VprModel, path: Path) -> None:
+    """Copy the LiDAR encoder of the checkpoint at ``path`` (a teacher, or a ``lidar_student`` whose
+    descriptor size is the teacher's ``cloud_dim``) into ``teacher.lidar_encoder``; shapes must match."""
+    source = load_model(path)
+    if source.kind not in ("teacher", "lidar_student"):
+        raise ValueError(f"{path}: a {source.kind} has no LiDAR branch")
+    if source.cfg.lidar_encoder != teacher.cfg.lidar_encoder:
+        raise ValueError(f"{path}: its LiDAR encoder is {source.cfg.lidar_encoder}, the teacher's "
+                         f"{teacher.cfg.lidar_encoder}")
+    teacher.lidar_encoder.load_state_dict(source.lidar_encoder.state_dict())
 
 
 def train_student(cfg: TrainConfig, train_sequences=None, val_sequences=None) -> Path:

@@ -1,0 +1,319 @@
+"""The fused teacher with the polar LiDAR branch: fused vs. image head vs. LiDAR head, and fusion alternatives.
+
+Protocol: the package's own cross-run evaluation (``evaluation.evaluate.evaluate_sequences``: every ordered
+pair of runs, correct within 25 m, AR@1 = mean over pairs) with the ``same_direction`` /
+``opposite_direction`` subsets and the per-condition breakdown. Every teacher is embedded once per frame
+and all three heads are kept (``fused``, ``cloud``, ``image``; L2-normalised).
+
+* **Selection on the validation region only** (the teacher's ``val_conditions``): each teacher's
+  validation AR@1 per head, and of ``weighted_fusion`` of its two heads for cloud weights ``--weights``
+  (the cosine of fused descriptors is ``w cos(cloud) + (1 - w) cos(image)``; ``w = 0.5`` is the trained
+  ``normalized_concat``). The weight with the best validation AR@1 is kept, then scored on test.
+* **Test region**: fused, image and LiDAR heads and the val-chosen weighting, for every teacher given.
+
+Recipes (``RECIPES``; each is ``config/teacher_polar.yaml`` plus overrides) are trained with ``--train``
+into ``--runs/<recipe>_seed<N>`` unless ``best/`` exists there:
+
+* ``nc``: one stage, 30 fused epochs, normalised concatenation;
+* ``two_stage``: 30 LiDAR-only epochs (``teacher.lidar_warmup_epochs``) then 8 fused epochs, LiDAR lr 1e-4;
+* ``two_stage_learned``: the same with ``fusion: learned_concat`` (a learned LiDAR share);
+* ``two_stage_concat``: the same with plain ``concat`` (the paper's fusion);
+* ``two_stage_allcond``: ``two_stage`` whose LiDAR warm-up (20 epochs) reads every condition's scans
+  (``--lidar-init`` of a LiDAR student trained with ``data.train_conditions=null data.val_conditions=null``);
+* ``demo``: what ``config/demo.yaml`` trains (the demo's budget; the BEV teacher);
+* ``demo_polar``: the polar teacher at about the demo's budget (12 LiDAR-only epochs at lr 2e-3, then 4 fused
+  epochs, ``learned_concat``), measured for the demo switch.
+
+    PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/teacher_fusion.py --world data/world_default \\
+        --runs /tmp/teachers --recipes nc two_stage --seeds 1 --train --out docs/results/teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distilvpr_ros.data.synthetic import load_synthetic
+from distilvpr_ros.evaluation.evaluate import evaluate_sequences
+from distilvpr_ros.evaluation.report import markdown_table
+from distilvpr_ros.models import ModelConfig, build_model
+from distilvpr_ros.models.checkpoint import load_model, read_checkpoint_meta, save_model_checkpoint
+from distilvpr_ros.models.inference import model_inputs, run_in_batches
+from distilvpr_ros.models.vpr import l2_normalize, weighted_fusion
+from distilvpr_ros.training.config import TrainConfig
+from distilvpr_ros.utils.results import write_json
+
+SUBSETS = ("same_direction", "opposite_direction")
+HEADS = ("fused", "cloud", "image")
+TARGETS = {"recall@1": 0.80, "same_direction": 0.92, "opposite_direction": 0.70, "fog": 0.60}
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "teacher_polar.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+TWO_STAGE = {"teacher.lidar_warmup_epochs": 30, "optim.epochs": 8, "optim.milestones": [5],
+             "optim.cloud_lr": 1e-4}
+RECIPES: dict[str, dict] = {
+    "nc": {},
+    "two_stage": dict(TWO_STAGE),
+    "two_stage_learned": {**TWO_STAGE, "model.fusion": "learned_concat"},
+    "two_stage_concat": {**TWO_STAGE, "model.fusion": "concat"},
+    # the polar demo teacher measured for the demo switch (demo image recipe, 12 LiDAR-only + 4 fused epochs)
+    "demo_polar": {"teacher.lidar_warmup_epochs": 12, "teacher.lidar_warmup_lr": 2e-3, "optim.epochs": 4,
+                   "optim.milestones": [3], "optim.cloud_lr": 1e-4, "model.fusion": "learned_concat"},
+    # the LiDAR warm-up on every condition's LiDAR (the camera still trains on day/dusk/fog/autumn only)
+    "two_stage_allcond": {**TWO_STAGE, "teacher.lidar_warmup_epochs": 20},
+}
+
+
+def demo_overrides() -> dict:
+    """``config/demo.yaml``'s ``default.teacher`` (the demo's own recipe)."""
+    import yaml
+
+    return dict(yaml.safe_load(DEMO_CONFIG.read_text())["default"]["teacher"])
+
+
+def recipe_config(recipe: str, world: Path, out: Path, seed: int, threads: int, cache: Path | None,
+                  lidar_init: Path | None = None) -> TrainConfig:
+    if recipe == "demo":
+        return TrainConfig.from_yaml(None, {**demo_overrides(), "data.root": str(world), "out_dir": str(out),
+                                            "seed": seed, "threads": threads, "progress": False,
+                                            "feature_cache.dir": None if cache is None else str(cache)})
+    overrides = dict(RECIPES[recipe])
+    if lidar_init is not None and "teacher.lidar_warmup_epochs" in overrides:
+        overrides["teacher.lidar_init"] = str(lidar_init)
+    return TrainConfig.from_yaml(BASE_CONFIG, {**overrides, "data.root": str(world), "out_dir": str(out),
+                                               "seed": seed, "threads": threads, "progress": False,
+                                               "feature_cache.dir": None if cache is None else str(cache)})
+
+
+def train(recipe: str, world: Path, runs: Path, seed: int, threads: int, cache: Path | None,
+          lidar_init: Path | None = None) -> Path:
+    """Train (or reuse) one teacher; returns its run folder."""
+    from distilvpr_ros.training.trainer import train_teacher
+
+    out = runs / f"{recipe}_seed{seed}"
+    if (out / "best" / "checkpoint.json").is_file():
+        return out
+    cfg = recipe_config(recipe, world, out, seed, threads, cache, lidar_init)
+    started = time.perf_counter()
+    train_teacher(cfg)
+    (out / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    return out
+
+
+class Frames:
+    """The frames of some runs, read once; each model's inputs are built from them."""
+
+    def __init__(self, sequences):
+        self.sequences = sequences
+        self.samples = [[seq[i] for i in range(len(seq))] for seq in sequences]
+        self._feeds: dict[str, list[dict[str, np.ndarray]]] = {}
+
+    def feeds(self, spec) -> list[dict[str, np.ndarray]]:
+        key = json.dumps([spec.inputs, spec.image_size, None if spec.bev is None else spec.bev.model_dump_json()])
+        if key not in self._feeds:
+            self._feeds[key] = [model_inputs(spec, [s.image for s in run], [s.cloud for s in run])
+                                for run in self.samples]
+        return self._feeds[key]
+
+
+def embed_heads(model, frames: Frames, batch: int = 64) -> dict[str, list[np.ndarray]]:
+    """``head -> per-run L2-normalised descriptors`` of every head the model outputs, one forward per frame."""
+    per_head: dict[str, list[np.ndarray]] = {}
+    for feed in frames.feeds(model.input_spec):
+        count = len(next(iter(feed.values())))
+
+        def step(items: range) -> dict[str, np.ndarray]:
+            outputs = model(**{k: torch.from_numpy(v[items.start:items.stop]) for k, v in feed.items()})
+            return {h: o.float().numpy() for h, o in outputs.items()}
+        batches = run_in_batches(model, count, batch, step)
+        for head in batches[0]:
+            per_head.setdefault(head, []).append(l2_normalize(np.concatenate([b[head] for b in batches])))
+    return per_head
+
+
+def summary(metrics: dict) -> dict:
+    return {"recall@1": metrics["recall@1"], "recall@5": metrics["recall@5"],
+            "num_queries": metrics["num_queries"], "num_pairs": metrics["num_pairs"],
+            **{name: metrics["subsets"][name]["recall@1"] for name in SUBSETS},
+            "per_condition": {c: r["recall@1"] for c, r in metrics["per_condition"].items()}}
+
+
+def scored(descs, frames: Frames, cfg: TrainConfig) -> dict:
+    return summary(evaluate_sequences(descs, frames.sequences, cfg.ground_truth, query_subsets=SUBSETS))
+
+
+def budget(run: Path, lidar_init: Path | None = None) -> dict:
+    """Epochs, steps and seconds of a run folder (and of its LiDAR warm-up), from ``history.json``."""
+    def of(folder: Path) -> dict:
+        history = json.loads((folder / "history.json").read_text())
+        return {"epochs": len(history), "steps": int(sum(r["steps"] for r in history)),
+                "seconds": float(sum(r["seconds"] for r in history)),
+                "best_epoch": int(read_checkpoint_meta(folder / "best")["epoch"]),
+                "best_val_recall@1": float(max(r["val/recall@1"] for r in history))}
+    out = {"fused": of(run)}
+    if (run / "lidar_warmup" / "history.json").is_file():
+        out["lidar_warmup"] = of(run / "lidar_warmup")
+    elif lidar_init is not None and (Path(lidar_init).parent / "history.json").is_file():
+        out["lidar_warmup"] = {**of(Path(lidar_init).parent), "from": str(lidar_init)}
+    if (run / "train_seconds.txt").is_file():
+        out["wall_seconds"] = float((run / "train_seconds.txt").read_text())
+    return out
+
+
+def export_reweighted(model, run: Path, weight: float) -> Path:
+    """``<run>/best_w<weight>``: the same weights as ``best`` with ``fusion: weighted_concat`` at ``weight``
+    (its fused head retrieves as ``weighted_fusion`` of the two heads; the choice of fixed weight (a))."""
+    meta = read_checkpoint_meta(run / "best")
+    model_cfg = model.cfg.model_copy(update={"fusion": "weighted_concat", "fusion_cloud_weight": weight})
+    reweighted = build_model("teacher", ModelConfig.model_validate(model_cfg.model_dump()))
+    reweighted.load_state_dict(model.state_dict())
+    config = {**meta["config"], "model": model_cfg.model_dump(mode="json")}
+    out = run / f"best_w{weight:.2f}"
+    save_model_checkpoint(out, reweighted, config=config, epoch=meta["epoch"],
+                          metrics={**meta["metrics"], "val_chosen_cloud_weight": weight})
+    return out
+
+
+def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float], export_weighted: bool) -> dict:
+    model = load_model(run / "best", expect_kind="teacher").eval()
+    cfg = TrainConfig.model_validate(json.loads(json.dumps(read_checkpoint_meta(run / "best")["config"])))
+    val_heads, test_heads = embed_heads(model, val), embed_heads(model, test)
+    val_full = {head: scored(val_heads[head], val, cfg) for head in HEADS}
+    val_scores = {head: m["recall@1"] for head, m in val_full.items()}
+    sweep = {}
+    for w in weights:
+        descs = [weighted_fusion(c, i, w) for c, i in zip(val_heads["cloud"], val_heads["image"])]
+        sweep[f"{w:.2f}"] = scored(descs, val, cfg)["recall@1"]
+    fusable = [k for k in sweep if float(k) < 1.0]  # w = 1 drops the camera: not a fused teacher
+    chosen = max(fusable, key=lambda k: (sweep[k], -abs(float(k) - 0.5)))
+    test_scores = {head: scored(test_heads[head], test, cfg) for head in HEADS}
+    weighted = [weighted_fusion(c, i, float(chosen)) for c, i in zip(test_heads["cloud"], test_heads["image"])]
+    test_scores[f"weighted w={chosen} (val-chosen)"] = scored(weighted, test, cfg)
+    reweighted = None
+    if cfg.model.fusion in ("normalized_concat", "weighted_concat") and export_weighted:
+        reweighted = str(export_reweighted(model, run, float(chosen)))
+    return {"name": name, "run": str(run), "checkpoint": str(run / "best"), "fusion": cfg.model.fusion,
+            "reweighted_checkpoint": reweighted,
+            "learned_cloud_weight": model.cloud_weight if cfg.model.fusion == "learned_concat" else None,
+            "val": {"heads": val_scores, "weighted_sweep": sweep, "chosen_weight": float(chosen),
+                    "head_details": val_full},
+            "test": test_scores, "budget": budget(run, cfg.teacher.lidar_init), "seed": cfg.seed,
+            "threads": cfg.threads}
+
+
+def measure_lidar(name: str, run: Path, val: Frames, test: Frames) -> dict:
+    """A LiDAR-only model (the two-stage recipe's first stage): its one head on val and test."""
+    model = load_model(run / "best", expect_kind="lidar_student").eval()
+    cfg = TrainConfig.model_validate(read_checkpoint_meta(run / "best")["config"])
+    val_heads, test_heads = embed_heads(model, val), embed_heads(model, test)
+    val_full = scored(val_heads["fused"], val, cfg)
+    return {"name": name, "run": str(run), "checkpoint": str(run / "best"), "fusion": None,
+            "reweighted_checkpoint": None, "learned_cloud_weight": None,
+            "val": {"heads": {"cloud": val_full["recall@1"]}, "weighted_sweep": {}, "chosen_weight": float("nan"),
+                    "head_details": {"cloud": val_full}},
+            "test": {"cloud": scored(test_heads["fused"], test, cfg)}, "budget": budget(run), "seed": cfg.seed,
+            "threads": cfg.threads}
+
+
+def rows(results: list[dict]) -> list[dict]:
+    out = []
+    for r in results:
+        for head, m in r["test"].items():
+            val = r["val"]["heads"][head] if head in HEADS else r["val"]["weighted_sweep"][
+                f"{r['val']['chosen_weight']:.2f}"]
+            out.append({"teacher": r["name"], "head": head, "AR@1": m["recall@1"], "same dir.": m["same_direction"],
+                        "opposite": m["opposite_direction"], **m["per_condition"], "val AR@1": val})
+    return out
+
+
+CONDITIONS = ("day", "dusk", "night", "fog", "rain", "autumn", "winter")
+
+
+def write_report(results: list[dict], out: Path, command: str, load: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", {"results": results, "targets_lidar_head": TARGETS, "command": command,
+                                      "load_average": load})
+    header = ["teacher", "head", "AR@1", "same dir.", "opposite", *CONDITIONS, "val AR@1"]
+    lines = ["# The fused teacher with the polar LiDAR branch (default world, test region)", "",
+             "Cross-run AR@1 (correct within 25 m) over every ordered pair of the 8 runs of the test region; "
+             "`val AR@1` on the validation region (the teacher's val conditions), the only figure any choice "
+             "below was made with.", "", markdown_table(rows(results), header), "",
+             "Targets (issue 11) for the LiDAR head: AR@1 >= 0.80, same >= 0.92, opposite >= 0.70, fog >= 0.60; "
+             "the fused teacher >= its LiDAR head.", "", "## Validation sweep of the LiDAR weight w "
+             "(cosine = w cos(cloud) + (1 - w) cos(image), from the two heads)", ""]
+    weights = sorted({w for r in results for w in r["val"]["weighted_sweep"]})
+    sweep_rows = [{"teacher": r["name"], **{f"w={w}": r["val"]["weighted_sweep"].get(w) for w in weights},
+                   "chosen": r["val"]["chosen_weight"]} for r in results if r["val"]["weighted_sweep"]]
+    lines += [markdown_table(sweep_rows, ["teacher", *(f"w={w}" for w in weights), "chosen"],
+                             {"chosen": ".2f"}), "", "## Training budget", ""]
+    for r in results:
+        b = r["budget"]
+        stage = "fused" if r["fusion"] is not None else "LiDAR-only"
+        parts = [f"{stage} {b['fused']['epochs']} epochs / {b['fused']['steps']} steps / {b['fused']['seconds']:.0f} s "
+                 f"(best epoch {b['fused']['best_epoch']})"]
+        if "lidar_warmup" in b:
+            w = b["lidar_warmup"]
+            source = f" (`{w['from']}`)" if "from" in w else ""
+            parts.insert(0, f"LiDAR warm-up{source} {w['epochs']} epochs / {w['steps']} steps / {w['seconds']:.0f} s")
+        learned = "" if r["learned_cloud_weight"] is None else f"; learned w = {r['learned_cloud_weight']:.3f}"
+        lines.append(f"- {r['name']} (seed {r['seed']}, {r['threads']} torch thread(s), fusion {r['fusion']}"
+                     f"{learned}): " + "; ".join(parts) + f"; checkpoint `{r['checkpoint']}`")
+    lines += ["", f"Load average while training/measuring: {load}", "", f"Command: `{command}`", ""]
+    (out / "results.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    import os
+    import sys
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--world", type=Path, default=Path("data/world_default"))
+    p.add_argument("--runs", type=Path, default=Path("/tmp/teachers"), help="run folders <recipe>_seed<N>")
+    p.add_argument("--recipes", nargs="*", default=["nc", "two_stage"], help=f"of {[*RECIPES, 'demo']}")
+    p.add_argument("--extra", nargs="*", default=[], help="more teacher run folders, as name=path")
+    p.add_argument("--lidar", nargs="*", default=[], help="LiDAR-only run folders (lidar_student), as name=path")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--train", action="store_true", help="train missing runs (otherwise skip them)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lidar-init", type=Path, default=None,
+                   help="two-stage recipes: start from this LiDAR checkpoint (a 128-d polar lidar_student trained "
+                   "like the warm-up) instead of training their own warm-up")
+    p.add_argument("--cache", type=Path, default=None, help="feature_cache.dir of the training runs")
+    p.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0])
+    p.add_argument("--out", type=Path, default=Path("docs/results/teacher"))
+    p.add_argument("--export-weighted", action="store_true",
+                   help="also save <run>/best_w<w>: the checkpoint with fusion weighted_concat at the val-chosen w")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    runs: list[tuple[str, Path]] = []
+    for recipe in args.recipes:
+        for seed in args.seeds:
+            folder = args.runs / f"{recipe}_seed{seed}"
+            if args.train:
+                folder = train(recipe, args.world, args.runs, seed, args.threads, args.cache, args.lidar_init)
+            if (folder / "best" / "checkpoint.json").is_file():
+                runs.append((f"{recipe} seed {seed}", folder))
+    runs += [(item.split("=", 1)[0], Path(item.split("=", 1)[1])) for item in args.extra]
+    folders = [folder for _, folder in runs] + [Path(item.split("=", 1)[1]) for item in args.lidar]
+    first = TrainConfig.model_validate(read_checkpoint_meta(folders[0] / "best")["config"])
+    val = Frames([s for s in load_synthetic(args.world, regions={first.data.val_region})
+                  if first.data.val_conditions is None or s.meta(0)["condition"] in first.data.val_conditions])
+    test = Frames(load_synthetic(args.world, regions={"test"}))
+    results = []
+    for item in args.lidar:
+        results.append(measure_lidar(item.split("=", 1)[0], Path(item.split("=", 1)[1]), val, test))
+    for name, folder in runs:
+        results.append(measure(name, folder, val, test, args.weights, args.export_weighted))
+        print(json.dumps({"name": name, "test": {h: m["recall@1"] for h, m in results[-1]["test"].items()},
+                          "val": results[-1]["val"]}), flush=True)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    write_report(results, args.out, "PYTHONPATH=$PWD nice -n 10 .venv/bin/python " + " ".join(sys.argv), load)
+
+
+if __name__ == "__main__":
+    main()
