@@ -256,3 +256,21 @@ def test_unknown_ros_parameters_are_named_not_fatal(ros_node):
     cfg = declare_node_config(node)  # logs a warning, starts
     assert cfg.matcher.top_k == 4
     assert unknown_parameters(node) == ["unknown parameter 'matcher.top_kk' ignored (did you mean 'matcher.top_k'?)"]
+
+
+def test_a_parameter_file_of_any_config_starts_a_node(ros_node, tmp_path):
+    """Every optional field (None) goes into a node's parameter file as its parameter's own typed sentinel: an
+    int 0 for an optional double (``submap.voxel_m``) made rclpy refuse the whole file."""
+    import yaml
+
+    from distilvpr_ros.ros.node_process import write_params
+    from distilvpr_ros.ros.params import declare_node_config, parameter_specs
+
+    cfg = NodeConfig()
+    optional = [s for s in parameter_specs() if s.optional]
+    assert any(s.type_name == "double" for s in optional)
+    values = yaml.safe_load(write_params(cfg, tmp_path / "p.yaml", False).read_text())["/**"]["ros__parameters"]
+    for s in optional:
+        assert type(values[s.name]) is type(s.sentinel), s.name
+    node = ros_node(**{k: v for k, v in values.items() if k != "use_sim_time"})
+    assert declare_node_config(node) == cfg

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..pipeline.config import NodeConfig
-from .params import flatten
+from .params import ros_values
 
 
 class ReplayError(RuntimeError):
@@ -23,7 +23,7 @@ class ReplayError(RuntimeError):
 
 def write_params(cfg: NodeConfig, path: Path, use_sim_time: bool) -> Path:
     """A ROS parameter file for the node (``/**`` matches it in any namespace)."""
-    params = {k: 0 if v is None else v for k, v in flatten(cfg).items()}  # optional ints: 0 = unset
+    params = ros_values(cfg)
     params["use_sim_time"] = use_sim_time
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}, sort_keys=False))
     return path

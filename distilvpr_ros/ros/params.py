@@ -54,6 +54,12 @@ class ParamSpec:
     optional: bool = False  # ROS sentinel (0 / "") stands for None
 
     @property
+    def sentinel(self) -> Any:
+        """The ROS value that stands for None (optional parameters), of the parameter's own type."""
+        return {ParameterType.PARAMETER_INTEGER: 0, ParameterType.PARAMETER_DOUBLE: 0.0,
+                ParameterType.PARAMETER_STRING: ""}[self.type]
+
+    @property
     def type_name(self) -> str:
         return {ParameterType.PARAMETER_BOOL: "bool", ParameterType.PARAMETER_INTEGER: "int",
                 ParameterType.PARAMETER_DOUBLE: "double", ParameterType.PARAMETER_STRING: "string"}[self.type]
@@ -201,6 +207,13 @@ def flatten(cfg: NodeConfig) -> dict[str, Any]:
 
     walk(cfg, "")
     return out
+
+
+def ros_values(cfg: NodeConfig) -> dict[str, Any]:
+    """``{dotted name: ROS value}`` of a config with every None as its parameter's typed sentinel (0, 0.0, ""),
+    e.g. for a parameter file: an int 0 for an optional double is refused by rclpy."""
+    sentinels = {s.name: s.sentinel for s in parameter_specs() if s.optional}
+    return {k: sentinels[k] if v is None else v for k, v in flatten(cfg).items()}
 
 
 def watch_node_config(node: Node, on_change: Callable[[NodeConfig], None]) -> None:
