@@ -1,0 +1,100 @@
+"""Which pairs of a training batch the relational distillation terms use (``distill.relation_pairs``).
+
+A yaw-invariant teacher relates views a forward camera cannot relate: two frames at one place driven
+in opposite directions look alike to a 360° LiDAR and unrelated to the camera. Distilling that relation
+asks the camera for the impossible. ``relation_pairs`` restricts (or down-weights) the self- and
+cross-agent relations of DistilVPR to pairs where the relation means something to the student:
+
+* ``all``: every pair (the reference; no pair weights are passed, the maths is unchanged);
+* ``same_direction``: pairs whose headings differ by at most ``relation_heading_deg`` (90°);
+* ``visible``: pairs that share visible structure. Here from poses alone (``pose_visibility``: within
+  ``relation_visible_m`` and same direction), which works for any dataset with poses; a world-based
+  mask (what the camera really sees) can replace it through ``visibility_fn``.
+
+Pairs outside the mask get weight ``relation_other_weight`` (0: left out), pairs inside weight 1; a
+frame with itself is always inside. Headings come from the frames' poses (yaw of the body x axis).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+RELATION_PAIRS = ("all", "same_direction", "visible")
+
+#: ``visibility_fn(positions (B, 2), headings (B,)) -> (B, B) bool``: pairs sharing visible structure.
+VisibilityFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def frame_headings(sequences) -> np.ndarray:
+    """Yaw (radians) of every frame of some sequences, in order: atan2 of the pose's body x axis."""
+    poses = np.concatenate([np.asarray(seq.poses) for seq in sequences])
+    return np.arctan2(poses[:, 1, 0], poses[:, 0, 0])
+
+
+def same_direction(headings: np.ndarray, max_deg: float = 90.0) -> np.ndarray:
+    """(B, B) bool: heading difference (wrapped to [0°, 180°]) at most ``max_deg``."""
+    diff = np.abs(np.angle(np.exp(1j * (headings[:, None] - headings[None, :]))))
+    return diff <= np.radians(max_deg) + 1e-9
+
+
+def pose_visibility(positions: np.ndarray, headings: np.ndarray, max_m: float = 50.0,
+                    max_deg: float = 90.0) -> np.ndarray:
+    """Pose-only proxy of "shares visible structure": within ``max_m`` (planar) and same direction."""
+    positions = np.asarray(positions, dtype=float)[:, :2]
+    near = np.linalg.norm(positions[:, None] - positions[None, :], axis=2) <= max_m
+    return near & same_direction(headings, max_deg)
+
+
+class RelationPairs:
+    """Pair weights of training batches, from the training frames' positions and headings.
+
+    Args:
+        mode: one of ``RELATION_PAIRS``.
+        positions: (N, 2) planar positions of the training elements.
+        headings: (N,) yaw of the training elements (radians).
+        other_weight: weight of pairs outside the mask.
+        heading_deg / visible_m: thresholds of the pose proxies.
+        visibility_fn: the ``visible`` mask of a batch (default: ``pose_visibility``).
+    """
+
+    def __init__(self, mode: str, positions: np.ndarray, headings: np.ndarray, other_weight: float = 0.0,
+                 heading_deg: float = 90.0, visible_m: float = 50.0, visibility_fn: VisibilityFn | None = None):
+        if mode not in RELATION_PAIRS:
+            raise ValueError(f"relation_pairs must be one of {RELATION_PAIRS}, got {mode!r}")
+        self.mode = mode
+        self.positions = np.asarray(positions, dtype=float)[:, :2]
+        self.headings = np.asarray(headings, dtype=float)
+        self.other_weight = float(other_weight)
+        self.heading_deg = heading_deg
+        self.visible_m = visible_m
+        self.visibility_fn = visibility_fn or (
+            lambda p, h: pose_visibility(p, h, max_m=self.visible_m, max_deg=self.heading_deg))
+
+    @classmethod
+    def from_config(cls, distill_cfg, sequences, visibility_fn: VisibilityFn | None = None) -> "RelationPairs":
+        """From a ``DistillConfig`` and the training sequences (element order = the training store's)."""
+        positions = np.concatenate([np.asarray(seq.poses)[:, :2, 3] for seq in sequences])
+        return cls(distill_cfg.relation_pairs, positions, frame_headings(sequences),
+                   distill_cfg.relation_other_weight, distill_cfg.relation_heading_deg,
+                   distill_cfg.relation_visible_m, visibility_fn)
+
+    def mask(self, indices) -> np.ndarray:
+        """(B, B) bool: the pairs of a batch inside the mask (the diagonal always)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if self.mode == "all":
+            inside = np.ones((len(idx), len(idx)), dtype=bool)
+        elif self.mode == "same_direction":
+            inside = same_direction(self.headings[idx], self.heading_deg)
+        else:
+            inside = np.asarray(self.visibility_fn(self.positions[idx], self.headings[idx]), dtype=bool)
+        return inside | np.eye(len(idx), dtype=bool)
+
+    def weights(self, indices) -> torch.Tensor | None:
+        """(B, B) float pair weights of a batch, or None for ``all`` (the unweighted reference maths)."""
+        if self.mode == "all":
+            return None
+        inside = self.mask(indices)
+        return torch.from_numpy(np.where(inside, 1.0, self.other_weight).astype(np.float32))
