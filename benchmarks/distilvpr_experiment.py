@@ -145,7 +145,12 @@ def main() -> None:
     p.add_argument("--rain-p", type=float, default=0.0, help="augment.rain_p of the student")
     p.add_argument("--grad-norm-every", type=int, default=0, help="distill.grad_norm_every")
     p.add_argument("--threads", type=int, default=2, help="torch threads of training")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="only merge the results.json of these earlier --out folders into --out (no training)")
     args = p.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
 
     names = args.variants if args.variants is not None else VARIANT_SETS[args.variant_set]
     unknown = [n for n in names if n not in VARIANTS]
@@ -220,10 +225,6 @@ def main() -> None:
             write_json(args.out / "results.json",
                        to_jsonable({"seeds": args.seeds, "results": results, "budgets": budgets}))
 
-    keys = ["test/recall@1", "test/same_direction/recall@1", "unseen/recall@1", "unseen/same_direction/recall@1",
-            *[f"unseen/same_direction/{c}/recall@1" for c in UNSEEN],
-            *[f"unseen/{c}/recall@1" for c in UNSEEN], "test/recall@5", "train_seconds"]
-    table = mean_std_table(results, keys)
     minutes = (time.perf_counter() - started) / 60
     command = (f".venv/bin/python benchmarks/distilvpr_experiment.py --world {args.world} --out {args.out} "
                f"--seeds {' '.join(map(str, args.seeds))} --teacher-epochs {args.teacher_epochs} "
@@ -237,28 +238,70 @@ def main() -> None:
                   if args.student_milestones is not None else "")
                + f" --augmented-copies {args.augmented_copies} --night-p {args.night_p} --rain-p {args.rain_p}"
                + f" --grad-norm-every {args.grad_norm_every} --threads {args.threads}")
+    write_report(args.out, results, budgets, [command], minutes, args.seeds)
+
+
+KEYS = ["test/recall@1", "test/same_direction/recall@1", "unseen/recall@1", "unseen/same_direction/recall@1",
+        *[f"unseen/same_direction/{c}/recall@1" for c in UNSEEN],
+        *[f"unseen/{c}/recall@1" for c in UNSEEN], "test/recall@5", "steps", "epochs", "train_seconds"]
+
+
+def write_report(out: Path, results: dict, budgets: dict, commands: list[str], minutes: float, seeds) -> None:
+    """README.md (the table), results.json and the bar plot of one experiment (or of merged parts)."""
+    rows = {name: [dict(row, **{k: b[k] for k in ("steps", "epochs") if k in b})
+                   for row, b in zip(runs, budgets.get(name, [{}] * len(runs)) or [{}] * len(runs))]
+            for name, runs in results.items()}
+    table = mean_std_table(rows, KEYS)
     text = [
         "# DistilVPR on the default synthetic world",
         "",
-        f"Command: `{command}` — {minutes:.1f} minutes on this machine (2 CPU cores), seeds {args.seeds}.",
+        *[f"Command: `{command}`" for command in commands],
         "",
-        f"Train/val on conditions {', '.join(SEEN)}; test region, unseen conditions {', '.join(UNSEEN)}. "
-        "AR@N: mean over ordered pairs of test runs; *unseen*: seen-condition runs as database, queries "
-        "from the unseen-condition runs. Mean ± std over seeds; selection on the validation region.",
+        f"{minutes:.1f} minutes of wall time on this machine (2 CPU cores, shared), seeds {list(seeds)}.",
+        "",
+        f"Train/val on conditions {', '.join(SEEN)}; test region, unseen conditions {', '.join(UNSEEN)} "
+        "(never seen in training or selection). AR@N: mean over ordered pairs of test runs; *unseen*: "
+        "seen-condition runs as database, queries from the unseen-condition runs; *same_direction*: queries "
+        "whose nearest true match was driven the same way. Mean ± std over seeds; selection on the validation "
+        "region. `steps` / `epochs`: the student's training budget.",
         "",
         table,
         "",
-        "![test AR@1](distilvpr_ar1.png)",
+        "![unseen AR@1](distilvpr_ar1.png)",
         "",
     ]
-    (args.out / "README.md").write_text("\n".join(text))
-    write_json(args.out / "results.json", to_jsonable({"seeds": args.seeds, "minutes": minutes, "command": command,
-                                                       "results": results, "budgets": budgets}))
-    means = {name: float(np.mean([r["unseen/recall@1"] for r in rows])) for name, rows in results.items()}
-    plot_bars(means, args.out / "distilvpr_ar1.png", highlight="camera: DistilVPR-SC",
-              title="AR@1 on queries from unseen conditions (mean over seeds)", xlabel="AR@1")
+    (out / "README.md").write_text("\n".join(text))
+    write_json(out / "results.json", to_jsonable({"seeds": list(seeds), "minutes": minutes, "commands": commands,
+                                                  "results": results, "budgets": budgets}))
+    means = {name: float(np.mean([r["unseen/same_direction/recall@1"] if "unseen/same_direction/recall@1" in r
+                                  else r["unseen/recall@1"] for r in runs])) for name, runs in results.items()}
+    plot_bars(means, out / "distilvpr_ar1.png", highlight="camera: DistilVPR-SC",
+              title="AR@1, same-direction queries from unseen conditions (mean over seeds)", xlabel="AR@1")
     print("\n".join(text))
     print(json.dumps({"minutes": round(minutes, 1)}))
+
+
+def merge(parts: list[Path], out: Path) -> None:
+    """One report from the results.json of several runs of this script (e.g. variants split over two
+    processes, or seeds run apart): rows of the same variant are concatenated in the order given; the
+    given teacher's rows are kept once per seed."""
+    results: dict[str, list] = {}
+    budgets: dict[str, list] = {}
+    commands, seeds, minutes = [], [], 0.0
+    teacher_rows = ("teacher (camera+LiDAR)", "teacher image branch only")
+    for part in parts:
+        data = json.loads((part / "results.json").read_text())
+        commands += data.get("commands", [data["command"]] if "command" in data else [])
+        minutes = max(minutes, data.get("minutes", 0.0))
+        new_seeds = [s for s in data["seeds"] if s not in seeds]
+        seeds += new_seeds
+        for name, runs in data["results"].items():
+            if name in teacher_rows and not new_seeds:
+                continue
+            results.setdefault(name, []).extend(runs)
+            budgets.setdefault(name, []).extend(data.get("budgets", {}).get(name, [{}] * len(runs)))
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, results, budgets, commands, minutes, seeds)
 
 
 if __name__ == "__main__":
