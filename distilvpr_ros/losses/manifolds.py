@@ -123,8 +123,29 @@ def pairwise_poincare(x: torch.Tensor, y: torch.Tensor | None = None, c: float =
     """
     sqrt_c = c**0.5
     other = x if y is None else y
-    dist = 2.0 / sqrt_c * artanh(sqrt_c * mobius_add_pairwise(-x, other, c).norm(dim=-1))
+    dist = 2.0 / sqrt_c * artanh(sqrt_c * mobius_norm_pairwise(-x, other, c))
     return dist if y is not None else _zero_diagonal(dist)
+
+
+def mobius_norm_pairwise(x: torch.Tensor, y: torch.Tensor, c: float = DEFAULT_CURVATURE) -> torch.Tensor:
+    """‖x_i ⊕_c y_j‖ for all pairs, (B, D) × (C, D) → (B, C): the norm of ``mobius_add_pairwise`` without
+    its (B, C, D) tensor. With α = 1 + 2c⟨x,y⟩ + c‖y‖², β = 1 − c‖x‖², the numerator αx + βy has
+    ‖·‖² = α²‖x‖² + 2αβ⟨x,y⟩ + β²‖y‖², all from the Gram matrix: O(BCD) for one product plus O(BC),
+    instead of several (B, C, D) passes (issue 12: the distillation step's cost). Computed in float64
+    (the sum cancels for nearby points) and returned in the inputs' dtype.
+    """
+    dtype = x.dtype
+    x, y = x.double(), y.double()
+    xy = x @ y.t()
+    x2 = x.pow(2).sum(dim=-1, keepdim=True)
+    y2 = y.pow(2).sum(dim=-1, keepdim=True).t()
+    alpha = 1 + 2 * c * xy + c * y2
+    beta = 1 - c * x2
+    num_sq = (alpha.pow(2) * x2 + 2 * alpha * beta * xy + beta.pow(2) * y2).clamp_min(0.0)
+    denom = 1 + 2 * c * xy + c**2 * x2 * y2 + MOBIUS_DENOM_EPS
+    # sqrt with a zero (sub)gradient at 0, like Tensor.norm of a zero vector
+    norm = torch.where(num_sq > 0, num_sq, torch.ones_like(num_sq)).sqrt() * (num_sq > 0)
+    return (norm / denom).to(dtype)
 
 
 def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
