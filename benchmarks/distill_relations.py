@@ -30,8 +30,10 @@ import torch
 from distilvpr_ros.losses import manifolds as M
 from distilvpr_ros.models.checkpoint import load_model
 from distilvpr_ros.training.config import TrainConfig
-from distilvpr_ros.training.data import TrainingData
+from distilvpr_ros.training.data import TrainingData, open_split
+from distilvpr_ros.training.distributed import init_distributed
 from distilvpr_ros.training.relation_pairs import frame_headings, same_direction
+from distilvpr_ros.training.trainer import compute_teacher_cache
 from distilvpr_ros.utils.results import write_json
 
 CATEGORIES = ("near_same", "near_opposite", "far")
@@ -93,22 +95,23 @@ def main() -> None:
             "feature_cache": {"dir": str(args.cache) if args.cache else None}}
     cfg = TrainConfig.from_yaml(None, base)
     teacher = load_model(args.teacher)
-    data = TrainingData(cfg, teacher)
+    sequences = open_split(cfg.data, "train")
+    # the trainer's teacher cache (clean raw descriptors of every training frame; from --cache when there)
+    all_teacher = compute_teacher_cache(teacher, cfg, sequences, init_distributed())
     rng = np.random.default_rng(args.seed)
-    sample = np.sort(rng.choice(len(data.train_store), size=min(args.frames, len(data.train_store)), replace=False))
-    positions = data.train_store.positions[sample]
-    headings = frame_headings(data.train_sequences)[sample]
+    sample = np.sort(rng.choice(len(all_teacher), size=min(args.frames, len(all_teacher)), replace=False))
+    positions = np.concatenate([np.asarray(seq.poses)[:, :2, 3] for seq in sequences])[sample]
+    headings = frame_headings(sequences)[sample]
     masks = categories(positions, headings, args.near_m, cfg.ground_truth.non_negative_m)
     c = cfg.distill.curvature
-    t = data.embed(teacher, list(sample), 64)["fused"]
+    t = all_teacher[sample]
     result = {"frames": len(sample), "near_m": args.near_m, "curvature": c,
               "teacher": relation_stats(t, t, masks, c), "models": {}}
     for item in args.runs:
         name, run = item.split("=", 1)
         run = Path(run)
         model = load_model(run / "best")
-        student_cfg = TrainConfig.from_yaml(None, {**base, "model": {**base["model"]}})
-        student_data = TrainingData(student_cfg, model)
+        student_data = TrainingData(cfg, model, sequences)
         s = student_data.embed(model, list(sample), 64)["fused"]
         result["models"][name] = {"relations": relation_stats(t, s, masks, c), "history": history_summary(run)}
         print(name, json.dumps(result["models"][name]["relations"], indent=1), flush=True)
