@@ -257,7 +257,8 @@ def write_report(out: Path, results: dict, budgets: dict, commands: list[str], m
         "",
         *[f"Command: `{command}`" for command in commands],
         "",
-        f"{minutes:.1f} minutes of wall time on this machine (2 CPU cores, shared), seeds {list(seeds)}.",
+        (f"{minutes:.1f} minutes of wall time" if minutes else "Wall time per student: `train_seconds`")
+        + f" on this machine (2 CPU cores, shared), seeds {list(seeds)}.",
         "",
         f"Train/val on conditions {', '.join(SEEN)}; test region, unseen conditions {', '.join(UNSEEN)} "
         "(never seen in training or selection). AR@N: mean over ordered pairs of test runs; *unseen*: "
