@@ -149,6 +149,9 @@ class _Seq:
     def __init__(self, poses):
         self.poses = np.stack(poses)
 
+    def __len__(self):
+        return len(self.poses)
+
 
 def test_pose_masks_on_a_hand_made_batch():
     # 0 and 1: same place, same way; 2: same place, the other way; 3: 20 m on, 80° off; 4: 200 m away, same way
@@ -173,8 +176,17 @@ def test_pose_masks_on_a_hand_made_batch():
     assert RelationPairs.from_config(DistillConfig(method="sc"), seqs).weights([0, 1]) is None
     visible = RelationPairs.from_config(DistillConfig(method="sc", relation_pairs="visible"), seqs)
     assert visible.mask([0, 1, 2, 4]).tolist()[0] == [True, True, False, False]
-    plugged = RelationPairs("visible", np.zeros((5, 2)), headings, visibility_fn=lambda p, h: np.zeros((len(p),) * 2))
-    assert plugged.mask([0, 1]).tolist() == [[True, False], [False, True]]
+    direct = RelationPairs("visible", np.stack([p[:2, 3] for p in poses]), headings)
+    assert np.array_equal(direct.mask([0, 1, 2, 3, 4]), visible.mask([0, 1, 2, 3, 4]))
+    # a plugged-in mask receives the batch's (sequence, position) frames
+    got = []
+
+    def world_mask(frames):
+        got.append(frames.tolist())
+        return np.zeros((len(frames),) * 2, dtype=bool)
+    plugged = RelationPairs.from_config(DistillConfig(method="sc", relation_pairs="visible"), seqs, world_mask)
+    assert plugged.mask([1, 3]).tolist() == [[True, False], [False, True]]
+    assert got == [[[0, 1], [1, 0]]]
 
 
 def test_relation_pairs_config_needs_a_relational_method():

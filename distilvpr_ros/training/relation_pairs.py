@@ -9,7 +9,9 @@ cross-agent relations of DistilVPR to pairs where the relation means something t
 * ``same_direction``: pairs whose headings differ by at most ``relation_heading_deg`` (90°);
 * ``visible``: pairs that share visible structure. Here from poses alone (``pose_visibility``: within
   ``relation_visible_m`` and same direction), which works for any dataset with poses; a world-based
-  mask (what the camera really sees) can replace it through ``visibility_fn``.
+  mask (what the camera really sees) plugs in at ``visibility_fn`` — the one place to change: it gets the
+  training sequences and returns ``mask(frames) -> (B, B) bool`` over ``(sequence, position)`` frames,
+  the signature of ``VisibleStructure.mask`` on branch ``visible``.
 
 Pairs outside the mask get weight ``relation_other_weight`` (0: left out), pairs inside weight 1; a
 frame with itself is always inside. Headings come from the frames' poses (yaw of the body x axis).
@@ -24,8 +26,8 @@ import torch
 
 RELATION_PAIRS = ("all", "same_direction", "visible")
 
-#: ``visibility_fn(positions (B, 2), headings (B,)) -> (B, B) bool``: pairs sharing visible structure.
-VisibilityFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: ``mask(frames (B, 2) of (sequence, position)) -> (B, B) bool``: pairs sharing visible structure.
+VisibilityFn = Callable[[np.ndarray], np.ndarray]
 
 
 def frame_headings(sequences) -> np.ndarray:
@@ -48,6 +50,21 @@ def pose_visibility(positions: np.ndarray, headings: np.ndarray, max_m: float = 
     return near & same_direction(headings, max_deg)
 
 
+def visibility_fn(sequences, distill_cfg) -> VisibilityFn:
+    """The ``visible`` mask of batches of these sequences' frames: today the pose proxy
+    (``pose_visibility``); replace the body with the world-based mask when it is available, e.g.
+    ``return VisibleStructure.from_sequences(sequences, cfg).mask``."""
+    poses = [np.asarray(seq.poses) for seq in sequences]
+    headings = [np.arctan2(p[:, 1, 0], p[:, 0, 0]) for p in poses]
+
+    def mask(frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames, dtype=np.int64).reshape(-1, 2)
+        xy = np.stack([poses[s][i, :2, 3] for s, i in frames]) if len(frames) else np.zeros((0, 2))
+        yaw = np.array([headings[s][i] for s, i in frames])
+        return pose_visibility(xy, yaw, distill_cfg.relation_visible_m, distill_cfg.relation_heading_deg)
+    return mask
+
+
 class RelationPairs:
     """Pair weights of training batches, from the training frames' positions and headings.
 
@@ -57,11 +74,14 @@ class RelationPairs:
         headings: (N,) yaw of the training elements (radians).
         other_weight: weight of pairs outside the mask.
         heading_deg / visible_m: thresholds of the pose proxies.
-        visibility_fn: the ``visible`` mask of a batch (default: ``pose_visibility``).
+        frames: (N, 2) ``(sequence, position)`` of the training elements (for ``visibility_fn``).
+        visibility_fn: the ``visible`` mask of a batch's frames (default: ``pose_visibility`` of the
+            elements' positions and headings).
     """
 
     def __init__(self, mode: str, positions: np.ndarray, headings: np.ndarray, other_weight: float = 0.0,
-                 heading_deg: float = 90.0, visible_m: float = 50.0, visibility_fn: VisibilityFn | None = None):
+                 heading_deg: float = 90.0, visible_m: float = 50.0, visibility_fn: VisibilityFn | None = None,
+                 frames: np.ndarray | None = None):
         if mode not in RELATION_PAIRS:
             raise ValueError(f"relation_pairs must be one of {RELATION_PAIRS}, got {mode!r}")
         self.mode = mode
@@ -70,16 +90,22 @@ class RelationPairs:
         self.other_weight = float(other_weight)
         self.heading_deg = heading_deg
         self.visible_m = visible_m
-        self.visibility_fn = visibility_fn or (
-            lambda p, h: pose_visibility(p, h, max_m=self.visible_m, max_deg=self.heading_deg))
+        self.frames = None if frames is None else np.asarray(frames, dtype=np.int64).reshape(-1, 2)
+        if visibility_fn is not None and self.frames is None:
+            raise ValueError("a visibility_fn needs the elements' frames")
+        self.visibility_fn = visibility_fn
 
     @classmethod
-    def from_config(cls, distill_cfg, sequences, visibility_fn: VisibilityFn | None = None) -> "RelationPairs":
-        """From a ``DistillConfig`` and the training sequences (element order = the training store's)."""
+    def from_config(cls, distill_cfg, sequences, visibility: VisibilityFn | None = None) -> "RelationPairs":
+        """From a ``DistillConfig`` and the training sequences (element order = the training store's);
+        ``visible`` uses ``visibility`` or else ``visibility_fn(sequences, distill_cfg)``."""
         positions = np.concatenate([np.asarray(seq.poses)[:, :2, 3] for seq in sequences])
+        frames = np.array([(s, i) for s, seq in enumerate(sequences) for i in range(len(seq))], dtype=np.int64)
+        if distill_cfg.relation_pairs == "visible" and visibility is None:
+            visibility = visibility_fn(sequences, distill_cfg)
         return cls(distill_cfg.relation_pairs, positions, frame_headings(sequences),
                    distill_cfg.relation_other_weight, distill_cfg.relation_heading_deg,
-                   distill_cfg.relation_visible_m, visibility_fn)
+                   distill_cfg.relation_visible_m, visibility, frames)
 
     def mask(self, indices) -> np.ndarray:
         """(B, B) bool: the pairs of a batch inside the mask (the diagonal always)."""
@@ -88,8 +114,10 @@ class RelationPairs:
             inside = np.ones((len(idx), len(idx)), dtype=bool)
         elif self.mode == "same_direction":
             inside = same_direction(self.headings[idx], self.heading_deg)
+        elif self.visibility_fn is not None:
+            inside = np.asarray(self.visibility_fn(self.frames[idx]), dtype=bool)
         else:
-            inside = np.asarray(self.visibility_fn(self.positions[idx], self.headings[idx]), dtype=bool)
+            inside = pose_visibility(self.positions[idx], self.headings[idx], self.visible_m, self.heading_deg)
         return inside | np.eye(len(idx), dtype=bool)
 
     def weights(self, indices) -> torch.Tensor | None:
