@@ -101,12 +101,14 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import run_evaluate
+    from .evaluation.report import to_jsonable
 
     metrics = run_evaluate(Path(args.checkpoint), Path(args.root), region=args.region,
                            out_dir=None if args.out is None else Path(args.out), batch_size=args.batch_size,
                            head=args.head, source=args.source, sequences=args.sequences,
                            images_root=args.images_root, results_root=Path(args.results))
-    print(json.dumps({k: v for k, v in metrics.items() if k.startswith("recall@")}, indent=2))
+    print(json.dumps({**{k: v for k, v in metrics.items() if k.startswith("recall@")},
+                      "headline": to_jsonable(metrics["headline"])}, indent=2))
     return 0
 
 

@@ -14,7 +14,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    """The ``tiny`` preset world without bags, generated once per test run; tests must not write into it."""
+    """The ``tiny`` preset world without bags, generated once per test run; tests must not write into it
+    (except the visibility cache ``run_evaluate`` keeps beside a world: written atomically, the same in every test)."""
     from distilvpr_ros.data.world.config import load_world_config
     from distilvpr_ros.data.world.generate import generate_world
 

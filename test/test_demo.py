@@ -74,6 +74,7 @@ def test_demo_recalls_come_from_the_real_evaluation(first):
     from distilvpr_ros.data.synthetic import load_synthetic
     from distilvpr_ros.models.inference import embed_sequences
     from distilvpr_ros.evaluation.evaluate import evaluate_sequences
+    from distilvpr_ros.evaluation.report import format_value
     from distilvpr_ros.models.checkpoint import load_model
 
     ev = first["summary"]["evaluate"]
@@ -87,6 +88,8 @@ def test_demo_recalls_come_from_the_real_evaluation(first):
             assert 0.0 <= ev[role][key] <= 1.0
             assert ev[role][key] == pytest.approx(expected[key], abs=1e-9), (role, key)
         assert f"| {ev[role]['recall@1']:.3f} | {ev[role]['recall@5']:.3f} |" in report
+        assert ev[role]["chance@1"] == pytest.approx(expected["chance@1"], abs=1e-9)
+        assert f"| {role} | visible subset | {format_value(ev[role]['headline']['visible'])} |" in report
     assert ev["student"]["num_queries"] == expected["num_queries"] > 0
 
 

@@ -226,6 +226,9 @@ def test_run_evaluate_writes_every_file(world, tiny_student, tmp_path):
     assert set(written["subsets"]) == {"same_direction", "opposite_direction", "occluded"}
     assert written["recall@1"] == pytest.approx(returned["recall@1"])
     assert "| all queries |" in (out / "metrics.md").read_text()
+    assert written["config"]["visibility"]["source"] == "world ray casting" and 0 <= written["chance@1"] <= 1
+    assert 0 < written["visible"]["num_queries"] <= written["num_queries"]
+    assert "Visible subset (world ray casting)" in (out / "metrics.md").read_text()
     default = run_evaluate(checkpoint, world, results_root=tmp_path / "results", progress=False)
     assert (tmp_path / "results" / "evaluate" / "latest" / "metrics.json").is_file()
     assert default["recall@1"] == pytest.approx(returned["recall@1"])
@@ -246,6 +249,7 @@ def test_evaluate_command_reads_bags(tiny_student, tmp_path):
     assert written["config"]["source"] == "bags" and written["config"]["runs"] == ["drive_a", "drive_b"]
     assert written["num_pairs"] == 2 and written["num_queries"] == 8
     assert written["recall@1"] == 1.0 and written["subsets"] == {}
+    assert written["config"]["visibility"]["source"] == "pose proxy" and written["visible"]["num_queries"] == 8
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--source", "bags", "--root", str(tmp_path)]) == 2
 
 

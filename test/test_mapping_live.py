@@ -18,14 +18,14 @@ from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from distilvpr_ros.ros.messages import header, image_msg, pointcloud2_msg, pose_msg  # noqa: E402
-from distilvpr_ros.ros.mapping_node import MappingNode  # noqa: E402
+from distilvpr_ros.ros.mapping_node import EXECUTOR_THREADS, MappingNode  # noqa: E402
 from test_ros_nodes import frame, make_assets  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 PAIR_HZ, ODOM_HZ, METRES_PER_PAIR = 10.0, 20.0, 1.0
-INFERENCE_S = 0.15  # artificial extra time per keyframe in the networks
-MIN_DISTANCE_M = 1.5  # a keyframe every 2nd pair: 0.15 s of networks (+ the real tiny ones) per 0.2 s of data
+INFERENCE_S = 0.15  # the networks' time per keyframe, the real tiny ones included (slow_networks)
+MIN_DISTANCE_M = 1.5  # a keyframe every 2nd pair: 0.15 s of networks per 0.2 s of data, 75 % of real time
 ODOM_LAG_S = 0.03  # odometry is published this long after its stamp (it is computed from the scans)
 SECONDS = 6.0
 
@@ -102,18 +102,21 @@ def mapping_node(assets, tmp_path, **params):
 
 
 def slow_networks(builder, seconds: float):
+    """Make a keyframe take ``seconds`` in the networks in all: the real tiny ones, then a sleep for the rest.
+    Their share of the stream is then the same on a quiet and on a loaded machine (a fixed sleep on top of
+    them asked for more than real time once other work slowed them past 50 ms a keyframe: 40-120 ms measured
+    at load 15-20 on 2 cores, and dropping pairs is then the node's documented answer, not a fault)."""
     add = builder.add_keyframe
 
     def slow_add(*args, **kwargs):
-        time.sleep(seconds)
-        return add(*args, **kwargs)
+        start = time.monotonic()
+        result = add(*args, **kwargs)
+        time.sleep(max(0.0, seconds - (time.monotonic() - start)))
+        return result
 
     builder.add_keyframe = slow_add
 
 
-@pytest.mark.xfail(strict=False, reason="flaky since the verification/multi-session merges: the processing thread "
-                   "now and then stalls for seconds (drops_queue_full 2-36 in a 6 s stream, also with reliable QoS, "
-                   "1 thread, or diagnostics' input watch off), about half the runs; not root-caused yet")
 def test_no_pair_misses_its_odometry_at_live_rates_with_slow_networks(assets, tmp_path):
     rclpy.init()
     node = mapping_node(assets, tmp_path)
@@ -130,11 +133,41 @@ def test_no_pair_misses_its_odometry_at_live_rates_with_slow_networks(assets, tm
         spun.close()
         sensors.destroy_node()
         rclpy.try_shutdown()
-    expected = int(np.ceil(sent / round(MIN_DISTANCE_M / METRES_PER_PAIR + 0.5)))  # every 4th pair
+    expected = int(np.ceil(sent / round(MIN_DISTANCE_M / METRES_PER_PAIR + 0.5)))  # every 2nd pair
     assert counts["missing_odometry"] == 0, counts
     assert counts["drops_queue_full"] == 0, counts
     assert stats.pairs >= sent - 2, (stats, sent)  # the newest pair may still wait for a later scan
     assert keyframes >= expected - 1, (keyframes, expected, counts)
+
+
+def test_the_nodes_executor_finishes_callbacks_in_hand_before_it_shuts_down(capfd):
+    """Callbacks queued behind busy workers when spinning stops run before the executor releases its guard
+    condition (rclpy's MultiThreadedExecutor printed "The following exception was never retrieved: cannot use
+    Destroyable because destruction was requested" for them, at the end of this file's live test)."""
+    import gc
+
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+
+    rclpy.init()
+    try:
+        node = rclpy.create_node("busy_callbacks")
+        ran = []
+        for _ in range(2 * EXECUTOR_THREADS):  # twice as many busy callbacks as worker threads: some wait queued
+            node.create_timer(0.005, lambda: (time.sleep(0.03), ran.append(1)),
+                              callback_group=MutuallyExclusiveCallbackGroup())
+        executor = MappingNode.make_executor()
+        executor.add_node(node)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        executor.shutdown()
+        node.destroy_node()
+        del executor
+        gc.collect()  # rclpy reports a callback's unretrieved exception when its task is collected
+    finally:
+        rclpy.try_shutdown()
+    assert len(ran) > 2 * EXECUTOR_THREADS
+    assert "never retrieved" not in capfd.readouterr().err
 
 
 def test_runtime_odometry_parameters_are_applied(assets, tmp_path):

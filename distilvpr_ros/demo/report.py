@@ -120,8 +120,44 @@ def _offline_section(demo: Demo, figures: _Figures) -> list[str]:
         for role in ("teacher", "student"):
             lines.append(_row(role, *(fmt(ev[role]["per_condition"][c]["recall@1"]) for c in conditions)))
         lines.append("")
+        lines += _headline_lines(ev, conditions, seen)
     return (lines + figures.md("recall_at_n.png", "Recall@N teacher vs student")
             + figures.md("matches_offline.png", "student: query -> top-1 (offline)"))
+
+
+#: Rows of the headline table: (key in ``evaluate.headline``, label).
+_HEADLINE_ROWS = (("all", "all queries"), ("same_direction", "same direction"),
+                  ("opposite_direction", "opposite direction"), ("visible", "visible subset"),
+                  ("visible_strict", "visible subset, strict"))
+
+
+def _headline_lines(ev: dict, conditions: list[str], seen: set[str] | None) -> list[str]:
+    """AR@1 on all / same-direction / opposite / visible queries by condition, with chance (camera headline)."""
+    heads = {role: ev[role].get("headline") for role in ("teacher", "student")}
+    if not all(heads.values()):
+        return []  # an evaluation from before the headline existed
+    student = ev["student"]
+    lines = ["Camera headline: AR@1 on same-direction queries and on the *visible subset* (queries with a true match "
+             "that sees at least 10 % of the structure the query's camera sees: a camera can solve them; *strict*: "
+             "only such matches count as correct), by query condition; chance = AR@1 of a random ranking."]
+    visible = student.get("visible")
+    if visible:
+        share = visible["share"]
+        lines[-1] += (f" Visible subset from {student.get('visibility') or 'the world'}: "
+                      f"{fmt(share.get('same_direction'), '.0%')} of same-direction and "
+                      f"{fmt(share.get('opposite_direction'), '.0%')} of opposite-direction queries are in it, so a "
+                      f"camera that solves exactly those scores {fmt(visible['ceiling@1'])} AR@1 on all queries.")
+    lines += ["", *_header("model", "queries", "all conditions",
+                           *(f"{c}{'*' if seen and c not in seen else ''}" for c in conditions))]
+    for role, head in heads.items():
+        for key, label in _HEADLINE_ROWS:
+            if key in head:
+                lines.append(_row(role, label, fmt(head[key]),
+                                  *(fmt(head["per_condition"].get(c, {}).get(key)) for c in conditions)))
+    head = heads["student"]
+    lines.append(_row("chance", "all queries", fmt(head["chance@1"]),
+                      *(fmt(head["per_condition"].get(c, {}).get("chance@1")) for c in conditions)))
+    return lines + [""]
 
 
 def _mapping_section(demo: Demo) -> list[str]:

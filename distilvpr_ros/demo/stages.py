@@ -265,7 +265,9 @@ def verified_localization(demo: Demo, bag: Path, node: dict, correct_m: float) -
 
 #: Keys of an evaluation kept in the demo's results.
 _EVAL_KEYS = ("recall@1", "recall@5", "recall@10", "recall@25", "recall@1%", "recall_curve", "num_pairs",
-              "num_queries")
+              "num_queries", "chance@1", "headline")
+#: Keys of the visible subset kept (``evaluate_sequences``' ``visible`` block).
+_VISIBLE_KEYS = ("recall@1", "chance@1", "num_queries", "share", "ceiling@1")
 _EVAL_MODELS = {"teacher": "teacher (camera+LiDAR)", "student": "student (camera only)"}
 
 
@@ -278,9 +280,12 @@ def build_evaluate(demo: Demo, out: Path) -> dict:
     for role in _EVAL_MODELS:
         m = run_evaluate(demo.folder(role) / "best", world_path(demo), region=region, out_dir=out / role,
                          progress=demo.progress)
+        visible = m["visible"]
         result[role] = {**{k: m[k] for k in _EVAL_KEYS},
                         "per_condition": {c: {k: r[k] for k in ("recall@1", "recall@5", "num_queries")}
-                                          for c, r in m["per_condition"].items()}}
+                                          for c, r in m["per_condition"].items()},
+                        "visible": ({k: visible[k] for k in _VISIBLE_KEYS} if visible else None),
+                        "visibility": (m["config"]["visibility"] or {}).get("source")}
     method = demo.results["student"].get("method", "sc").upper()
     plot_recall_at_n({f"{_EVAL_MODELS['teacher']}": result["teacher"]["recall_curve"],
                       f"{_EVAL_MODELS['student']}, DistilVPR-{method}": result["student"]["recall_curve"]},
@@ -329,7 +334,8 @@ STAGES: tuple[Stage, ...] = (
           inputs=lambda demo: {"settings": demo.settings.localization.model_dump(mode="json")},
           outputs=("replay/metrics.json", "pr.png", "matches.png", "latency.png"), unavailable=_ros_missing),
     Stage("evaluate", "offline cross-run Recall@N, teacher vs student", build_evaluate,
-          needs=("world", "teacher", "student"), inputs=lambda demo: {"region": demo.settings.evaluate.region},
+          needs=("world", "teacher", "student"),
+          inputs=lambda demo: {"region": demo.settings.evaluate.region, "visible_subset": 1},
           outputs=("recall_at_n.png", "student/matches.png")),
     Stage("corridor", "real-image check on VPR-Bench Corridor", build_corridor, needs=("student",),
           inputs=lambda demo: {"root": str(corridor_root(demo).resolve())}, outputs=("corridor.png",),

@@ -13,6 +13,11 @@ Precision/recall over a similarity threshold (loop closure, VPR-Bench)
     be FP or TN. AUC is the area under the precision-recall curve (trapezoids over recall, the curve
     starting at recall 0 with the precision of the highest threshold); max F1 and recall at 100 %
     precision are taken over all thresholds.
+
+Chance level
+    The Recall@N of a ranking drawn uniformly at random, in closed form: with T true matches among D
+    database entries, P(a true match among the first N) = 1 - C(D - T, N) / C(D, N) (hypergeometric);
+    Recall@1 chance is T / D. Averaged like the recalls (over queries, then over run pairs).
 """
 
 from __future__ import annotations
@@ -56,6 +61,17 @@ def recall_at_n(similarity: np.ndarray, true_matches: Sequence[Iterable[int]],
         out[f"recall@{n}"] = float(np.mean(first_hit < n))
     out["recall@1%"] = float(np.mean(first_hit < one_pct))
     return out
+
+
+def chance_recall_at_n(num_true, num_database: int, n: int = 1) -> np.ndarray:
+    """Chance Recall@n per query (module doc): ``1 - C(D - T, n) / C(D, n)``, ``T = num_true``, ``D = num_database``."""
+    t = np.asarray(num_true, dtype=float)
+    if np.any(t < 0) or np.any(t > num_database):
+        raise ValueError("num_true must lie in [0, num_database]")
+    miss = np.ones_like(t)
+    for k in range(min(n, num_database)):  # P(no true match among the first n) as a product of draws
+        miss = miss * np.clip((num_database - t - k) / (num_database - k), 0.0, 1.0)
+    return 1.0 - miss
 
 
 def average_recalls(per_pair: Sequence[dict[str, float]]) -> dict[str, float]:

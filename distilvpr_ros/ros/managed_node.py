@@ -39,7 +39,7 @@ from typing import Callable
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
@@ -58,6 +58,20 @@ def qos_overrides() -> QoSOverridingOptions:
     """Standard QoS overrides (history, depth, reliability) for one publisher or subscription: parameters
     ``qos_overrides.<resolved topic>.{publisher,subscription}.<policy>`` win over the node's own QoS."""
     return QoSOverridingOptions.with_default_policies()
+
+
+class DrainingExecutor(MultiThreadedExecutor):
+    """A :class:`~rclpy.executors.MultiThreadedExecutor` whose :meth:`shutdown` first lets its worker threads
+    finish the callbacks already handed to them. rclpy's own shutdown destroys the executor's guard condition
+    before it joins the workers, so a callback that was queued behind a busy worker starts afterwards and fails
+    on that guard ("The following exception was never retrieved: cannot use Destroyable because destruction was
+    requested"). Shut it down once spinning has stopped, as :func:`run_managed` does."""
+
+    def shutdown(self, timeout_sec: float | None = None, *, wait_for_threads: bool = True) -> bool:
+        workers = getattr(self, "_executor", None)  # rclpy's ThreadPoolExecutor
+        if wait_for_threads and workers is not None:
+            workers.shutdown(wait=True)
+        return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
 
 
 class ManagedNode(LifecycleNode):

@@ -61,7 +61,6 @@ from collections import deque
 import numpy as np
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -76,7 +75,7 @@ from ..pipeline.keyframes import Keyframer, OdometryBuffer
 from ..pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from .latency import LatencyWindow
 from .diagnostics import ERROR
-from .managed_node import ManagedNode, run_managed
+from .managed_node import DrainingExecutor, ManagedNode, run_managed
 from .messages import keyframe_markers, loop_closure_msg, match_markers, msg_stamp, transform_msg
 from .qos import OUTPUT_QOS, sensor_qos
 from .sync import ApproxTimeSync, Pair
@@ -122,9 +121,10 @@ class MappingNode(ManagedNode):
         self.autostart()
 
     @staticmethod
-    def make_executor() -> MultiThreadedExecutor:
-        """The executor ``main`` spins this node with (one thread per callback group and one for the rest)."""
-        return MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    def make_executor() -> DrainingExecutor:
+        """The executor ``main`` spins this node with (one thread per callback group and one for the rest; a
+        multi-threaded executor that finishes the callbacks in hand before it shuts down)."""
+        return DrainingExecutor(num_threads=EXECUTOR_THREADS)
 
     # ------------------------------------------------------------------ lifecycle
     def _open(self, cfg: NodeConfig, resume: bool | None = None) -> MapBuilder:
