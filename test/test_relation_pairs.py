@@ -17,7 +17,7 @@ from distilvpr_ros.losses.distilvpr import MANIFOLDS, mean_normalise
 from distilvpr_ros.training.appearance import AppearanceAugment, gaussian_blur, line_kernel
 from distilvpr_ros.training.augment import ImageAugment
 from distilvpr_ros.training.config import AugmentConfig, DistillConfig
-from distilvpr_ros.training.relation_pairs import RelationPairs, frame_headings, pose_visibility, same_direction
+from distilvpr_ros.training.relation_pairs import RelationPairs, frame_headings, same_direction
 
 B, D = 8, 16
 
@@ -164,8 +164,6 @@ def test_pose_masks_on_a_hand_made_batch():
     assert sd[0].tolist() == [True, True, False, True, True]
     assert sd[2].tolist() == [False, False, True, False, False]
     assert sd[3, 2] == (abs(np.pi - np.radians(80)) <= np.pi / 2)  # 100° apart: not same direction
-    vis = pose_visibility(np.stack([p[:2, 3] for p in poses]), headings, max_m=50)
-    assert vis[0].tolist() == [True, True, False, True, False]
 
     cfg = DistillConfig(method="sc", relation_pairs="same_direction", relation_other_weight=0.25)
     pairs = RelationPairs.from_config(cfg, seqs)
@@ -174,10 +172,13 @@ def test_pose_masks_on_a_hand_made_batch():
     assert w[0].tolist() == [1.0, 0.25, 1.0, 0.25]
     assert torch.diagonal(w).tolist() == [1.0] * 4
     assert RelationPairs.from_config(DistillConfig(method="sc"), seqs).weights([0, 1]) is None
+    # not a generated world: the pose proxy of data.visibility (within 25 m, headings within 90 degrees)
     visible = RelationPairs.from_config(DistillConfig(method="sc", relation_pairs="visible"), seqs)
-    assert visible.mask([0, 1, 2, 4]).tolist()[0] == [True, True, False, False]
-    direct = RelationPairs("visible", np.stack([p[:2, 3] for p in poses]), headings)
-    assert np.array_equal(direct.mask([0, 1, 2, 3, 4]), visible.mask([0, 1, 2, 3, 4]))
+    assert visible.mask([0, 1, 2, 3, 4])[0].tolist() == [True, True, False, True, False]
+    near = RelationPairs.from_config(DistillConfig(method="sc", relation_pairs="visible", relation_visible_m=10), seqs)
+    assert near.mask([0, 1, 2, 3, 4])[0].tolist() == [True, True, False, False, False]
+    with pytest.raises(ValueError, match="needs a visibility_fn"):
+        RelationPairs("visible", np.zeros((5, 2)), headings)
     # a plugged-in mask receives the batch's (sequence, position) frames
     got = []
 

@@ -195,10 +195,10 @@ class DistillConfig(Section):
     # which pairs the relational terms use (training.relation_pairs); s / c / sc only
     relation_pairs: Literal["all", "same_direction", "visible"] = Field(
         "all", description="all pairs (reference), pairs driven within relation_heading_deg, or pairs sharing "
-        "visible structure (pose proxy: within relation_visible_m and same direction)")
+        "visible structure (data.visibility: the world's ray-cast cache when there, else the pose proxy)")
     relation_other_weight: float = Field(0.0, ge=0, le=1, description="weight of the pairs outside the mask")
     relation_heading_deg: float = Field(90.0, gt=0, le=180, description="same direction: heading difference <= this")
-    relation_visible_m: float = Field(50.0, gt=0, description="visible (pose proxy): planar distance <= this")
+    relation_visible_m: float = Field(25.0, gt=0, description="visible (pose proxy): planar distance <= this")
     grad_norm_every: int = Field(0, ge=0, description="every N steps log the gradient norm of each loss term "
                                  "w.r.t. the student descriptor (train/grad/<term>); 0: off")
 

@@ -7,11 +7,13 @@ cross-agent relations of DistilVPR to pairs where the relation means something t
 
 * ``all``: every pair (the reference; no pair weights are passed, the maths is unchanged);
 * ``same_direction``: pairs whose headings differ by at most ``relation_heading_deg`` (90°);
-* ``visible``: pairs that share visible structure. Here from poses alone (``pose_visibility``: within
-  ``relation_visible_m`` and same direction), which works for any dataset with poses; a world-based
-  mask (what the camera really sees) plugs in at ``visibility_fn`` — the one place to change: it gets the
-  training sequences and returns ``mask(frames) -> (B, B) bool`` over ``(sequence, position)`` frames,
-  the signature of ``VisibleStructure.mask`` on branch ``visible``.
+* ``visible``: pairs that share visible structure (``data.visibility.VisibleStructure``, symmetric):
+  the world's ray-cast ground truth when the training runs belong to a generated world whose
+  visibility cache exists (it is never computed here: ``distilvpr evaluate`` or the visibility
+  benchmark writes it), else the pose-only proxy (within ``relation_visible_m`` and headings within
+  ``relation_heading_deg``), which works for any dataset with poses. ``visibility_fn`` is the one place
+  that chooses; a test or a caller can pass any ``mask(frames) -> (B, B) bool`` over ``(sequence,
+  position)`` frames instead.
 
 Pairs outside the mask get weight ``relation_other_weight`` (0: left out), pairs inside weight 1; a
 frame with itself is always inside. Headings come from the frames' poses (yaw of the body x axis).
@@ -21,8 +23,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+import logging
+
 import numpy as np
 import torch
+
+from ..data.visibility import VisibilityConfig, VisibleStructure
+
+log = logging.getLogger(__name__)
 
 RELATION_PAIRS = ("all", "same_direction", "visible")
 
@@ -42,27 +50,14 @@ def same_direction(headings: np.ndarray, max_deg: float = 90.0) -> np.ndarray:
     return diff <= np.radians(max_deg) + 1e-9
 
 
-def pose_visibility(positions: np.ndarray, headings: np.ndarray, max_m: float = 50.0,
-                    max_deg: float = 90.0) -> np.ndarray:
-    """Pose-only proxy of "shares visible structure": within ``max_m`` (planar) and same direction."""
-    positions = np.asarray(positions, dtype=float)[:, :2]
-    near = np.linalg.norm(positions[:, None] - positions[None, :], axis=2) <= max_m
-    return near & same_direction(headings, max_deg)
-
-
 def visibility_fn(sequences, distill_cfg) -> VisibilityFn:
-    """The ``visible`` mask of batches of these sequences' frames: today the pose proxy
-    (``pose_visibility``); replace the body with the world-based mask when it is available, e.g.
-    ``return VisibleStructure.from_sequences(sequences, cfg).mask``."""
-    poses = [np.asarray(seq.poses) for seq in sequences]
-    headings = [np.arctan2(p[:, 1, 0], p[:, 0, 0]) for p in poses]
-
-    def mask(frames: np.ndarray) -> np.ndarray:
-        frames = np.asarray(frames, dtype=np.int64).reshape(-1, 2)
-        xy = np.stack([poses[s][i, :2, 3] for s, i in frames]) if len(frames) else np.zeros((0, 2))
-        yaw = np.array([headings[s][i] for s, i in frames])
-        return pose_visibility(xy, yaw, distill_cfg.relation_visible_m, distill_cfg.relation_heading_deg)
-    return mask
+    """The ``visible`` mask of batches of these sequences' frames: ``VisibleStructure.mask`` (world
+    ground truth from an existing cache, else the pose proxy with the ``relation_*`` thresholds)."""
+    cfg = VisibilityConfig(proxy_distance_m=distill_cfg.relation_visible_m,
+                           proxy_heading_deg=distill_cfg.relation_heading_deg)
+    structure = VisibleStructure.from_sequences(sequences, cfg, compute=False)
+    log.info("relation_pairs=visible from %s", structure.source)
+    return structure.mask
 
 
 class RelationPairs:
@@ -73,14 +68,13 @@ class RelationPairs:
         positions: (N, 2) planar positions of the training elements.
         headings: (N,) yaw of the training elements (radians).
         other_weight: weight of pairs outside the mask.
-        heading_deg / visible_m: thresholds of the pose proxies.
+        heading_deg: threshold of ``same_direction``.
         frames: (N, 2) ``(sequence, position)`` of the training elements (for ``visibility_fn``).
-        visibility_fn: the ``visible`` mask of a batch's frames (default: ``pose_visibility`` of the
-            elements' positions and headings).
+        visibility_fn: the ``visible`` mask of a batch's frames (required for ``visible``).
     """
 
     def __init__(self, mode: str, positions: np.ndarray, headings: np.ndarray, other_weight: float = 0.0,
-                 heading_deg: float = 90.0, visible_m: float = 50.0, visibility_fn: VisibilityFn | None = None,
+                 heading_deg: float = 90.0, visibility_fn: VisibilityFn | None = None,
                  frames: np.ndarray | None = None):
         if mode not in RELATION_PAIRS:
             raise ValueError(f"relation_pairs must be one of {RELATION_PAIRS}, got {mode!r}")
@@ -89,10 +83,9 @@ class RelationPairs:
         self.headings = np.asarray(headings, dtype=float)
         self.other_weight = float(other_weight)
         self.heading_deg = heading_deg
-        self.visible_m = visible_m
         self.frames = None if frames is None else np.asarray(frames, dtype=np.int64).reshape(-1, 2)
-        if visibility_fn is not None and self.frames is None:
-            raise ValueError("a visibility_fn needs the elements' frames")
+        if mode == "visible" and (visibility_fn is None or self.frames is None):
+            raise ValueError("relation_pairs=visible needs a visibility_fn and the elements' frames")
         self.visibility_fn = visibility_fn
 
     @classmethod
@@ -104,8 +97,7 @@ class RelationPairs:
         if distill_cfg.relation_pairs == "visible" and visibility is None:
             visibility = visibility_fn(sequences, distill_cfg)
         return cls(distill_cfg.relation_pairs, positions, frame_headings(sequences),
-                   distill_cfg.relation_other_weight, distill_cfg.relation_heading_deg,
-                   distill_cfg.relation_visible_m, visibility, frames)
+                   distill_cfg.relation_other_weight, distill_cfg.relation_heading_deg, visibility, frames)
 
     def mask(self, indices) -> np.ndarray:
         """(B, B) bool: the pairs of a batch inside the mask (the diagonal always)."""
@@ -114,10 +106,8 @@ class RelationPairs:
             inside = np.ones((len(idx), len(idx)), dtype=bool)
         elif self.mode == "same_direction":
             inside = same_direction(self.headings[idx], self.heading_deg)
-        elif self.visibility_fn is not None:
-            inside = np.asarray(self.visibility_fn(self.frames[idx]), dtype=bool)
         else:
-            inside = pose_visibility(self.positions[idx], self.headings[idx], self.visible_m, self.heading_deg)
+            inside = np.asarray(self.visibility_fn(self.frames[idx]), dtype=bool)
         return inside | np.eye(len(idx), dtype=bool)
 
     def weights(self, indices) -> torch.Tensor | None:
