@@ -436,3 +436,21 @@ def test_triplet_loss_without_triplets_is_a_differentiable_zero(gen):
     assert float(loss) == 0.0 and loss.grad_fn is not None and terms["num_triplets"] == 0
     loss.backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_gram_forms_match_the_direct_forms(gen):
+    """``triplet_angles`` and ``mobius_norm_pairwise`` use Gram-matrix forms (issue 12, step time); they
+    equal the direct B×B×D computations, for raw-scale descriptors too (points on the ball's edge)."""
+    for scale in (0.05, 1.0, 30.0):
+        x = torch.randn(B, D, generator=gen, dtype=torch.float64) * scale
+        diff = x.unsqueeze(0) - x.unsqueeze(1)
+        unit = F.normalize(diff, p=2, dim=2, eps=M.NORMALIZE_EPS)
+        assert torch.allclose(M.triplet_angles(x), torch.bmm(unit, unit.transpose(1, 2)), atol=1e-10)
+        p, q = M.to_poincare(x, C), M.to_poincare(torch.randn(B + 2, D, generator=gen, dtype=torch.float64), C)
+        direct = M.mobius_add_pairwise(-p, q, C).norm(dim=-1)
+        assert torch.allclose(M.mobius_norm_pairwise(-p, q, C), direct, rtol=1e-9, atol=1e-12)
+    x32 = (torch.randn(64, 256, generator=gen) + 3) * 5
+    x32[1] = x32[0] + 1e-2 * torch.randn(256, generator=gen)  # a near-duplicate: the cancelling case
+    unit = F.normalize(x32.double().unsqueeze(0) - x32.double().unsqueeze(1), p=2, dim=2)
+    ref = torch.bmm(unit, unit.transpose(1, 2))  # the direct form in float64
+    assert (M.triplet_angles(x32).double() - ref).abs().max() < 1e-6

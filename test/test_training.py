@@ -306,3 +306,38 @@ def test_config_overrides_and_validation(tmp_path):
         TrainConfig.from_yaml(None, {"optim.batch_size": 7})
     with pytest.raises(ValueError):
         TrainConfig.from_yaml(None, {"resume": True})
+
+
+def test_distillation_with_pair_restriction_grad_norms_and_night_rain_copies(
+        world, teacher_run, tmp_path, monkeypatch):
+    """Issue 12 recipe knobs through ``train_student``: the trainer hands the distillation loss the pair
+    weights of ``RelationPairs`` for each batch, logs per-term gradient norms, and trains on night/rain
+    augmented feature copies."""
+    seen = []
+    real = trainer.make_distill_loss
+
+    def recording(method, **kwargs):
+        loss = real(method, **kwargs)
+        forward = loss.forward
+
+        def spy(student, teacher, pos=None, neg=None, pair_weights=None):
+            seen.append(pair_weights)
+            return forward(student, teacher, pos, neg, pair_weights=pair_weights)
+        loss.forward = spy
+        return loss
+
+    monkeypatch.setattr(trainer, "make_distill_loss", recording)
+    cfg = small_config(world, tmp_path, **{
+        "distill.teacher": str(teacher_run / "best"), "distill.method": "sc", "optim.epochs": 1,
+        "distill.relation_pairs": "same_direction", "distill.grad_norm_every": 1,
+        "feature_cache.augmented_copies": 2, "augment.night_p": 0.5, "augment.rain_p": 0.5})
+    run = trainer.train_student(cfg)
+    history = trainer.json.loads((run / trainer.HISTORY_FILE).read_text())
+    assert history[0]["steps"] >= 1
+    grads = {k for k in history[0] if k.startswith("train/grad/")}
+    assert {"train/grad/task", "train/grad/distill", "train/grad/self/euclidean",
+            "train/grad/cross/st2ss/hyperbolic"} <= grads
+    assert all(np.isfinite(history[0][k]) for k in grads)
+    weights = [w for w in seen if w is not None]
+    assert weights and all(w.shape[0] == w.shape[1] and set(w.unique().tolist()) <= {0.0, 1.0} for w in weights)
+    assert torch.equal(torch.diagonal(weights[0]), torch.ones(len(weights[0])))

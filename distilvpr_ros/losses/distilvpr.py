@@ -15,6 +15,13 @@ Follows the official code as described in ``reference/distilvpr.md``:
 
 Weights are given as (Euclidean, spherical, hyperbolic) triples. A manifold left out of ``manifolds``
 or given weight 0 is not computed (ablations of §6, Table 5).
+
+**Pair weights** (our addition, ``distill.relation_pairs``): every loss accepts an optional B×B
+``pair_weights`` W ≥ 0. Each B×B relation entry (i, j) then enters its smooth-L1/MSE mean with weight
+W_ij (a weighted mean: Σ W·ℓ / Σ W), each triplet angle at vertex a between b and c with weight
+W_ab·W_ac, and the RKD mean normalisation averages only the entries of positive weight. A pair of
+weight 0 therefore neither contributes to a term nor receives any gradient from it. Without pair
+weights (``relation_pairs: all``) the maths is exactly the reference's.
 """
 
 from __future__ import annotations
@@ -59,15 +66,29 @@ def _check_manifolds(manifolds: Iterable[str]) -> frozenset[str]:
     return manifolds
 
 
-def mean_normalise(d: torch.Tensor) -> torch.Tensor:
+def mean_normalise(d: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Divide a non-negative distance matrix by the mean of its positive entries (RKD).
 
-    A matrix without positive entries (all points identical) is returned unchanged.
+    With ``weights``, only the entries of positive weight count towards the mean. A matrix without
+    (such) positive entries (all points identical) is returned unchanged.
     """
     positive = d > 0
+    if weights is not None:
+        positive = positive & (weights > 0)
     count = positive.sum()
     mean = torch.where(positive, d, 0.0).sum() / count.clamp_min(1)
     return d / torch.where(count > 0, mean, torch.ones_like(mean))
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ W·v / Σ W (weights broadcast to ``values``); 0 when every weight is 0."""
+    weights = weights.expand_as(values)
+    return (values * weights).sum() / weights.sum().clamp_min(torch.finfo(values.dtype).tiny)
+
+
+def angle_weights(pair_weights: torch.Tensor) -> torch.Tensor:
+    """Weight of the triplet angle A[a, b, c] (vertex a): W_ab·W_ac, as a B×B×B tensor."""
+    return pair_weights.unsqueeze(2) * pair_weights.unsqueeze(1)
 
 
 class SelfAgentLoss(DistillLoss):
@@ -94,24 +115,44 @@ class SelfAgentLoss(DistillLoss):
         self.curvature = curvature
         self.spherical = spherical
 
-    def relation(self, manifold: str, x: torch.Tensor) -> torch.Tensor:
-        """The relation tensor ψ_m(x) of one descriptor set."""
+    def relation(self, manifold: str, x: torch.Tensor, pair_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The relation tensor ψ_m(x) of one descriptor set (``pair_weights``: which pairs the RKD mean
+        normalisation averages over)."""
         if manifold == "euclidean":
-            return mean_normalise(pairwise_euclidean(x))
+            return mean_normalise(pairwise_euclidean(x), pair_weights)
         if manifold == "spherical":
             return triplet_angles(x) if self.spherical == "angle" else pairwise_cosine(x)
-        return mean_normalise(pairwise_poincare(to_poincare(x, self.curvature), c=self.curvature))
+        return mean_normalise(pairwise_poincare(to_poincare(x, self.curvature), c=self.curvature), pair_weights)
 
-    def terms(self, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unweighted smooth-L1 term of every enabled manifold."""
+    def entry_weights(self, manifold: str, pair_weights: torch.Tensor) -> torch.Tensor:
+        """Weights of the entries of ψ_m: the pair weights, or W_ab·W_ac for triplet angles."""
+        if manifold == "spherical" and self.spherical == "angle":
+            return angle_weights(pair_weights)
+        return pair_weights
+
+    def terms(self, student: torch.Tensor, teacher: torch.Tensor,
+              pair_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Unweighted smooth-L1 term of every enabled manifold (pair-weighted means with ``pair_weights``)."""
         teacher = teacher.detach()
-        return {
-            m: F.smooth_l1_loss(self.relation(m, student), self.relation(m, teacher), beta=SMOOTH_L1_BETA)
-            for m in self.weights
-        }
+        if pair_weights is None:
+            return {
+                m: F.smooth_l1_loss(self.relation(m, student), self.relation(m, teacher), beta=SMOOTH_L1_BETA)
+                for m in self.weights
+            }
+        pair_weights = pair_weights.to(student.dtype)
+        terms = {}
+        for m in self.weights:
+            entries = F.smooth_l1_loss(self.relation(m, student, pair_weights), self.relation(m, teacher, pair_weights),
+                                       beta=SMOOTH_L1_BETA, reduction="none")
+            terms[m] = weighted_mean(entries, self.entry_weights(m, pair_weights))
+        return terms
 
-    def forward(self, student, teacher, pos_mask=None, neg_mask=None):
-        terms = self.terms(student, teacher)
+    def weighted_terms(self, student, teacher, pair_weights=None) -> dict[str, torch.Tensor]:
+        """Each term times its weight (they sum to the loss), keyed "self/<m>"."""
+        return {f"self/{m}": self.weights[m] * v for m, v in self.terms(student, teacher, pair_weights).items()}
+
+    def forward(self, student, teacher, pos_mask=None, neg_mask=None, pair_weights=None):
+        terms = self.terms(student, teacher, pair_weights)
         loss = sum((self.weights[m] * value for m, value in terms.items()), student.new_zeros(()))
         return loss, to_floats({f"self/{m}": v for m, v in terms.items()})
 
@@ -143,10 +184,19 @@ class CrossAgentLoss(DistillLoss):
         c = self.curvature
         return pairwise_poincare(to_poincare(x, c), None if y is None else to_poincare(y, c), c=c)
 
-    def terms(self, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unweighted MSE term of every enabled (direction, manifold), keyed "st2ss/<m>", "tt2st/<m>"."""
+    def terms(self, student: torch.Tensor, teacher: torch.Tensor,
+              pair_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Unweighted MSE term of every enabled (direction, manifold), keyed "st2ss/<m>", "tt2st/<m>"
+        (pair-weighted means with ``pair_weights``)."""
         s = F.normalize(student, dim=1)
         t = F.normalize(teacher.detach(), dim=1)
+        if pair_weights is None:
+            mse = F.mse_loss
+        else:
+            pair_weights = pair_weights.to(student.dtype)
+
+            def mse(x, y):
+                return weighted_mean(F.mse_loss(x, y, reduction="none"), pair_weights)
         terms = {}
         for m in MANIFOLDS:
             st2ss, tt2st = m in self.weights["st2ss"], m in self.weights["tt2st"]
@@ -154,17 +204,21 @@ class CrossAgentLoss(DistillLoss):
                 continue
             r_st = self.relation(m, s, t)
             if st2ss:
-                terms[f"st2ss/{m}"] = F.mse_loss(self.relation(m, s), r_st.detach())
+                terms[f"st2ss/{m}"] = mse(self.relation(m, s), r_st.detach())
             if tt2st:
-                terms[f"tt2st/{m}"] = F.mse_loss(r_st, self.relation(m, t))
+                terms[f"tt2st/{m}"] = mse(r_st, self.relation(m, t))
         return terms
 
     def weight(self, key: str) -> float:
         direction, manifold = key.split("/")
         return self.weights[direction][manifold]
 
-    def forward(self, student, teacher, pos_mask=None, neg_mask=None):
-        terms = self.terms(student, teacher)
+    def weighted_terms(self, student, teacher, pair_weights=None) -> dict[str, torch.Tensor]:
+        """Each term times its weight (they sum to the loss), keyed "cross/<direction>/<m>"."""
+        return {f"cross/{k}": self.weight(k) * v for k, v in self.terms(student, teacher, pair_weights).items()}
+
+    def forward(self, student, teacher, pos_mask=None, neg_mask=None, pair_weights=None):
+        terms = self.terms(student, teacher, pair_weights)
         loss = sum((self.weight(k) * v for k, v in terms.items()), student.new_zeros(()))
         return loss, to_floats({f"cross/{k}": v for k, v in terms.items()})
 
@@ -204,15 +258,27 @@ class DistilVPRLoss(DistillLoss):
         if "c" in variant:
             self.cross_agent = CrossAgentLoss(cross_weights, tt2st_weights, manifolds, curvature)
 
-    def forward(self, student, teacher, pos_mask=None, neg_mask=None):
+    def weighted_terms(self, student, teacher, pair_weights=None) -> dict[str, torch.Tensor]:
+        """Each term with all its factors (λ_S·w^S_m·self/m, w^C_m·cross/st2ss/m, ...): they sum to the
+        loss. For per-term gradient norms (``distill.grad_norm_every``)."""
+        out = {}
+        if self.self_agent is not None:
+            out.update({k: self.self_weight * v for k, v in
+                        self.self_agent.weighted_terms(student, teacher, pair_weights).items()})
+        if self.cross_agent is not None:
+            out.update(self.cross_agent.weighted_terms(student, teacher, pair_weights))
+        return out
+
+    def forward(self, student, teacher, pos_mask=None, neg_mask=None, pair_weights=None):
+        """``pair_weights``: optional B×B pair weights of every relational term (module doc)."""
         total = student.new_zeros(())
         terms: dict[str, float] = {}
         if self.self_agent is not None:
-            self_loss, self_terms = self.self_agent(student, teacher)
+            self_loss, self_terms = self.self_agent(student, teacher, pair_weights=pair_weights)
             total = total + self.self_weight * self_loss
             terms.update(self_terms)
         if self.cross_agent is not None:
-            cross_loss, cross_terms = self.cross_agent(student, teacher)
+            cross_loss, cross_terms = self.cross_agent(student, teacher, pair_weights=pair_weights)
             total = total + cross_loss
             terms.update(cross_terms)
         terms["distill"] = float(total.detach())

@@ -34,6 +34,7 @@ MOBIUS_DENOM_EPS = 1e-5  # added to the Möbius-addition denominator (hyptorch)
 ARTANH_EPS = 1e-5  # artanh argument clamped to [-1 + ARTANH_EPS, 1 - ARTANH_EPS]
 SQ_DIST_MIN = 1e-12  # squared Euclidean distance clamp before the square root (RKD pdist)
 NORMALIZE_EPS = 1e-12  # F.normalize default, as in the RKD angle code
+COINCIDENT_REL_SQ = 1e-12  # triplet_angles: squared distance / largest squared norm of the centred batch
 COSINE_EPS = 1e-8  # norm floor of the pairwise cosine similarity (torch.cosine_similarity default)
 
 
@@ -122,8 +123,29 @@ def pairwise_poincare(x: torch.Tensor, y: torch.Tensor | None = None, c: float =
     """
     sqrt_c = c**0.5
     other = x if y is None else y
-    dist = 2.0 / sqrt_c * artanh(sqrt_c * mobius_add_pairwise(-x, other, c).norm(dim=-1))
+    dist = 2.0 / sqrt_c * artanh(sqrt_c * mobius_norm_pairwise(-x, other, c))
     return dist if y is not None else _zero_diagonal(dist)
+
+
+def mobius_norm_pairwise(x: torch.Tensor, y: torch.Tensor, c: float = DEFAULT_CURVATURE) -> torch.Tensor:
+    """‖x_i ⊕_c y_j‖ for all pairs, (B, D) × (C, D) → (B, C): the norm of ``mobius_add_pairwise`` without
+    its (B, C, D) tensor. With α = 1 + 2c⟨x,y⟩ + c‖y‖², β = 1 − c‖x‖², the numerator αx + βy has
+    ‖·‖² = α²‖x‖² + 2αβ⟨x,y⟩ + β²‖y‖², all from the Gram matrix: O(BCD) for one product plus O(BC),
+    instead of several (B, C, D) passes (issue 12: the distillation step's cost). Computed in float64
+    (the sum cancels for nearby points) and returned in the inputs' dtype.
+    """
+    dtype = x.dtype
+    x, y = x.double(), y.double()
+    xy = x @ y.t()
+    x2 = x.pow(2).sum(dim=-1, keepdim=True)
+    y2 = y.pow(2).sum(dim=-1, keepdim=True).t()
+    alpha = 1 + 2 * c * xy + c * y2
+    beta = 1 - c * x2
+    num_sq = (alpha.pow(2) * x2 + 2 * alpha * beta * xy + beta.pow(2) * y2).clamp_min(0.0)
+    denom = 1 + 2 * c * xy + c**2 * x2 * y2 + MOBIUS_DENOM_EPS
+    # sqrt with a zero (sub)gradient at 0, like Tensor.norm of a zero vector
+    norm = torch.where(num_sq > 0, num_sq, torch.ones_like(num_sq)).sqrt() * (num_sq > 0)
+    return (norm / denom).to(dtype)
 
 
 def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,10 +166,26 @@ def pairwise_cosine(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Ten
 
 
 def triplet_angles(x: torch.Tensor) -> torch.Tensor:
-    """RKD angle tensor A[a, b, c] = ⟨e_ab, e_ac⟩ with e_ab = (x_b − x_a)/‖x_b − x_a‖ (0 when b = a); B×B×B."""
-    diff = x.unsqueeze(0) - x.unsqueeze(1)  # diff[a, b] = x_b - x_a
-    unit = F.normalize(diff, p=2, dim=2, eps=NORMALIZE_EPS)
-    return torch.bmm(unit, unit.transpose(1, 2))
+    """RKD angle tensor A[a, b, c] = ⟨e_ab, e_ac⟩ with e_ab = (x_b − x_a)/‖x_b − x_a‖ (0 when b = a); B×B×B.
+
+    Computed from the Gram matrix G of the centred batch (angles do not depend on the origin):
+    ⟨x_b − x_a, x_c − x_a⟩ = G_bc − G_ab − G_ac + G_aa and ‖x_b − x_a‖² = G_aa + G_bb − 2G_ab. That is
+    O(B³ + B²D) instead of the B×B×D difference tensor and its O(B³D) product (issue 12: the
+    distillation step's cost). The B³ part runs in float64 because the four-term sum cancels, so the
+    result matches the direct form to float32 rounding. Points closer than 1e-6 of the batch's spread
+    count as coincident: their e_ab is 0, as the direct form's for b = a.
+    """
+    dtype = x.dtype
+    centred = x.double() - x.double().mean(dim=0, keepdim=True)
+    gram = centred @ centred.t()
+    sq = torch.diagonal(gram)
+    dist_sq = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0.0)
+    coincident = dist_sq <= COINCIDENT_REL_SQ * sq.max()  # the diagonal always
+    norm = torch.where(coincident, torch.ones_like(dist_sq), dist_sq).sqrt()
+    inner = gram.unsqueeze(0) - gram.unsqueeze(2) - gram.unsqueeze(1) + sq[:, None, None]
+    angles = inner / (norm.unsqueeze(2) * norm.unsqueeze(1))
+    angles = angles.masked_fill(coincident.unsqueeze(2) | coincident.unsqueeze(1), 0.0)
+    return angles.clamp(-1.0, 1.0).to(dtype)
 
 
 def _zero_diagonal(m: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,7 @@ import math
 import numpy as np
 import torch
 
+from .appearance import AppearanceAugment
 from .config import AugmentConfig
 
 #: ITU-R 601 luma weights (what torchvision's grayscale uses).
@@ -80,13 +81,18 @@ def hsv_to_rgb(image: torch.Tensor) -> torch.Tensor:
 
 
 class ImageAugment:
-    """Colour jitter then random erasing on one ``3 x H x W`` float image (see the module doc)."""
+    """Colour jitter, the night/rain appearance transforms (``training.appearance``; off by default) and
+    random erasing on one ``3 x H x W`` float image (see the module doc)."""
 
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
+        self.appearance = AppearanceAugment(cfg)
 
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        return self.erase(self.color_jitter(image, rng), rng)
+        image = self.color_jitter(image, rng)
+        if self.appearance.enabled:
+            image = self.appearance(image, rng)
+        return self.erase(image, rng)
 
     def color_jitter(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         cfg = self.cfg

@@ -135,6 +135,19 @@ class AugmentConfig(Section):
     range_cut_p: float = Field(0.0, ge=0, le=1, description="probability of cutting the cloud at a random range "
                                "(fog)")
     range_cut_m: tuple[float, float] = Field((40.0, 90.0), description="the cut range is U(low, high) m")
+    # appearance aimed at unseen conditions (training.appearance; applied after the colour jitter)
+    night_p: float = Field(0.0, ge=0, le=1, description="probability of the night transform (dark, gamma, "
+                           "colour cast, noise)")
+    night_brightness: tuple[float, float] = Field((0.15, 0.5), description="night: brightness factor U(low, high)")
+    night_gamma: tuple[float, float] = Field((1.2, 2.2), description="night: gamma U(low, high) (x ** gamma)")
+    cast: float = Field(0.2, ge=0, lt=1, description="night: per-channel gains U(1 - this, 1 + this)")
+    noise_sigma: float = Field(0.08, ge=0, description="night: Gaussian noise σ ~ U(0, this)")
+    rain_p: float = Field(0.0, ge=0, le=1, description="probability of the rain transform (veil, blur, streaks)")
+    rain_veil: tuple[float, float] = Field((0.2, 0.5), description="rain: weight of the grey veil U(low, high)")
+    blur_sigma: tuple[float, float] = Field((0.3, 1.2), description="rain: Gaussian blur σ U(low, high) px")
+    streak_density: tuple[float, float] = Field((0.002, 0.01), description="rain: share of pixels starting a streak")
+    streak_length: tuple[float, float] = Field((0.05, 0.15), description="rain: streak length / image height")
+    streak_angle_deg: float = Field(20.0, ge=0, le=90, description="rain: streak angle U(±this) from vertical")
 
 
 class FeatureCacheConfig(Section):
@@ -203,6 +216,15 @@ class DistillConfig(Section):
     teacher_cache: Literal["clean", "augmented"] = Field(
         "clean", description="teacher embeddings from clean inputs, or from one augmented draw (official code)"
     )
+    # which pairs the relational terms use (training.relation_pairs); s / c / sc only
+    relation_pairs: Literal["all", "same_direction", "visible"] = Field(
+        "all", description="all pairs (reference), pairs driven within relation_heading_deg, or pairs sharing "
+        "visible structure (data.visibility: the world's ray-cast cache when there, else the pose proxy)")
+    relation_other_weight: float = Field(0.0, ge=0, le=1, description="weight of the pairs outside the mask")
+    relation_heading_deg: float = Field(90.0, gt=0, le=180, description="same direction: heading difference <= this")
+    relation_visible_m: float = Field(25.0, gt=0, description="visible (pose proxy): planar distance <= this")
+    grad_norm_every: int = Field(0, ge=0, description="every N steps log the gradient norm of each loss term "
+                                 "w.r.t. the student descriptor (train/grad/<term>); 0: off")
 
     @field_validator("method")
     @classmethod
@@ -210,6 +232,13 @@ class DistillConfig(Section):
         if value.lower() not in DISTILL_METHODS:
             raise ValueError(f"unknown distillation method {value!r}; valid: {', '.join(DISTILL_METHODS)}")
         return value.lower()
+
+    @model_validator(mode="after")
+    def _pairs_need_relations(self) -> "DistillConfig":
+        if self.relation_pairs != "all" and self.method not in ("s", "c", "sc"):
+            raise ValueError(f"distill.relation_pairs={self.relation_pairs} needs method s, c or sc, "
+                             f"not {self.method!r}")
+        return self
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of ``make_distill_loss(self.method, ...)``."""

@@ -55,6 +55,7 @@ from .config import TrainConfig
 from .data import (FrameStore, TrainingData, VprDataset, disk_cached, frames_fingerprint, frozen_features,
                    reachable_radius, taking_features, uses_feature_cache, weights_fingerprint)
 from .distributed import DistEnv, gather_batch, init_distributed, shard, shutdown_distributed, wrap_model
+from .relation_pairs import RelationPairs
 from .tasks import Task, TaskBatch, make_task
 
 log = logging.getLogger(__name__)
@@ -156,13 +157,25 @@ def train_student(cfg: TrainConfig, train_sequences=None, val_sequences=None) ->
             teacher_descriptors = compute_teacher_cache(teacher, cfg, data.train_sequences, env)
         task = make_task(cfg, data, cfg.loss.student_heads, model)
         distill_loss = make_distill_loss(method, **cfg.distill.loss_kwargs())
+        pairs = None
+        if cfg.distill.relation_pairs != "all":
+            pairs = RelationPairs.from_config(cfg.distill, data.train_sequences)
+        steps = 0
 
         def loss_fn(outputs, batch, pos, neg):
+            nonlocal steps
             loss, terms = task.loss(outputs, batch, pos, neg)
             if teacher_descriptors is not None:
-                kd, kd_terms = distill_loss(outputs["fused"], teacher_descriptors[batch.indices], pos, neg)
+                teacher_batch = teacher_descriptors[batch.indices]
+                extra = {} if pairs is None else {"pair_weights": pairs.weights(batch.indices)}
+                kd, kd_terms = distill_loss(outputs["fused"], teacher_batch, pos, neg, **extra)
+                if every := cfg.distill.grad_norm_every:
+                    if steps % every == 0:
+                        kd_terms.update(_grad_norms(outputs["fused"], loss, distill_loss, cfg.distill.weight,
+                                                    kd, teacher_batch, extra.get("pair_weights")))
                 loss = loss + cfg.distill.weight * kd
                 terms.update(kd_terms)
+            steps += 1
             return loss, terms
 
         groups = [{"params": _trainable(model), "lr": cfg.optim.student_lr}]
@@ -170,6 +183,24 @@ def train_student(cfg: TrainConfig, train_sequences=None, val_sequences=None) ->
 
 
 distill = train_student
+
+
+def _grad_norms(student: torch.Tensor, task_loss: torch.Tensor, distill_loss, weight: float, kd: torch.Tensor,
+                teacher: torch.Tensor, pair_weights: torch.Tensor | None) -> dict[str, float]:
+    """‖∂term/∂(student descriptors)‖ of the task loss, the weighted distillation total and, for
+    DistilVPR, each of its weighted terms; keyed "grad/<term>". (Terms are logged as epoch means of the
+    steps that measured them, like every other term.)"""
+    parts = {"grad/task": task_loss, "grad/distill": weight * kd}
+    if hasattr(distill_loss, "weighted_terms"):
+        parts.update({f"grad/{k}": weight * v
+                      for k, v in distill_loss.weighted_terms(student, teacher, pair_weights).items()})
+    norms = {}
+    for key, value in parts.items():
+        if not value.requires_grad:
+            continue
+        (grad,) = torch.autograd.grad(value, student, retain_graph=True, allow_unused=True)
+        norms[key] = float(grad.norm()) if grad is not None else 0.0
+    return norms
 
 
 # --- setup --------------------------------------------------------------------------------------------
@@ -285,6 +316,7 @@ def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups
         lrs = [group["lr"] for group in optimizer.param_groups]
         optimizers = [optimizer, *task.optimizers()]
         terms_sum: dict[str, float] = defaultdict(float)
+        terms_count: dict[str, int] = defaultdict(int)
         step_losses: list[float] = []
         skipped, step_seconds = 0, 0.0
         bar = tqdm(task.batches(epoch), desc=f"{name} epoch {epoch + 1}/{cfg.optim.epochs}",
@@ -310,12 +342,13 @@ def fit(cfg: TrainConfig, env: DistEnv, name: str, model: VprModel, param_groups
             step_losses.append(terms["loss"])
             for key, value in terms.items():
                 terms_sum[key] += value
+                terms_count[key] += 1
             bar.set_postfix(loss=f"{terms['loss']:.4f}", s_per_step=f"{step_seconds / len(step_losses):.2f}")
         scheduler.step()
 
         steps = max(len(step_losses), 1)
         record.update({"steps": len(step_losses), "skipped_batches": skipped, "lr": lrs})
-        record.update({f"train/{key}": value / steps for key, value in terms_sum.items()})
+        record.update({f"train/{key}": value / terms_count[key] for key, value in terms_sum.items()})
         record["seconds_per_step"] = step_seconds / steps
         record["step_losses"] = step_losses
         if env.is_main:
