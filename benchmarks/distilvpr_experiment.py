@@ -60,6 +60,9 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     **{f"camera: SC manifolds {'+'.join(k)}": ("camera_student", "sc", {"manifolds": [MANIFOLDS[c] for c in k]})
        for k in (("E",), ("S",), ("H",), ("E", "S"), ("E", "H"), ("S", "H"))},
     "camera: DistilVPR-SC same-direction pairs": ("camera_student", "sc", {"relation_pairs": "same_direction"}),
+    # SC's distillation gradient is ~10 % of the task gradient at the paper's lambda_S 10 (docs/results/distilvpr)
+    "camera: DistilVPR-SC lambda_S 50": ("camera_student", "sc", {"self_weight": 50.0}),
+    "camera: DistilVPR-SC x4": ("camera_student", "sc", {"weight": 4.0}),
     "camera: DistilVPR-SC visible pairs": ("camera_student", "sc", {"relation_pairs": "visible"}),
     "lidar: no KD": ("lidar_student", "none", {}),
     "lidar: DistilVPR-SC": ("lidar_student", "sc", {}),
