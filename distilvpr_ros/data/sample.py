@@ -57,3 +57,10 @@ class Sequence(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, i: int) -> Sample: ...
+
+
+def frame_index(run: str, i: int, n: int) -> int:
+    """``i`` as a position in a run of ``n`` frames (negative counts from the end); IndexError names the run."""
+    if not -n <= i < n:
+        raise IndexError(f"{run}: index {i} out of range for {n} frames")
+    return i % n

@@ -48,7 +48,7 @@ import numpy as np
 from pydantic import Field
 
 from ..config import Section
-from .sample import Sample
+from .sample import Sample, frame_index
 from .sample import Sequence as SampleSequence
 
 
@@ -215,10 +215,7 @@ class SubmapSequence:
         return cloud
 
     def __getitem__(self, i: int) -> Sample:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"{self.run}: index {i} out of range for {n} frames")
-        i %= n
+        i = frame_index(self.run, i, len(self))
         sample = self.parent[i]
         self._cache[i] = sample.cloud
         sample.cloud = self.submap_cloud(i)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import DataError
 from .geometry import make_pose
-from .sample import Sample
+from .sample import Sample, frame_index
 from .world.layout import (CLOUDS_DIR, CSV_COLUMNS, IMAGES_DIR, POSES_CSV, RUN_JSON, RUNS_DIR, WORLD_JSON,
                            WORLD_VERSION, frame_name)
 
@@ -148,10 +148,7 @@ class SyntheticRun:
         return cloud
 
     def __getitem__(self, i: int) -> Sample:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"{self.run}: index {i} out of range for {n} frames")
-        i %= n
+        i = frame_index(self.run, i, len(self))
         return Sample(image=self.image(i), cloud=self.cloud(i), pose=self.poses[i].copy(),
                       timestamp=float(self.timestamps[i]), run=self.run, index=i, meta=self.meta(i))
 
