@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence as TypingSequence
 
@@ -44,6 +44,7 @@ from ..config import CORRECT_M
 from ..utils.fileio import atomic_write, recovered_path
 from .sample import Sequence
 from .world.layout import WORLD_JSON
+from .world.visibility import RayCastParams
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,9 @@ WORLD, PROXY = "world ray casting", "pose proxy"
 
 
 @dataclass(frozen=True)
-class VisibilityConfig:
-    """Parameters of "shares visible structure" (module doc)."""
+class VisibilityConfig(RayCastParams):
+    """Parameters of "shares visible structure" (module doc): the ray casting's, then the sharing rule's."""
 
-    voxel_m: float = 1.0
-    min_height_m: float = 0.3
-    max_range_m: float = 30.0
-    rays_x: int = 128
-    rays_y: int = 96
     min_shared: float = 0.10
     proxy_distance_m: float = CORRECT_M
     proxy_heading_deg: float = 90.0
@@ -72,6 +68,7 @@ class VisibilityConfig:
     camera_yaw_deg: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.min_shared <= 1:
             raise ValueError(f"min_shared must be in (0, 1], got {self.min_shared}")
         if self.proxy_distance_m <= 0 or not 0 <= self.proxy_heading_deg <= 180:
@@ -79,7 +76,7 @@ class VisibilityConfig:
 
     def ray_cast_params(self) -> dict:
         """The parameters the world's voxel sets depend on (the cache key's)."""
-        return {k: getattr(self, k) for k in ("voxel_m", "min_height_m", "max_range_m", "rays_x", "rays_y")}
+        return {f.name: getattr(self, f.name) for f in fields(RayCastParams)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,7 +189,7 @@ def world_voxels(root: Path, cfg: VisibilityConfig = VisibilityConfig(), *, comp
 
     Returns None when there is no cache and ``compute`` is False.
     """
-    from .world.visibility import RayCastParams, world_visible_voxels
+    from .world.visibility import world_visible_voxels  # looked up per call: tests replace the ray caster
 
     root = Path(root)
     key = world_cache_key(root, cfg)
