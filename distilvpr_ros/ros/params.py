@@ -34,6 +34,9 @@ from ..pipeline.config import ROS_ONLY_KEYS, NodeConfig
 DYNAMIC_PREFIXES = ("matcher.", "keyframes.", "frames.", "map.save_period_s")
 INT_MAX = 2**63 - 1
 FLOAT_MAX = sys.float_info.max
+#: The ROS value that stands for None in an optional parameter, per parameter type.
+SENTINELS = {ParameterType.PARAMETER_INTEGER: 0, ParameterType.PARAMETER_DOUBLE: 0.0,
+             ParameterType.PARAMETER_STRING: ""}
 
 
 class ParamError(ValueError):
@@ -56,8 +59,7 @@ class ParamSpec:
     @property
     def sentinel(self) -> Any:
         """The ROS value that stands for None (optional parameters), of the parameter's own type."""
-        return {ParameterType.PARAMETER_INTEGER: 0, ParameterType.PARAMETER_DOUBLE: 0.0,
-                ParameterType.PARAMETER_STRING: ""}[self.type]
+        return SENTINELS[self.type]
 
     @property
     def type_name(self) -> str:
@@ -131,7 +133,7 @@ def parameter_specs(model: type[BaseModel] = NodeConfig, prefix: str = "") -> li
             raise TypeError(f"config field {full} has type {info.annotation!r}, which has no ROS parameter type")
         bounds = _bounds(info.metadata, annotation is int)
         if optional:
-            sentinel = {int: 0, float: 0.0, str: ""}[annotation]
+            sentinel = SENTINELS[ptype]
             default = sentinel if default is None else default
             desc += f" ({sentinel!r} = unset)"
             if bounds[0] is not None:
