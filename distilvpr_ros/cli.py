@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--source", choices=DATA_SOURCES, default="synthetic", help="data reader (default: synthetic)")
     e.add_argument("--world", "--root", dest="root", required=True,
                    help="folder written by `distilvpr generate`, or the root of the bags / dataset")
-    e.add_argument("--region", default="test", help="synthetic: train | val | test (default: test)")
+    e.add_argument("--region", default="test",
+                   help="synthetic: train | val | test | all (every frame; default: test)")
     e.add_argument("--sequences", nargs="+", default=[],
                    help="bags/oxford/boreas/kitti: the runs to evaluate (bag folders under --root, sequence names)")
     e.add_argument("--images-root", type=Path, default=None, help="oxford: RobotCar image folders")
