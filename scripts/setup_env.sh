@@ -28,7 +28,9 @@ fi
 
 stamp="$VENV/.distilvpr-requirements.sha256"
 want=$(cat requirements.txt requirements-nodeps.txt setup.py | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+# The stamp alone is not enough: the package's own editable install (and its `distilvpr` command) may have
+# been removed since (e.g. by a `pip install` of distilvpr_ros elsewhere into this environment).
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$VENV/bin/distilvpr" ]; then
     echo "[setup] installing Python dependencies into $VENV (first time: a few minutes)"
     "$VENV/bin/pip" install -qq --upgrade pip
     "$VENV/bin/pip" install -qq -r requirements.txt

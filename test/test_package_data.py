@@ -38,6 +38,16 @@ def test_ament_index_share_directory(tmp_path, monkeypatch):
         package_data.share_path("config", "demo.yaml")
 
 
+def _installed_here() -> list[str]:
+    """The files this environment's own distilvpr_ros distribution installed (empty when there is none)."""
+    r = subprocess.run([sys.executable, "-c", "import importlib.metadata as m\n"
+                        "try: print(sorted(str(f) for f in m.distribution('distilvpr_ros').files or []))\n"
+                        "except m.PackageNotFoundError: print([])"], capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd="/")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
 def test_demo_settings_resolve_in_a_non_editable_install(tmp_path):
     """``pip install .`` (no -e) puts config/ under <prefix>/share/distilvpr_ros; the installed demo finds its
     settings there (it used to look beside the source tree, which an install does not have)."""
@@ -49,10 +59,14 @@ def test_demo_settings_resolve_in_a_non_editable_install(tmp_path):
             src.mkdir(exist_ok=True)
             shutil.copy(REPO / name, src / name)
     prefix = tmp_path / "prefix"
+    installed_before = _installed_here()
+    # --ignore-installed: without it pip first uninstalls the environment's own (editable) distilvpr_ros,
+    # which took the `distilvpr` command out of .venv/bin after every `make test`.
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--no-index", "--no-compile", "--prefix", str(prefix), str(src)],
+                        "--no-index", "--no-compile", "--ignore-installed", "--prefix", str(prefix), str(src)],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert _installed_here() == installed_before  # the environment's own install survived
     site = [p.parent.parent for p in prefix.glob("**/site-packages/distilvpr_ros/__init__.py")]
     assert len(site) == 1, list(prefix.rglob("__init__.py"))[:5]
     shared = prefix / "share" / "distilvpr_ros" / "config" / "demo.yaml"
