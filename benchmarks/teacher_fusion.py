@@ -354,6 +354,7 @@ def main() -> None:
     p.add_argument("--lidar", nargs="*", default=[], help="LiDAR-only run folders (lidar_student), as name=path")
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--train", action="store_true", help="train missing runs (otherwise skip them)")
+    p.add_argument("--train-only", action="store_true", help="train the missing runs, measure nothing")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--lidar-init", type=Path, default=None,
                    help="two-stage recipes: start from this LiDAR checkpoint (a 128-d polar lidar_student trained "
@@ -376,6 +377,8 @@ def main() -> None:
                 folder = train(recipe, args.world, args.runs, seed, args.threads, args.cache, args.lidar_init)
             if (folder / "best" / "checkpoint.json").is_file():
                 runs.append((f"{recipe} seed {seed}", folder))
+    if args.train_only:
+        return
     runs += [(item.split("=", 1)[0], Path(item.split("=", 1)[1])) for item in args.extra]
     folders = [folder for _, folder in runs] + [Path(item.split("=", 1)[1]) for item in args.lidar]
     first = TrainConfig.model_validate(read_checkpoint_meta(folders[0] / "best")["config"])
