@@ -214,17 +214,18 @@ def measure_heads(model, cfg: TrainConfig, val: Frames, test: Frames, weights: l
     val_heads, test_heads = embed_heads(model, val), embed_heads(model, test)
     val_full = {head: scored(val_heads[head], val, cfg) for head in HEADS}
     val_scores = {head: m["recall@1"] for head, m in val_full.items()}
-    sweep = {}
+    details = {}
     for w in weights:
         descs = [weighted_fusion(c, i, w) for c, i in zip(val_heads["cloud"], val_heads["image"])]
-        sweep[f"{w:.2f}"] = scored(descs, val, cfg)["recall@1"]
+        details[f"{w:.2f}"] = scored(descs, val, cfg)
+    sweep = {w: m["recall@1"] for w, m in details.items()}
     fusable = [k for k in sweep if float(k) < 1.0]  # w = 1 drops the camera: not a fused teacher
     chosen = max(fusable, key=lambda k: (sweep[k], -abs(float(k) - 0.5)))
     test_scores = {head: scored(test_heads[head], test, cfg) for head in HEADS}
     weighted = [weighted_fusion(c, i, float(chosen)) for c, i in zip(test_heads["cloud"], test_heads["image"])]
     test_scores[f"weighted w={chosen} (val-chosen)"] = scored(weighted, test, cfg)
     return {"val": {"heads": val_scores, "weighted_sweep": sweep, "chosen_weight": float(chosen),
-                    "head_details": val_full}, "test": test_scores}
+                    "head_details": val_full, "weighted_details": details}, "test": test_scores}
 
 
 def measure_lidar(name: str, run: Path, val: Frames, test: Frames) -> dict:
@@ -268,7 +269,7 @@ def recipe_of(name: str) -> str:
 def seed_summary(results: list[dict]) -> list[dict]:
     """Mean ± std (population) over the seeds of each recipe, per input and head; the val-chosen weighting is
     one head whatever weight each seed chose (the weights are listed)."""
-    groups: dict[tuple[str, str, str], list[tuple[dict, float]]] = {}
+    groups: dict[tuple[str, str, str], list[tuple[dict, float, dict | None]]] = {}
     chosen: dict[tuple[str, str], list[float]] = {}
     for r in results:
         for label, part in inputs_of(r):
@@ -277,7 +278,9 @@ def seed_summary(results: list[dict]) -> list[dict]:
                 val = part["val"]["weighted_sweep"][f"{part['val']['chosen_weight']:.2f}"] if weighted else \
                     part["val"]["heads"][head]
                 key = (recipe_of(r["name"]), label, "weighted (val-chosen w)" if weighted else head)
-                groups.setdefault(key, []).append((m, val))
+                val_m = part["val"].get("weighted_details", {}).get(f"{part['val']['chosen_weight']:.2f}") \
+                    if weighted else part["val"].get("head_details", {}).get(head)
+                groups.setdefault(key, []).append((m, val, val_m))
                 if weighted:
                     chosen.setdefault(key[:2], []).append(part["val"]["chosen_weight"])
 
@@ -285,13 +288,16 @@ def seed_summary(results: list[dict]) -> list[dict]:
         return f"{np.mean(values):.3f}" + (f" ± {np.std(values):.3f}" if len(values) > 1 else "")
     out = []
     for (recipe, label, head), items in groups.items():
-        ms = [m for m, _ in items]
+        ms = [m for m, _, _ in items]
+        val_ms = [v for _, _, v in items if v is not None]
         weights = chosen.get((recipe, label)) if head.startswith("weighted") else None
         out.append({"teacher": recipe, "input": label, "head": head, "seeds": len(items),
                     "AR@1": pm([m["recall@1"] for m in ms]), "same dir.": pm([m["same_direction"] for m in ms]),
                     "opposite": pm([m["opposite_direction"] for m in ms]),
                     "fog": pm([m["per_condition"].get("fog", float("nan")) for m in ms]),
-                    "val AR@1": pm([v for _, v in items]),
+                    "val AR@1": pm([v for _, v, _ in items]),
+                    "val same": pm([v["same_direction"] for v in val_ms]) if val_ms else "",
+                    "val opp.": pm([v["opposite_direction"] for v in val_ms]) if val_ms else "",
                     "w": "" if weights is None else "/".join(f"{w:.2f}" for w in weights)})
     return out
 
@@ -314,7 +320,8 @@ def write_report(results: list[dict], out: Path, command: str, load: str) -> Non
     if several:
         lines += ["## Mean ± std over seeds (test region)", "",
                   markdown_table(summary_rows, ["teacher", "input", "head", "seeds", "AR@1", "same dir.", "opposite",
-                                                "fog", "val AR@1", "w"]), "", "## Per teacher", ""]
+                                                "fog", "val AR@1", "val same", "val opp.", "w"]), "",
+                  "## Per teacher", ""]
     lines += [markdown_table(rows(results), header), "",
               "Targets (issue 11) for the LiDAR head: AR@1 >= 0.80, same >= 0.92, opposite >= 0.70, fog >= 0.60; "
               "the fused teacher >= its LiDAR head.", "", "## Validation sweep of the LiDAR weight w "
