@@ -112,6 +112,24 @@ def evaluate_by_distance(distance_fn, sequences) -> dict:
     return out
 
 
+def seed_mean_row(name: str, label: str, per_seed: list[dict], seeds: list[int]) -> dict:
+    """One table row of a learned model trained at several seeds: the mean of every figure, its (population)
+    standard deviation as ``<key>_std`` when there is more than one seed, and each seed's own figures."""
+    row = {"name": name, "input": label, "seeds": len(per_seed), "num_queries": per_seed[0]["num_queries"],
+           "num_pairs": per_seed[0]["num_pairs"], "per_seed": dict(zip(map(str, seeds), per_seed))}
+    for key in ("recall@1", "recall@5", *SUBSETS):
+        values = [r[key] for r in per_seed]
+        row[key] = float(np.mean(values))
+        if len(values) > 1:
+            row[f"{key}_std"] = float(np.std(values))
+    row["per_condition"] = {c: float(np.mean([r["per_condition"][c] for r in per_seed]))
+                            for c in per_seed[0]["per_condition"]}
+    if len(per_seed) > 1:
+        row["per_condition_std"] = {c: float(np.std([r["per_condition"][c] for r in per_seed]))
+                                    for c in per_seed[0]["per_condition"]}
+    return row
+
+
 def grid_key(cfg) -> str:
     return f"{type(cfg).__name__}:{cfg.model_dump_json()}"
 
@@ -264,30 +282,45 @@ def yaw_change(path: Path, sequence, scans: int = 10, yaws: int = 5) -> dict:
     return {"mean": float(np.mean(changes)), "max": float(np.max(changes)), "n": len(changes)}
 
 
-def fmt(value) -> str:
-    return "" if value is None else f"{value:.3f}"
+def fmt(value, std=None) -> str:
+    return "" if value is None else f"{value:.3f}" + ("" if std is None else f" ± {std:.3f}")
 
 
 def write_markdown(results: dict, path: Path) -> None:
     rows = []
     for row in results["rows"]:
-        rows.append({"descriptor": row["name"], "input": row["input"], "AR@1": fmt(row["recall@1"]),
-                     "same dir.": fmt(row.get("same_direction")), "opposite": fmt(row.get("opposite_direction")),
-                     "fog": fmt(row["per_condition"].get("fog")), "queries": row["num_queries"]})
+        rows.append({"descriptor": row["name"], "input": row["input"],
+                     "AR@1": fmt(row["recall@1"], row.get("recall@1_std")),
+                     "same dir.": fmt(row.get("same_direction"), row.get("same_direction_std")),
+                     "opposite": fmt(row.get("opposite_direction"), row.get("opposite_direction_std")),
+                     "fog": fmt(row["per_condition"].get("fog"), row.get("per_condition_std", {}).get("fog")),
+                     "seeds": row.get("seeds", ""), "queries": row["num_queries"]})
     c = results["chance"]
+    chance_line = "" if c is None else (
+        f" Chance (random ranking): AR@1 {c['recall@1']:.3f} (same direction {c['same_direction']:.3f}, opposite "
+        f"{c['opposite_direction']:.3f}; analytic {c['analytic_recall@1']:.3f}).")
+    seed_rows = [{"model": row["name"], "input": row["input"], "seed": seed, "AR@1": fmt(r["recall@1"]),
+                  "same dir.": fmt(r["same_direction"]), "opposite": fmt(r["opposite_direction"]),
+                  "fog": fmt(r["per_condition"].get("fog"))}
+                 for row in results["rows"] for seed, r in row.get("per_seed", {}).items()]
     lines = ["# LiDAR side of the teacher: classical vs. learned (default world, test region)", "",
              f"Cross-run AR@1 (correct within 25 m), {rows[0]['queries']} queries over "
-             f"{results['rows'][0]['num_pairs']} ordered run pairs. Chance (random ranking): AR@1 "
-             f"{c['recall@1']:.3f} (same direction {c['same_direction']:.3f}, opposite "
-             f"{c['opposite_direction']:.3f}; analytic {c['analytic_recall@1']:.3f}).", "",
-             markdown_table(rows, ["descriptor", "input", "AR@1", "same dir.", "opposite", "fog", "queries"]), "",
+             f"{results['rows'][0]['num_pairs']} ordered run pairs.{chance_line} Learned rows: mean ± std "
+             "(population) over the seeds.", "",
+             markdown_table(rows, ["descriptor", "input", "AR@1", "same dir.", "opposite", "fog", "seeds",
+                                   "queries"]), "",
              "Targets (issue 11): learned single scan AR@1 >= 0.80 (same >= 0.92, opposite >= 0.70, fog >= 0.60); "
              "20 m submaps >= 0.88.", ""]
+    if any(int(row.get("seeds", 1)) > 1 for row in results["rows"]):
+        lines += ["## Per seed", "", markdown_table(seed_rows, ["model", "input", "seed", "AR@1", "same dir.",
+                                                                "opposite", "fog"]), ""]
     lines += ["## Training", ""] + [f"- {line}" for line in results["training"]] + [""]
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {line}" for line in results["notes"]] + [""]
     t = results["timing"]
-    lines += ["## Timing (one thread, batch 1; min / median ms; shared 2-core machine)", ""]
+    load = results.get("load_average")
+    lines += ["## Timing (one thread, batch 1; min / median ms; shared 2-core machine"
+              + ("" if load is None else f", load average {' '.join(f'{x:.1f}' for x in load)}") + ")", ""]
     for key, value in t.items():
         if isinstance(value, dict):
             lines.append(f"- {key}: {value['min_ms']:.2f} / {value['median_ms']:.2f}")
@@ -313,6 +346,8 @@ def main() -> None:
     parser.add_argument("--learned", nargs="*", default=["polar", "bev", "polar_submap"],
                         help="learned runs to train/evaluate (polar, bev, polar_submap)")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--classical", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the classical rows and chance (deterministic: no seed changes them)")
     parser.add_argument("--submap-timing-only", action="store_true",
                         help="only time submap assembly (offline, mapping-node path): <out>/submap_timing.json")
     parser.add_argument("--note", action="append", default=[], help="a line added to the report (repeatable)")
@@ -352,16 +387,18 @@ def main() -> None:
     inputs = {"single scan": single, "20 m submap": submaps}
     classical = {kind: build_model(kind) for kind in ("ring_key", "scan_context_fft")}
     learned = {name: [load_model(path) for path in paths] for name, paths in checkpoints.items()}
-    configs = [scan_context_grid()] + [m.input_spec.bev for models in learned.values() for m in models]
+    configs = ([scan_context_grid()] if args.classical else []) + [
+        m.input_spec.bev for models in learned.values() for m in models]
     rows = []
     for label, sequences in inputs.items():
         started = time.perf_counter()
         grids = grids_of(sequences, configs)
         print(label, f"grids in {time.perf_counter() - started:.0f} s", flush=True)
-        sc_grids = [g[:, 0] for g in grids[grid_key(scan_context_grid())]]
-        sc = evaluate_by_distance(lambda q, d: scan_context_distances(sc_grids[q], sc_grids[d]), sequences)
-        rows.append({"name": "scan_context (ring key top-10 + column shift)", "input": label, **summary(sc)})
-        for kind, model in classical.items():
+        if args.classical:
+            sc_grids = [g[:, 0] for g in grids[grid_key(scan_context_grid())]]
+            sc = evaluate_by_distance(lambda q, d: scan_context_distances(sc_grids[q], sc_grids[d]), sequences)
+            rows.append({"name": "scan_context (ring key top-10 + column shift)", "input": label, **summary(sc)})
+        for kind, model in (classical if args.classical else {}).items():
             descs = embed_grids(model, grids[grid_key(model.input_spec.bev)])
             metrics = evaluate_sequences(descs, sequences, query_subsets=SUBSETS)
             if kind == "scan_context_fft":  # the pair loop above reproduces evaluate_sequences
@@ -373,21 +410,15 @@ def main() -> None:
             for model in models:
                 descs = embed_grids(model, grids[grid_key(model.input_spec.bev)])
                 per_seed.append(summary(evaluate_sequences(descs, sequences, query_subsets=SUBSETS)))
-            row = {"name": f"learned {name}", "input": label, "seeds": len(per_seed), **per_seed[0]}
-            for key in ("recall@1", "recall@5", *SUBSETS):
-                row[key] = float(np.mean([r[key] for r in per_seed]))
-            row["per_condition"] = {c: float(np.mean([r["per_condition"][c] for r in per_seed]))
-                                    for c in per_seed[0]["per_condition"]}
-            if len(per_seed) > 1:
-                row["recall@1_std"] = float(np.std([r["recall@1"] for r in per_seed]))
-            rows.append(row)
+            rows.append(seed_mean_row(f"learned {name}", label, per_seed, args.seeds))
         print(label, "done", flush=True)
     results = {
         "rows": rows,
-        "chance": chance(single),
+        "chance": chance(single) if args.classical else None,
         "training": training_notes,
-        "timing": timing({name: paths[0] for name, paths in checkpoints.items() if not name.endswith("submap")},
-                         single[0], base_T_lidar),
+        "timing": timing({name: paths[0] for name, paths in checkpoints.items()}, single[0], base_T_lidar),
+        "load_average": list(os.getloadavg()),
+        "checkpoints": {name: [str(p) for p in paths] for name, paths in checkpoints.items()},
         "yaw_change": {name: yaw_change(paths[0], single[0]) for name, paths in checkpoints.items()},
         "targets": TARGETS,
         "notes": args.note,
@@ -397,8 +428,8 @@ def main() -> None:
                    "seeds": args.seeds, "polar_augment": POLAR_AUGMENT},
         "command": "PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/lidar_teacher.py "
                    f"--world {args.world} --out {args.out} --epochs {args.epochs} --bev-epochs {args.bev_epochs} "
-                   f"--submap-epochs {args.submap_epochs} "
-                   f"--seeds {' '.join(map(str, args.seeds))}",
+                   f"--submap-epochs {args.submap_epochs} --runs {args.runs} --learned {' '.join(args.learned)} "
+                   f"--seeds {' '.join(map(str, args.seeds))}" + ("" if args.classical else " --no-classical"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "results.json", to_jsonable(results))

@@ -18,11 +18,19 @@ into ``--runs/<recipe>_seed<N>`` unless ``best/`` exists there:
 * ``two_stage``: 30 LiDAR-only epochs (``teacher.lidar_warmup_epochs``) then 8 fused epochs, LiDAR lr 1e-4;
 * ``two_stage_learned``: the same with ``fusion: learned_concat`` (a learned LiDAR share);
 * ``two_stage_concat``: the same with plain ``concat`` (the paper's fusion);
+* ``two_stage_frozen``: ``two_stage`` with ``teacher.lidar_freeze``: the fused epochs keep the LiDAR branch as
+  the warm-up (or ``--lidar-init``) left it, so the teacher's LiDAR head is that LiDAR model;
 * ``two_stage_allcond``: ``two_stage`` whose LiDAR warm-up (20 epochs) reads every condition's scans
   (``--lidar-init`` of a LiDAR student trained with ``data.train_conditions=null data.val_conditions=null``);
 * ``demo``: what ``config/demo.yaml`` trains (the demo's budget; the BEV teacher);
 * ``demo_polar``: the polar teacher at about the demo's budget (12 LiDAR-only epochs at lr 2e-3, then 4 fused
   epochs, ``learned_concat``), measured for the demo switch.
+
+``--lidar-init`` may name each seed's own LiDAR model with ``{seed}`` in the path. ``--submap-m 20`` also
+scores every head on 20 m centred submaps (the LiDAR input of each frame is the scans within ±10 m of
+travel, ``data.submap.SubmapSequence`` with the run's poses, capped at 60k points as in
+``benchmarks/lidar_teacher.py``; the fusion weight is chosen again on validation submaps). Teachers trained
+at several seeds get a mean ± std table per recipe and head.
 
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/teacher_fusion.py --world data/world_default \\
         --runs /tmp/teachers --recipes nc two_stage --seeds 1 --train --out docs/results/teacher
@@ -38,7 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distilvpr_ros.data.synthetic import load_synthetic
+from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence
+from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
 from distilvpr_ros.evaluation.evaluate import evaluate_sequences
 from distilvpr_ros.evaluation.report import markdown_table
 from distilvpr_ros.models import ModelConfig, build_model
@@ -65,6 +74,8 @@ RECIPES: dict[str, dict] = {
                    "optim.milestones": [3], "optim.cloud_lr": 1e-4, "model.fusion": "learned_concat"},
     # the LiDAR warm-up on every condition's LiDAR (the camera still trains on day/dusk/fog/autumn only)
     "two_stage_allcond": {**TWO_STAGE, "teacher.lidar_warmup_epochs": 20},
+    # the fused epochs leave the LiDAR branch as it starts (the teacher's LiDAR head = the LiDAR model)
+    "two_stage_frozen": {**TWO_STAGE, "teacher.lidar_freeze": True},
 }
 
 
@@ -83,7 +94,7 @@ def recipe_config(recipe: str, world: Path, out: Path, seed: int, threads: int, 
                                             "feature_cache.dir": None if cache is None else str(cache)})
     overrides = dict(RECIPES[recipe])
     if lidar_init is not None and "teacher.lidar_warmup_epochs" in overrides:
-        overrides["teacher.lidar_init"] = str(lidar_init)
+        overrides["teacher.lidar_init"] = str(lidar_init).replace("{seed}", str(seed))
     return TrainConfig.from_yaml(BASE_CONFIG, {**overrides, "data.root": str(world), "out_dir": str(out),
                                                "seed": seed, "threads": threads, "progress": False,
                                                "feature_cache.dir": None if cache is None else str(cache)})
@@ -105,18 +116,21 @@ def train(recipe: str, world: Path, runs: Path, seed: int, threads: int, cache: 
 
 
 class Frames:
-    """The frames of some runs, read once; each model's inputs are built from them."""
+    """The frames of some runs; each input spec's model inputs are built once, a run at a time (the clouds,
+    submaps included, are not kept)."""
 
     def __init__(self, sequences):
         self.sequences = sequences
-        self.samples = [[seq[i] for i in range(len(seq))] for seq in sequences]
         self._feeds: dict[str, list[dict[str, np.ndarray]]] = {}
 
     def feeds(self, spec) -> list[dict[str, np.ndarray]]:
         key = json.dumps([spec.inputs, spec.image_size, None if spec.bev is None else spec.bev.model_dump_json()])
         if key not in self._feeds:
-            self._feeds[key] = [model_inputs(spec, [s.image for s in run], [s.cloud for s in run])
-                                for run in self.samples]
+            feeds = []
+            for seq in self.sequences:
+                run = [seq[i] for i in range(len(seq))]
+                feeds.append(model_inputs(spec, [s.image for s in run], [s.cloud for s in run]))
+            self._feeds[key] = feeds
         return self._feeds[key]
 
 
@@ -178,31 +192,40 @@ def export_reweighted(model, run: Path, weight: float) -> Path:
     return out
 
 
-def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float], export_weighted: bool) -> dict:
+def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float], export_weighted: bool,
+            submaps: tuple[Frames, Frames] | None = None) -> dict:
+    """Every head of the teacher in ``run/best`` (and with ``submaps``, (val, test) submap frames, again on them)."""
     model = load_model(run / "best", expect_kind="teacher").eval()
     cfg = TrainConfig.model_validate(json.loads(json.dumps(read_checkpoint_meta(run / "best")["config"])))
+    out = measure_heads(model, cfg, val, test, weights)
+    if submaps is not None:
+        out["submap"] = measure_heads(model, cfg, *submaps, weights)
+    reweighted = None
+    if cfg.model.fusion in ("normalized_concat", "weighted_concat") and export_weighted:
+        reweighted = str(export_reweighted(model, run, out["val"]["chosen_weight"]))
+    return {"name": name, "run": str(run), "checkpoint": str(run / "best"), "fusion": cfg.model.fusion,
+            "reweighted_checkpoint": reweighted,
+            "learned_cloud_weight": model.cloud_weight if cfg.model.fusion == "learned_concat" else None,
+            **out, "budget": budget(run, cfg.teacher.lidar_init), "seed": cfg.seed, "threads": cfg.threads}
+
+
+def measure_heads(model, cfg: TrainConfig, val: Frames, test: Frames, weights: list[float]) -> dict:
+    """Validation AR@1 of each head and of the weight sweep, the chosen weight, and the test scores."""
     val_heads, test_heads = embed_heads(model, val), embed_heads(model, test)
     val_full = {head: scored(val_heads[head], val, cfg) for head in HEADS}
     val_scores = {head: m["recall@1"] for head, m in val_full.items()}
-    sweep = {}
+    details = {}
     for w in weights:
         descs = [weighted_fusion(c, i, w) for c, i in zip(val_heads["cloud"], val_heads["image"])]
-        sweep[f"{w:.2f}"] = scored(descs, val, cfg)["recall@1"]
+        details[f"{w:.2f}"] = scored(descs, val, cfg)
+    sweep = {w: m["recall@1"] for w, m in details.items()}
     fusable = [k for k in sweep if float(k) < 1.0]  # w = 1 drops the camera: not a fused teacher
     chosen = max(fusable, key=lambda k: (sweep[k], -abs(float(k) - 0.5)))
     test_scores = {head: scored(test_heads[head], test, cfg) for head in HEADS}
     weighted = [weighted_fusion(c, i, float(chosen)) for c, i in zip(test_heads["cloud"], test_heads["image"])]
     test_scores[f"weighted w={chosen} (val-chosen)"] = scored(weighted, test, cfg)
-    reweighted = None
-    if cfg.model.fusion in ("normalized_concat", "weighted_concat") and export_weighted:
-        reweighted = str(export_reweighted(model, run, float(chosen)))
-    return {"name": name, "run": str(run), "checkpoint": str(run / "best"), "fusion": cfg.model.fusion,
-            "reweighted_checkpoint": reweighted,
-            "learned_cloud_weight": model.cloud_weight if cfg.model.fusion == "learned_concat" else None,
-            "val": {"heads": val_scores, "weighted_sweep": sweep, "chosen_weight": float(chosen),
-                    "head_details": val_full},
-            "test": test_scores, "budget": budget(run, cfg.teacher.lidar_init), "seed": cfg.seed,
-            "threads": cfg.threads}
+    return {"val": {"heads": val_scores, "weighted_sweep": sweep, "chosen_weight": float(chosen),
+                    "head_details": val_full, "weighted_details": details}, "test": test_scores}
 
 
 def measure_lidar(name: str, run: Path, val: Frames, test: Frames) -> dict:
@@ -219,36 +242,96 @@ def measure_lidar(name: str, run: Path, val: Frames, test: Frames) -> dict:
             "threads": cfg.threads}
 
 
+def inputs_of(r: dict) -> list[tuple[str, dict]]:
+    """``(input label, {"val": ..., "test": ...})`` of one measured teacher: single scans, then submaps."""
+    return [("single scan", r)] + ([(SUBMAP_LABEL, r["submap"])] if r.get("submap") else [])
+
+
 def rows(results: list[dict]) -> list[dict]:
     out = []
     for r in results:
-        for head, m in r["test"].items():
-            val = r["val"]["heads"][head] if head in HEADS else r["val"]["weighted_sweep"][
-                f"{r['val']['chosen_weight']:.2f}"]
-            out.append({"teacher": r["name"], "head": head, "AR@1": m["recall@1"], "same dir.": m["same_direction"],
-                        "opposite": m["opposite_direction"], **m["per_condition"], "val AR@1": val})
+        for label, part in inputs_of(r):
+            for head, m in part["test"].items():
+                val = part["val"]["heads"][head] if head in HEADS else part["val"]["weighted_sweep"][
+                    f"{part['val']['chosen_weight']:.2f}"]
+                out.append({"teacher": r["name"], "input": label, "head": head, "AR@1": m["recall@1"],
+                            "same dir.": m["same_direction"], "opposite": m["opposite_direction"],
+                            **m["per_condition"], "val AR@1": val})
+    return out
+
+
+def recipe_of(name: str) -> str:
+    """``two_stage_frozen seed 8`` -> ``two_stage_frozen``."""
+    head, _, seed = name.rpartition(" seed ")
+    return head if head and seed.isdigit() else name
+
+
+def seed_summary(results: list[dict]) -> list[dict]:
+    """Mean ± std (population) over the seeds of each recipe, per input and head; the val-chosen weighting is
+    one head whatever weight each seed chose (the weights are listed)."""
+    groups: dict[tuple[str, str, str], list[tuple[dict, float, dict | None]]] = {}
+    chosen: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        for label, part in inputs_of(r):
+            for head, m in part["test"].items():
+                weighted = head not in HEADS
+                val = part["val"]["weighted_sweep"][f"{part['val']['chosen_weight']:.2f}"] if weighted else \
+                    part["val"]["heads"][head]
+                key = (recipe_of(r["name"]), label, "weighted (val-chosen w)" if weighted else head)
+                val_m = part["val"].get("weighted_details", {}).get(f"{part['val']['chosen_weight']:.2f}") \
+                    if weighted else part["val"].get("head_details", {}).get(head)
+                groups.setdefault(key, []).append((m, val, val_m))
+                if weighted:
+                    chosen.setdefault(key[:2], []).append(part["val"]["chosen_weight"])
+
+    def pm(values: list[float]) -> str:
+        return f"{np.mean(values):.3f}" + (f" ± {np.std(values):.3f}" if len(values) > 1 else "")
+    out = []
+    for (recipe, label, head), items in groups.items():
+        ms = [m for m, _, _ in items]
+        val_ms = [v for _, _, v in items if v is not None]
+        weights = chosen.get((recipe, label)) if head.startswith("weighted") else None
+        out.append({"teacher": recipe, "input": label, "head": head, "seeds": len(items),
+                    "AR@1": pm([m["recall@1"] for m in ms]), "same dir.": pm([m["same_direction"] for m in ms]),
+                    "opposite": pm([m["opposite_direction"] for m in ms]),
+                    "fog": pm([m["per_condition"].get("fog", float("nan")) for m in ms]),
+                    "val AR@1": pm([v for _, v, _ in items]),
+                    "val same": pm([v["same_direction"] for v in val_ms]) if val_ms else "",
+                    "val opp.": pm([v["opposite_direction"] for v in val_ms]) if val_ms else "",
+                    "w": "" if weights is None else "/".join(f"{w:.2f}" for w in weights)})
     return out
 
 
 CONDITIONS = ("day", "dusk", "night", "fog", "rain", "autumn", "winter")
+SUBMAP_LABEL = "20 m submap"
 
 
 def write_report(results: list[dict], out: Path, command: str, load: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", {"results": results, "targets_lidar_head": TARGETS, "command": command,
                                       "load_average": load})
-    header = ["teacher", "head", "AR@1", "same dir.", "opposite", *CONDITIONS, "val AR@1"]
+    header = ["teacher", "input", "head", "AR@1", "same dir.", "opposite", *CONDITIONS, "val AR@1"]
+    summary_rows = seed_summary(results)
+    several = any(row["seeds"] > 1 for row in summary_rows)
     lines = ["# The fused teacher with the polar LiDAR branch (default world, test region)", "",
              "Cross-run AR@1 (correct within 25 m) over every ordered pair of the 8 runs of the test region; "
              "`val AR@1` on the validation region (the teacher's val conditions), the only figure any choice "
-             "below was made with.", "", markdown_table(rows(results), header), "",
-             "Targets (issue 11) for the LiDAR head: AR@1 >= 0.80, same >= 0.92, opposite >= 0.70, fog >= 0.60; "
-             "the fused teacher >= its LiDAR head.", "", "## Validation sweep of the LiDAR weight w "
-             "(cosine = w cos(cloud) + (1 - w) cos(image), from the two heads)", ""]
+             "below was made with.", ""]
+    if several:
+        lines += ["## Mean ± std over seeds (test region)", "",
+                  markdown_table(summary_rows, ["teacher", "input", "head", "seeds", "AR@1", "same dir.", "opposite",
+                                                "fog", "val AR@1", "val same", "val opp.", "w"]), "",
+                  "## Per teacher", ""]
+    lines += [markdown_table(rows(results), header), "",
+              "Targets (issue 11) for the LiDAR head: AR@1 >= 0.80, same >= 0.92, opposite >= 0.70, fog >= 0.60; "
+              "the fused teacher >= its LiDAR head.", "", "## Validation sweep of the LiDAR weight w "
+              "(cosine = w cos(cloud) + (1 - w) cos(image), from the two heads)", ""]
     weights = sorted({w for r in results for w in r["val"]["weighted_sweep"]})
-    sweep_rows = [{"teacher": r["name"], **{f"w={w}": r["val"]["weighted_sweep"].get(w) for w in weights},
-                   "chosen": r["val"]["chosen_weight"]} for r in results if r["val"]["weighted_sweep"]]
-    lines += [markdown_table(sweep_rows, ["teacher", *(f"w={w}" for w in weights), "chosen"],
+    sweep_rows = [{"teacher": r["name"], "input": label,
+                   **{f"w={w}": part["val"]["weighted_sweep"].get(w) for w in weights},
+                   "chosen": part["val"]["chosen_weight"]}
+                  for r in results for label, part in inputs_of(r) if part["val"]["weighted_sweep"]]
+    lines += [markdown_table(sweep_rows, ["teacher", "input", *(f"w={w}" for w in weights), "chosen"],
                              {"chosen": ".2f"}), "", "## Training budget", ""]
     for r in results:
         b = r["budget"]
@@ -278,6 +361,7 @@ def main() -> None:
     p.add_argument("--lidar", nargs="*", default=[], help="LiDAR-only run folders (lidar_student), as name=path")
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--train", action="store_true", help="train missing runs (otherwise skip them)")
+    p.add_argument("--train-only", action="store_true", help="train the missing runs, measure nothing")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--lidar-init", type=Path, default=None,
                    help="two-stage recipes: start from this LiDAR checkpoint (a 128-d polar lidar_student trained "
@@ -285,6 +369,8 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=None, help="feature_cache.dir of the training runs")
     p.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0])
     p.add_argument("--out", type=Path, default=Path("docs/results/teacher"))
+    p.add_argument("--submap-m", type=float, default=0.0,
+                   help="also score every teacher on centred submaps of this length (m; 0: single scans only)")
     p.add_argument("--export-weighted", action="store_true",
                    help="also save <run>/best_w<w>: the checkpoint with fusion weighted_concat at the val-chosen w")
     args = p.parse_args()
@@ -298,17 +384,25 @@ def main() -> None:
                 folder = train(recipe, args.world, args.runs, seed, args.threads, args.cache, args.lidar_init)
             if (folder / "best" / "checkpoint.json").is_file():
                 runs.append((f"{recipe} seed {seed}", folder))
+    if args.train_only:
+        return
     runs += [(item.split("=", 1)[0], Path(item.split("=", 1)[1])) for item in args.extra]
     folders = [folder for _, folder in runs] + [Path(item.split("=", 1)[1]) for item in args.lidar]
     first = TrainConfig.model_validate(read_checkpoint_meta(folders[0] / "best")["config"])
     val = Frames([s for s in load_synthetic(args.world, regions={first.data.val_region})
                   if first.data.val_conditions is None or s.meta(0)["condition"] in first.data.val_conditions])
     test = Frames(load_synthetic(args.world, regions={"test"}))
+    submaps = None
+    if args.submap_m > 0:  # as benchmarks/lidar_teacher.py's SUBMAP (centred, at most 60k points)
+        sub = SubmapConfig(length_m=args.submap_m, window="centred", max_points=60000)
+        base_T_lidar = np.asarray(read_world_meta(args.world)["calibration"]["T_base_lidar"])
+        submaps = tuple(Frames([SubmapSequence(s, sub, base_T_lidar) for s in frames.sequences])
+                        for frames in (val, test))
     results = []
     for item in args.lidar:
         results.append(measure_lidar(item.split("=", 1)[0], Path(item.split("=", 1)[1]), val, test))
     for name, folder in runs:
-        results.append(measure(name, folder, val, test, args.weights, args.export_weighted))
+        results.append(measure(name, folder, val, test, args.weights, args.export_weighted, submaps))
         print(json.dumps({"name": name, "test": {h: m["recall@1"] for h, m in results[-1]["test"].items()},
                           "val": results[-1]["val"]}), flush=True)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())

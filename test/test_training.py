@@ -189,6 +189,46 @@ def test_two_stage_teacher_starts_from_its_lidar_warmup_and_learns_its_fusion_we
         trainer.load_lidar_branch(polar, path)
 
 
+def test_frozen_lidar_branch_stays_bit_identical_through_fused_epochs(world, tmp_path):
+    cfg = small_config(world, tmp_path / "frozen", **{"teacher.lidar_warmup_epochs": 1, "optim.epochs": 1,
+                                                      "teacher.lidar_freeze": True})
+    run = trainer.train_teacher(cfg)
+    warm = load_model(run / trainer.LIDAR_WARMUP_DIR / "best", expect_kind="lidar_student")
+    teacher = load_model(run / "last", expect_kind="teacher")
+    history = trainer.json.loads((run / trainer.HISTORY_FILE).read_text())
+    assert history[0]["steps"] > 0
+    state = teacher.lidar_encoder.state_dict()
+    assert any("running_mean" in key for key in state)  # BatchNorm statistics are part of the check
+    for key, value in warm.lidar_encoder.state_dict().items():
+        assert torch.equal(state[key], value), key
+    # the image branch did train in the same run
+    fresh = build_model("teacher", cfg.model)
+    assert any(not torch.equal(p, q) for p, q in zip(teacher.image_encoder.proj.parameters(),
+                                                     fresh.image_encoder.proj.parameters()))
+    with pytest.raises(ValueError, match="untrained LiDAR branch"):
+        small_config(world, tmp_path / "x", **{"teacher.lidar_freeze": True})
+
+
+def test_freeze_branch_keeps_weights_and_batchnorm_statistics_in_train_mode():
+    torch.manual_seed(0)
+    frozen = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    head = torch.nn.Linear(4, 3)
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    trainer.freeze_branch(frozen)
+    model = torch.nn.ModuleDict({"frozen": frozen, "head": head})
+    optimizer = torch.optim.Adam(trainer._trainable(model), lr=0.1)
+    assert len(optimizer.param_groups[0]["params"]) == 2  # only the head's weight and bias
+    model.train()
+    for _ in range(3):
+        out = head(frozen(torch.randn(5, 2, 6, 6) * 3 + 1).mean(dim=(2, 3)))
+        optimizer.zero_grad()
+        out.square().mean().backward()
+        optimizer.step()
+    assert not frozen.training and head.training
+    for key, value in frozen.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 # --- distillation ---------------------------------------------------------------------------------------
 
 

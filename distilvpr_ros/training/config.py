@@ -258,7 +258,9 @@ class TeacherConfig(Section):
     ``lidar_warmup_lr``, MultiStepLR at 70 % of the warm-up epochs, the same frames, augmentation and seed),
     into ``<run>/lidar_warmup/``; its best validation checkpoint starts the fused training, in which the
     branch then trains at ``optim.cloud_lr``. Fused steps run the image tail as well, so LiDAR-only epochs
-    are the cheap way to give the LiDAR branch the steps it needs.
+    are the cheap way to give the LiDAR branch the steps it needs. ``lidar_freeze`` keeps the started
+    branch as it is through the fused epochs (no gradients, BatchNorm statistics fixed): the teacher's
+    LiDAR head is then exactly the LiDAR model it started from.
     """
 
     lidar_init: Path | None = Field(None, description="LiDAR branch weights from this checkpoint folder")
@@ -266,6 +268,15 @@ class TeacherConfig(Section):
     lidar_warmup_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the LiDAR-only warm-up")
     fusion_lr: float = Field(0.05, gt=0, description="Adam learning rate of the learned fusion weight "
                              "(model.fusion: learned_concat; one scalar, so larger than the branches')")
+    lidar_freeze: bool = Field(False, description="keep the LiDAR branch from lidar_init / the warm-up frozen "
+                               "in the fused epochs (no gradients, eval mode); optim.cloud_lr is then unused")
+
+    @model_validator(mode="after")
+    def _freeze_needs_a_trained_branch(self) -> "TeacherConfig":
+        if self.lidar_freeze and self.lidar_init is None and self.lidar_warmup_epochs == 0:
+            raise ValueError("teacher.lidar_freeze needs teacher.lidar_init or teacher.lidar_warmup_epochs > 0 "
+                             "(it would freeze an untrained LiDAR branch)")
+        return self
 
 
 class TrainConfig(Section):

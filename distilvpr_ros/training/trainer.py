@@ -87,12 +87,13 @@ def train_teacher(cfg: TrainConfig, train_sequences=None, val_sequences=None) ->
             lidar_init = _lidar_warmup(cfg, env, train_sequences, val_sequences)
         if lidar_init is not None:
             load_lidar_branch(model, lidar_init)
+        if cfg.teacher.lidar_freeze:
+            freeze_branch(model.lidar_encoder)
         data = TrainingData(cfg, model, train_sequences, val_sequences)
         task = make_task(cfg, data, cfg.loss.teacher_heads, model)
-        groups = [
-            {"params": _trainable(model.image_encoder), "lr": cfg.optim.image_lr},
-            {"params": _trainable(model.lidar_encoder), "lr": cfg.optim.cloud_lr},
-        ]
+        groups = [{"params": _trainable(model.image_encoder), "lr": cfg.optim.image_lr}]
+        if not cfg.teacher.lidar_freeze:
+            groups.append({"params": _trainable(model.lidar_encoder), "lr": cfg.optim.cloud_lr})
         if cfg.model.fusion == "learned_concat":
             groups.append({"params": [model.fusion_logit], "lr": cfg.teacher.fusion_lr})
         return fit(cfg, env, "train_teacher", model, groups, task, data)
@@ -135,6 +136,20 @@ def load_lidar_branch(teacher: VprModel, path: Path) -> None:
         raise ValueError(f"{path}: its LiDAR encoder is {source.cfg.lidar_encoder}, the teacher's "
                          f"{teacher.cfg.lidar_encoder}")
     teacher.lidar_encoder.load_state_dict(source.lidar_encoder.state_dict())
+
+
+def freeze_branch(module: torch.nn.Module) -> None:
+    """Keep ``module`` as it is while the rest of its model trains (``teacher.lidar_freeze``): no gradients,
+    and eval mode (BatchNorm uses and keeps its running statistics) at every forward, also after the
+    model's ``train()``."""
+    module.requires_grad_(False)
+    module.eval()
+    module.register_forward_pre_hook(_stay_in_eval)
+
+
+def _stay_in_eval(module: torch.nn.Module, _args) -> None:
+    if module.training:
+        module.eval()
 
 
 def train_student(cfg: TrainConfig, train_sequences=None, val_sequences=None) -> Path:
