@@ -58,9 +58,10 @@ def _stored_image(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def positive_pairs(world: Path, region: str, step: int = 1):
-    """``(query run, frame, map run, map frame)`` of every ``step``-th non-day frame and its positive (module doc),
-    with the runs (``{run id: SyntheticRun}``)."""
+def positive_pairs(world: Path, region: str, step: int = 1, neighbours: int = 1):
+    """``(query run, frame, map run, map frame)`` of every ``step``-th non-day frame and its positive (module doc;
+    ``neighbours`` > 1: that many nearest positives each, for more viewpoint changes), with the runs
+    (``{run id: SyntheticRun}``)."""
     runs = {r.run: r for r in load_synthetic(world, {region})}
     day = {r.info["direction"]: r.run for r in runs.values() if r.info["condition"]["name"] == "day"}
     out = []
@@ -75,9 +76,7 @@ def positive_pairs(world: Path, region: str, step: int = 1):
             d = np.linalg.norm(map_xy - qp[:2, 3], axis=1)
             dyaw = np.abs((np.degrees(map_yaw - yaw_of(qp)) + 180) % 360 - 180)
             d = np.where(dyaw < 30, d, np.inf)
-            j = int(np.argmin(d))
-            if d[j] <= 5:
-                out.append((q, i, m, j))
+            out += [(q, i, m, int(j)) for j in np.argsort(d)[:neighbours] if d[j] <= 5]
     return out, runs
 
 
@@ -99,10 +98,10 @@ def pair_sample(verifier: CameraVerifier, cnn: CnnDescriptor, kf: KeyframeView, 
 
 
 def collect(world: Path, region: str, stages: tuple[int, ...], step: int = 1, match_px: float = 3.0,
-            log=print) -> list[PairSample]:
+            neighbours: int = 1, log=print) -> list[PairSample]:
     """The :class:`PairSample` of every positive pair of ``region`` (module doc)."""
     calib = CameraCalibration.from_world_meta(read_world_meta(world))
-    pairs, runs = positive_pairs(world, region, step)
+    pairs, runs = positive_pairs(world, region, step, neighbours)
     verifier = CameraVerifier(CameraVerificationConfig(features="orb", upright=True))
     cnn = CnnDescriptor(stages)
     keyframes: dict[tuple[str, int], tuple[KeyframeView, torch.Tensor] | None] = {}
@@ -166,6 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/verification/cnn_head.safetensors"))
     p.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Lite0 stages (cnn_descriptors)")
     p.add_argument("--step", type=int, default=1, help="every n-th query frame")
+    p.add_argument("--neighbours", type=int, default=1, help="positives per query frame (the nearest ones)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--hidden", type=int, default=256)
@@ -177,12 +177,13 @@ def main(argv=None) -> int:
     cv2.setNumThreads(args.threads)
     t0 = time.time()
     stages = tuple(sorted(set(args.stages)))
-    samples = collect(args.world, args.region, stages, args.step)
+    samples = collect(args.world, args.region, stages, args.step, neighbours=args.neighbours)
     print(f"{len(samples)} pairs, median {np.median([len(s.kf_index) for s in samples]):.0f} correspondences "
           f"({time.time() - t0:.0f} s)", flush=True)
     head, losses = train_head(samples, stages, args.epochs, tau=args.tau, hidden=args.hidden, out_dim=args.out_dim,
                               seed=args.seed)
     head.save(args.out, world=str(args.world), region=args.region, pairs=len(samples), epochs=args.epochs,
+              neighbours=args.neighbours,
               tau=args.tau, seed=args.seed, losses=losses, seconds=time.time() - t0)
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
     return 0

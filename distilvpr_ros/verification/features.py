@@ -180,13 +180,17 @@ def match_features(a: LocalFeatures, b: LocalFeatures, ratio: float = 0.8, exclu
 
 
 def _match_dense(a: LocalFeatures, b: LocalFeatures, norm: int, ratio: float, exclusion_px: float) -> np.ndarray:
-    """:func:`match_features` from the full distance matrix (spatially excluded second-best; see there)."""
+    """:func:`match_features` from the full distance matrix (spatially excluded second-best; see there). L2 works on
+    squared distances (same order; the ratio squared)."""
     da = np.ascontiguousarray(a.descriptors)
     db = np.ascontiguousarray(b.descriptors)
     if norm == cv2.NORM_L2:
         a32, b32 = da.astype(np.float32, copy=False), db.astype(np.float32, copy=False)
-        sq = (a32 * a32).sum(1)[:, None] + (b32 * b32).sum(1)[None, :] - 2.0 * (a32 @ b32.T)
-        dist = np.sqrt(np.maximum(sq, 0.0))
+        dist = (a32 @ b32.T) * -2.0
+        dist += (a32 * a32).sum(1)[:, None]
+        dist += (b32 * b32).sum(1)[None, :]
+        np.maximum(dist, 0.0, out=dist)
+        ratio = ratio * ratio
     else:
         pad = -da.shape[1] % 8  # Hamming distance: popcount of the XOR, 64 bits at a time
         wa = np.pad(da.astype(np.uint8, copy=False), ((0, 0), (0, pad))).view(np.uint64)
@@ -199,9 +203,10 @@ def _match_dense(a: LocalFeatures, b: LocalFeatures, norm: int, ratio: float, ex
     if ratio >= 1:
         keep = mutual
     else:
-        if exclusion_px > 0:
-            near = np.linalg.norm(b.uv[None, :, :] - b.uv[best][:, None, :], axis=2) <= exclusion_px
-            d2 = np.where(near, np.inf, dist).min(axis=1)
+        if exclusion_px > 0:  # b's features within exclusion_px of each other, once per b (not per a x b)
+            diff = b.uv[:, None, :] - b.uv[None, :, :]
+            near_b = np.einsum("ijk,ijk->ij", diff, diff) <= exclusion_px * exclusion_px
+            d2 = np.where(near_b[best], np.inf, dist).min(axis=1)
         else:
             d2 = np.partition(dist, 1, axis=1)[:, 1]
         keep = mutual & (d1 < ratio * d2)
