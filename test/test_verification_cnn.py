@@ -200,3 +200,12 @@ def test_head_training_separates_corresponding_keypoints():
     assert losses[-1] < 0.5 * losses[0]
     with torch.no_grad():
         assert info_nce(head, samples[0], 0.05) < info_nce(untrained, samples[0], 0.05)
+
+
+def test_trunk_on_onnx_runtime_gives_torch_maps(scene):
+    ort_desc, torch_desc = CnnDescriptor((1, 3)), CnnDescriptor((1, 3), runtime="torch")
+    assert ort_desc.runtime == "onnxruntime" and torch_desc.runtime == "torch"
+    for image in (scene["query"], scene["query"][:237, :301]):  # any size (padded to a multiple of 16)
+        a, b = ort_desc.feature_maps(image), torch_desc.feature_maps(image)
+        assert [m.shape for m in a] == [m.shape for m in b]
+        assert all(torch.allclose(x, y, atol=1e-3) for x, y in zip(a, b))

@@ -22,8 +22,10 @@ Its file (safetensors, no pickle) records the stages it was trained on.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +89,8 @@ class CnnDescriptor:
     """Descriptors of given keypoints from Lite0 feature maps (module doc), through ``head`` when given (its stages
     replace ``stages``). Thread-safe; one torch thread is the caller's setting (``torch.set_num_threads``)."""
 
-    def __init__(self, stages: tuple[int, ...] = (3, 4), pretrained: bool = True, head: DescriptorHead | None = None):
+    def __init__(self, stages: tuple[int, ...] = (3, 4), pretrained: bool = True, head: DescriptorHead | None = None,
+                 runtime: str = "onnxruntime"):
         self.head = head
         if head is not None:
             stages = head.stages
@@ -104,6 +107,46 @@ class CnnDescriptor:
         self._mean = torch.tensor(LITE_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(LITE_STD, dtype=torch.float32).view(1, 3, 1, 1)
         self._lock = threading.Lock()
+        self._session = self._onnx_session() if runtime == "onnxruntime" else None
+        self.runtime = "onnxruntime" if self._session is not None else "torch"
+
+    def _onnx_session(self):
+        """The trunk (up to the deepest stage, the chosen stages as outputs) on ONNX Runtime with torch's thread
+        count: ~4x less CPU per image than eager torch on one thread (7.8 vs 31 ms at 320x240, measured). None when
+        onnxruntime is missing or the export fails (then torch runs it)."""
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return None
+        stages, groups = self.stages, self._groups
+
+        class Maps(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.groups = torch.nn.ModuleList(groups)
+
+            def forward(self, x):
+                out = []
+                for i, g in enumerate(self.groups):
+                    x = g(x)
+                    if i in stages:
+                        out.append(x)
+                return tuple(out)
+
+        buf = io.BytesIO()
+        names = [f"stage{s}" for s in stages]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation and TF-same pad notices
+                axes = {"image": {2: "height", 3: "width"}, **{n: {2: f"{n}_h", 3: f"{n}_w"} for n in names}}
+                torch.onnx.export(Maps().eval(), (torch.zeros(1, 3, 240, 320),), buf, dynamo=False,
+                                  input_names=["image"], output_names=names, opset_version=17, dynamic_axes=axes)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = max(1, torch.get_num_threads())
+            opts.inter_op_num_threads = 1
+            return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - any export / runtime failure: torch runs the trunk instead
+            return None
 
     def feature_maps(self, rgb: np.ndarray) -> list[torch.Tensor]:
         """The chosen stages' maps (1, C, h, w) of an RGB (H, W, 3) or grey (H, W) uint8 image."""
@@ -116,6 +159,9 @@ class CnnDescriptor:
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         x = (x - self._mean) / self._std
+        if self._session is not None:
+            with self._lock:
+                return [torch.from_numpy(m) for m in self._session.run(None, {"image": x.numpy()})]
         out = []
         with self._lock, torch.inference_mode():
             for i, g in enumerate(self._groups):
