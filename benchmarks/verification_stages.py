@@ -160,12 +160,15 @@ def main(argv=None) -> int:
     p.add_argument("--step", type=int, default=3, help="every n-th query frame")
     p.add_argument("--negatives", type=int, default=2, help="far map frames verified per query")
     p.add_argument("--conditions", nargs="*", default=list(PAIRS), help="query runs")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="default: all (those of a 'cnn head' only when --cnn-head exists)")
     p.add_argument("--cnn-head", default="results/verification/cnn_head.safetensors",
                    help="CNN descriptor head of the 'cnn head' variants")
     p.add_argument("--name", default="stages", help="output file name (json / md)")
     p.add_argument("--out", type=Path, default=Path("docs/results/verification"))
     args = p.parse_args(argv)
+    if args.variants is None:
+        args.variants = [v for v in VARIANTS if "{head}" not in VARIANTS[v].values() or Path(args.cnn_head).is_file()]
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     t0, load = time.time(), list(os.getloadavg())
