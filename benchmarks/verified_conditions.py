@@ -42,7 +42,7 @@ from distilvpr_ros.pipeline.embedder import Embedder  # noqa: E402
 from distilvpr_ros.pipeline.localizer import Localizer  # noqa: E402
 from distilvpr_ros.pipeline.offline import build_map_from_sequence, localize_sequence  # noqa: E402
 from distilvpr_ros.utils.results import write_json  # noqa: E402
-from distilvpr_ros.verification import CameraVerificationConfig  # noqa: E402
+from distilvpr_ros.verification import CameraVerificationConfig, RerankConfig  # noqa: E402
 
 MAP_OF = {"run03_night": "run01_day", "run05_rain": "run01_day", "run07_winter": "run01_day",
           "run02_dusk": "run00_day", "run04_fog": "run00_day", "run06_autumn": "run00_day"}
@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="conditions", help="output file name (json / md)")
     p.add_argument("--camera", action="append", default=[], metavar="KEY=VALUE",
                    help="override a verification.camera setting (VALUE parsed as YAML), e.g. features=cnn")
+    p.add_argument("--rerank", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a verification.rerank setting, e.g. consecutive=2")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
     torch.set_num_threads(1)  # the CNN descriptors' trunk
@@ -87,6 +89,9 @@ def main(argv=None) -> int:
     if args.camera:
         over = {k: yaml.safe_load(v) for k, v in (c.split("=", 1) for c in args.camera)}
         vcfg.camera = CameraVerificationConfig(**{**vcfg.camera.model_dump(), **over})
+    if args.rerank:
+        over = {k: yaml.safe_load(v) for k, v in (c.split("=", 1) for c in args.rerank)}
+        vcfg.rerank = RerankConfig(**{**vcfg.rerank.model_dump(), **over})
     rows, scores = [], {}
     for q in args.queries:
         loc = Localizer.load(student, maps[MAP_OF[q]], cfg.matcher, q, cfg.image_quality, vcfg,
