@@ -12,12 +12,17 @@ ground-truth relative pose also tells which keypoints and matches are right:
   within 3 px of their true position;
 * ``true_nn``: repeatable ones whose nearest query descriptor is that keypoint (the descriptor recognises it);
 * ``matches``: mutual-NN + ratio matches; ``correct``: of those, within 4 px of the true position;
-* ``inliers``: PnP inliers; ``accepted`` / ``recall`` (accepted with the pose within 1 m and 5 deg) per pair;
-  ``false_accepts``: negatives accepted.
+* ``inliers``: PnP inliers (median, ``inliers_p25`` the lower quartile); ``accepted`` / ``recall`` (accepted with
+  the pose within 1 m and 5 deg) per pair; ``false_accepts``: negatives accepted; ``neg_inliers_max``: the most PnP
+  inliers of a negative (what ``min_inliers`` must stay above); ``t_err_median`` / ``r_err_median``: pose error
+  (m / deg) of the accepted positives.
 
 Medians over the pairs. One thread.
 
     .venv/bin/python benchmarks/verification_stages.py --world data/world_default
+
+Variants select on ``--region val`` and report on ``test``; the ``cnn head`` variants need a head trained on the
+train region (``python -m distilvpr_ros.verification.cnn_head_training``, ``--cnn-head``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
 from distilvpr_ros.data.geometry import invert, transform_points, yaw_of  # noqa: E402
@@ -46,13 +52,31 @@ from distilvpr_ros.verification.features import match_features  # noqa: E402
 
 PAIRS = {"run03_night": "run01_day", "run05_rain": "run01_day", "run07_winter": "run01_day",
          "run02_dusk": "run00_day", "run04_fog": "run00_day", "run06_autumn": "run00_day"}
+#: Variants (``{head}``: the ``--cnn-head`` file, from ``python -m distilvpr_ros.verification.cnn_head_training``).
 VARIANTS = {"orb rotation-invariant (before)": dict(features="orb", upright=False),
             "orb upright (default)": dict(features="orb", upright=True),
             "orb upright 2000": dict(features="orb", upright=True, max_features=2000),
-            "sift upright": dict(features="sift", upright=True)}
+            "sift upright": dict(features="sift", upright=True),
+            "orb upright clahe": dict(features="orb", upright=True, photometric="clahe"),
+            "sift upright clahe": dict(features="sift", upright=True, photometric="clahe"),
+            "cnn raw s3+4": dict(features="cnn", cnn_stages=(3, 4)),
+            "cnn raw s2+3+4": dict(features="cnn", cnn_stages=(2, 3, 4)),
+            "cnn raw s3+4+5": dict(features="cnn", cnn_stages=(3, 4, 5)),
+            "cnn head mutual": dict(features="cnn", cnn_head="{head}", ratio=1.0),
+            "cnn head ratio 0.95 excl 10": dict(features="cnn", cnn_head="{head}", ratio=0.95, ratio_exclusion_px=10),
+            "cnn head ratio 0.9 excl 10": dict(features="cnn", cnn_head="{head}", ratio=0.9, ratio_exclusion_px=10),
+            "cnn head ratio 0.8 excl 10": dict(features="cnn", cnn_head="{head}", ratio=0.8, ratio_exclusion_px=10),
+            "cnn head 2000 mutual": dict(features="cnn", cnn_head="{head}", ratio=1.0, max_features=2000),
+            "cnn head 2000 ratio 0.95 excl 10": dict(features="cnn", cnn_head="{head}", ratio=0.95,
+                                                     ratio_exclusion_px=10, max_features=2000),
+            "cnn head 2000 ratio 0.9 excl 10": dict(features="cnn", cnn_head="{head}", ratio=0.9,
+                                                    ratio_exclusion_px=10, max_features=2000),
+            "cnn head 2000 ratio 0.95 excl 10 reproj 3": dict(features="cnn", cnn_head="{head}", ratio=0.95,
+                                                              ratio_exclusion_px=10, max_features=2000,
+                                                              max_reprojection_px=3.0)}
 COLUMNS = ("variant", "condition", "pairs", "query_features", "kf_features", "kf_3d", "visible", "repeatable",
-           "true_nn", "matches", "correct", "inliers", "accepted", "recall", "false_accepts", "negatives",
-           "ms_per_pair")
+           "true_nn", "matches", "correct", "inliers", "inliers_p25", "accepted", "recall", "false_accepts",
+           "negatives", "neg_inliers_max", "t_err_median", "r_err_median", "ms_per_pair")
 
 
 def keyframes(run, calib) -> list[KeyframeView]:
@@ -67,7 +91,7 @@ def keyframes(run, calib) -> list[KeyframeView]:
 
 def measure(verifier: CameraVerifier, query_run, map_run, kfs, calib, step: int, negatives: int, rng) -> dict:
     cfg = verifier.config
-    rows, neg_acc, n_neg, ms = [], 0, 0, []
+    rows, neg_acc, n_neg, ms, neg_inl = [], 0, 0, [], []
     map_xy = map_run.poses[:, :2, 3]
     map_yaw = np.array([yaw_of(p) for p in map_run.poses])
     for i in range(0, len(query_run), step):
@@ -87,8 +111,10 @@ def measure(verifier: CameraVerifier, query_run, map_run, kfs, calib, step: int,
         row = dict(query_features=len(q), kf_features=kf.detected, kf_3d=len(kf.features), visible=0, repeatable=0,
                    true_nn=0, matches=r.matches, correct=0, inliers=r.inliers, accepted=r.accepted, ok=False)
         if r.accepted:
-            row["ok"] = bool(np.linalg.norm(r.pose[:3, 3] - qp[:3, 3]) <= 1.0 and np.degrees(np.arccos(np.clip(
-                (np.trace(r.pose[:3, :3].T @ qp[:3, :3]) - 1) / 2, -1, 1))) <= 5.0)
+            row["t_err"] = float(np.linalg.norm(r.pose[:3, 3] - qp[:3, 3]))
+            cos = (np.trace(r.pose[:3, :3].T @ qp[:3, :3]) - 1) / 2
+            row["r_err"] = float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
+            row["ok"] = row["t_err"] <= 1.0 and row["r_err"] <= 5.0
         if len(kf.features) and len(q):
             T = invert(qp @ calib.T_base_camera) @ kf.pose @ calib.T_base_camera  # keyframe camera -> query camera
             uv, inside = calib.project(transform_points(T, kf.points), 0.5)
@@ -103,7 +129,7 @@ def measure(verifier: CameraVerifier, query_run, map_run, kfs, calib, step: int,
                 for m in nn:
                     best[m.queryIdx] = m.trainIdx
                 row["true_nn"] = int((rep & (best == nearest)).sum())
-            pairs = match_features(q, kf.features, cfg.ratio)
+            pairs = match_features(q, kf.features, cfg.ratio, cfg.ratio_exclusion_px)
             if len(pairs):
                 err = np.linalg.norm(uv[pairs[:, 1]] - q.uv[pairs[:, 0]], axis=1)
                 row["correct"] = int(((err < 4) & inside[pairs[:, 1]]).sum())
@@ -111,13 +137,19 @@ def measure(verifier: CameraVerifier, query_run, map_run, kfs, calib, step: int,
         far = np.flatnonzero(d > 50)
         for jn in rng.choice(far, size=min(negatives, len(far)), replace=False):
             n_neg += 1
-            neg_acc += verifier.verify(q, kfs[jn]).accepted
+            rn = verifier.verify(q, kfs[jn])
+            neg_acc += rn.accepted
+            neg_inl.append(rn.inliers)
     med = {k: float(np.median([r[k] for r in rows])) if rows else float("nan")
            for k in ("query_features", "kf_features", "kf_3d", "visible", "repeatable", "true_nn", "matches",
                      "correct", "inliers")}
     n = len(rows)
     return dict(pairs=n, **med, accepted=sum(r["accepted"] for r in rows) / max(n, 1),
                 recall=sum(r["ok"] for r in rows) / max(n, 1), false_accepts=neg_acc, negatives=n_neg,
+                neg_inliers_max=int(max(neg_inl, default=0)),
+                t_err_median=float(np.median([r["t_err"] for r in rows if "t_err" in r] or [np.nan])),
+                r_err_median=float(np.median([r["r_err"] for r in rows if "r_err" in r] or [np.nan])),
+                inliers_p25=float(np.percentile([r["inliers"] for r in rows], 25)) if rows else float("nan"),
                 ms_per_pair=float(np.median(ms)) if ms else float("nan"))
 
 
@@ -128,17 +160,25 @@ def main(argv=None) -> int:
     p.add_argument("--step", type=int, default=3, help="every n-th query frame")
     p.add_argument("--negatives", type=int, default=2, help="far map frames verified per query")
     p.add_argument("--conditions", nargs="*", default=list(PAIRS), help="query runs")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="default: all (those of a 'cnn head' only when --cnn-head exists)")
+    p.add_argument("--cnn-head", default="results/verification/cnn_head.safetensors",
+                   help="CNN descriptor head of the 'cnn head' variants")
+    p.add_argument("--name", default="stages", help="output file name (json / md)")
     p.add_argument("--out", type=Path, default=Path("docs/results/verification"))
     args = p.parse_args(argv)
+    if args.variants is None:
+        args.variants = [v for v in VARIANTS if "{head}" not in VARIANTS[v].values() or Path(args.cnn_head).is_file()]
     cv2.setNumThreads(1)
+    torch.set_num_threads(1)
     t0, load = time.time(), list(os.getloadavg())
     calib = world_calibration(args.world)
     runs = {r.run: r for r in load_synthetic(args.world, {args.region})}
     kfs = {m: keyframes(runs[m], calib) for m in sorted({PAIRS[c] for c in args.conditions})}
     rows = []
     for name in args.variants:
-        verifier = CameraVerifier(CameraVerificationConfig(**VARIANTS[name]))
+        settings = {k: v.format(head=args.cnn_head) if isinstance(v, str) else v for k, v in VARIANTS[name].items()}
+        verifier = CameraVerifier(CameraVerificationConfig(**settings))
         for cond in args.conditions:
             m = PAIRS[cond]
             row = dict(variant=name, condition=runs[cond].info["condition"]["name"], query_run=cond, map_run=m,
@@ -146,14 +186,15 @@ def main(argv=None) -> int:
                                  np.random.default_rng(0)))
             rows.append(row)
             print({k: row[k] for k in COLUMNS}, flush=True)
-    result = {"world": str(args.world), "region": args.region, "step": args.step, "rows": rows,
+    result = {"world": str(args.world), "region": args.region, "step": args.step, "cnn_head": args.cnn_head,
+              "rows": rows,
               "load_average_before": load, "load_average_after": list(os.getloadavg()), "wall_s": time.time() - t0}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "stages.json", to_jsonable(result))
+    write_json(args.out / f"{args.name}.json", to_jsonable(result))
     text = (f"# Camera verification stage by stage ({args.world.name}, {args.region} region; medians per pair)\n\n"
             + markdown_table(rows, COLUMNS) + f"\n\nLoad average {load[0]:.1f} before, on 2 cores; "
             f"{result['wall_s']:.0f} s.\n")
-    (args.out / "stages.md").write_text(text)
+    (args.out / f"{args.name}.md").write_text(text)
     print(text)
     return 0
 

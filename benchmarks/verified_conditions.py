@@ -13,6 +13,9 @@ CPU time per frame (mean, p50, p99: what the load does not inflate), the keyfram
         --student-onnx results/demo/work_default/export/student.onnx \\
         --map run01_day=results/demo/work_default/map/map \\
         --teacher results/demo/work_default/teacher/best --student results/demo/work_default/student/best
+
+``--camera KEY=VALUE`` overrides a camera verification setting (e.g. ``--camera features=cnn --camera
+cnn_head=results/verification/cnn_head.safetensors --camera ratio=0.9 --camera ratio_exclusion_px=10``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from distilvpr_ros.data.synthetic import load_synthetic  # noqa: E402
 from distilvpr_ros.evaluation.report import markdown_table, to_jsonable  # noqa: E402
@@ -37,6 +42,7 @@ from distilvpr_ros.pipeline.embedder import Embedder  # noqa: E402
 from distilvpr_ros.pipeline.localizer import Localizer  # noqa: E402
 from distilvpr_ros.pipeline.offline import build_map_from_sequence, localize_sequence  # noqa: E402
 from distilvpr_ros.utils.results import write_json  # noqa: E402
+from distilvpr_ros.verification import CameraVerificationConfig, RerankConfig  # noqa: E402
 
 MAP_OF = {"run03_night": "run01_day", "run05_rain": "run01_day", "run07_winter": "run01_day",
           "run02_dusk": "run00_day", "run04_fog": "run00_day", "run06_autumn": "run00_day"}
@@ -59,8 +65,13 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("results/verified_conditions"))
     p.add_argument("--out", type=Path, default=Path("docs/results/verification"))
     p.add_argument("--name", default="conditions", help="output file name (json / md)")
+    p.add_argument("--camera", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a verification.camera setting (VALUE parsed as YAML), e.g. features=cnn")
+    p.add_argument("--rerank", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a verification.rerank setting, e.g. consecutive=2")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
+    torch.set_num_threads(1)  # the CNN descriptors' trunk
     t0, load = time.time(), list(os.getloadavg())
     runs = {r.run: r for r in load_synthetic(args.world, {args.region})}
     maps = dict(m.split("=", 1) for m in args.map)
@@ -75,6 +86,12 @@ def main(argv=None) -> int:
         build_map_from_sequence(runs[run], args.teacher, args.student, Path(maps[run]), build)
     student = Embedder.from_onnx(args.student_onnx, num_threads=1)
     vcfg = cfg.verification.model_copy(update={"enabled": True})
+    if args.camera:
+        over = {k: yaml.safe_load(v) for k, v in (c.split("=", 1) for c in args.camera)}
+        vcfg.camera = CameraVerificationConfig(**{**vcfg.camera.model_dump(), **over})
+    if args.rerank:
+        over = {k: yaml.safe_load(v) for k, v in (c.split("=", 1) for c in args.rerank)}
+        vcfg.rerank = RerankConfig(**{**vcfg.rerank.model_dump(), **over})
     rows, scores = [], {}
     for q in args.queries:
         loc = Localizer.load(student, maps[MAP_OF[q]], cfg.matcher, q, cfg.image_quality, vcfg,

@@ -41,6 +41,8 @@ ALLOWED_ACROSS: set[tuple[str, str]] = {
     (f"{PACKAGE}.training", f"{PACKAGE}.evaluation.metrics"),
     # slam-eval builds a map (the pipeline's offline builder) before it optimises the pose graph
     (f"{PACKAGE}.slam.evaluate", f"{PACKAGE}.pipeline"),
+    # camera verification's CNN descriptors sample the student's pretrained image trunk (one Lite0 definition)
+    (f"{PACKAGE}.verification.cnn_descriptors", f"{PACKAGE}.models.image"),
 }
 
 

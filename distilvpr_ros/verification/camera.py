@@ -86,7 +86,9 @@ class CameraVerifier:
 
     def __init__(self, config: CameraVerificationConfig | None = None):
         self.config = config or CameraVerificationConfig()
-        self.extractor = FeatureExtractor(self.config.features, self.config.max_features, self.config.upright)
+        c = self.config
+        self.extractor = FeatureExtractor(c.features, c.max_features, c.upright, c.photometric, c.cnn_stage_tuple,
+                                          c.cnn_head)
         self.backend = None if self.config.pnp_backend == "auto" else self.config.pnp_backend
 
     def features(self, image: np.ndarray | None) -> LocalFeatures:
@@ -173,7 +175,7 @@ class CameraVerifier:
         lap("features")
         if len(q) < cfg.min_inliers:
             return CameraVerification(False, f"query has too few features ({len(q)} < {cfg.min_inliers})")
-        pairs = match_features(q, k, cfg.ratio)
+        pairs = match_features(q, k, cfg.ratio, cfg.ratio_exclusion_px)
         lap("matching")
         n_match = n_corr = len(pairs)  # every keyframe feature has a 3D point: a match is a 2D-3D correspondence
         kcal = keyframe.calibration

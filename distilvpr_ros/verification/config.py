@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import Section
 
@@ -18,13 +18,26 @@ from ..config import Section
 class CameraVerificationConfig(Section):
     """Local features + PnP against a keyframe's LiDAR depth; gives the query's metric pose."""
 
-    features: Literal["sift", "orb"] = Field(
-        "orb", description="local features: OpenCV SIFT or ORB (ORB: higher precision per ms and recall, measured)")
+    features: Literal["sift", "orb", "cnn"] = Field(
+        "orb", description="local features: OpenCV SIFT or ORB (ORB: higher precision per ms and recall, measured), "
+        "or cnn: ORB keypoints described by the ImageNet EfficientNet-Lite0 trunk's feature maps (cnn_stages)")
+    photometric: Literal["none", "clahe"] = Field(
+        "none", description="grey-image normalisation before detection / ORB and SIFT description: none or clahe")
+    cnn_stages: str = Field(
+        "3,4", description="features: cnn without cnn_head: comma-separated Lite0 stages sampled at the keypoints "
+        "(0 stem .. 5; 2 = stride 4, 3 = stride 8, 4 = stride 16 / 80 channels)")
     max_features: int = Field(1000, ge=8, description="features detected per image at most")
     upright: bool = Field(
         True, description="describe keypoints at orientation 0 (a vehicle camera does not roll; rotation invariance "
         "only adds orientation noise): measured more true matches in every condition")
-    ratio: float = Field(0.8, gt=0, le=1, description="Lowe ratio test: best / second-best descriptor distance")
+    cnn_head: str = Field(
+        "", description="features: cnn: a descriptor head file (safetensors, from `python -m "
+        "distilvpr_ros.verification.cnn_head_training`; its stages replace cnn_stages); empty: the raw stage features")
+    ratio: float = Field(0.8, gt=0, le=1, description="Lowe ratio test: best / second-best descriptor distance "
+                         "(1: mutual nearest neighbours only)")
+    ratio_exclusion_px: float = Field(
+        0.0, ge=0, description="ratio test's second-best: the best keyframe feature farther than this (px) from the "
+        "best one (CNN descriptors of neighbouring keypoints look alike); 0: plain second-best")
     depth_radius_px: int = Field(4, ge=0, description="LiDAR depth is looked up within this pixel radius of a keypoint")
     depth_min_samples: int = Field(3, ge=1, description="LiDAR returns needed in that window to give a depth")
     depth_max_residual: float = Field(
@@ -42,6 +55,24 @@ class CameraVerificationConfig(Section):
     min_inliers: int = Field(20, ge=4, description="accept: at least this many PnP inliers")
     max_reprojection_px: float = Field(2.0, gt=0, description="accept: inliers' RMS reprojection error at most (px)")
     min_sigma_px: float = Field(0.5, gt=0, description="floor of the pixel noise used for the pose covariance (px)")
+
+    @field_validator("cnn_stages", mode="before")
+    @classmethod
+    def _stages_exist(cls, v):
+        if isinstance(v, (list, tuple)):
+            v = ",".join(str(s) for s in v)
+        try:
+            stages = sorted({int(s) for s in str(v).split(",") if s.strip()})
+        except ValueError:
+            stages = []
+        if not stages or any(s < 0 or s > 5 for s in stages):
+            raise ValueError(f"cnn_stages must be comma-separated stages in 0..5 (Lite0 stem and its five kept "
+                             f"stages), got {v!r}")
+        return ",".join(str(s) for s in stages)
+
+    @property
+    def cnn_stage_tuple(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.cnn_stages.split(","))
 
     @model_validator(mode="before")
     @classmethod
