@@ -89,7 +89,7 @@ from scipy.spatial import cKDTree
 
 from distilvpr_ros.config import GroundTruthConfig
 from distilvpr_ros.data.ground_truth import cross_run_pairs
-from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence, lidar_extrinsic
+from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence, accumulate_submap, lidar_extrinsic
 from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
 from distilvpr_ros.models.inference import embed_batch, embed_sequences, input_spec_of, model_inputs
 from distilvpr_ros.evaluation.metrics import precision_recall
@@ -98,6 +98,7 @@ from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
 from distilvpr_ros.models.checkpoint import load_model, model_identity
 from distilvpr_ros.models.preprocess import cloud_to_bev
 from distilvpr_ros.utils.results import write_json
+from distilvpr_ros.verification.bev import BevVerificationConfig, BevVerifier, bev_view, structure_points
 from inference import find_checkpoint  # benchmarks/ is on sys.path when run as a script
 
 MC_NAME = "map-closures, 100 m local maps (LiDAR, GT odometry)"
@@ -311,8 +312,11 @@ def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: P
 
         cache.mkdir(parents=True, exist_ok=True)
         runs = [(str(getattr(run, "run_dir", run.run)), len(run)) for run in full]
+        dump = cfg.model_dump()
+        if dump.get("scan_voxel_m") is None:  # a later field at its default: keep the earlier caches' keys
+            dump.pop("scan_voxel_m", None)
         for name in models:
-            key = json.dumps([list((identities or {}).get(name, (name,))), cfg.model_dump(), runs])
+            key = json.dumps([list((identities or {}).get(name, (name,))), dump, runs])
             files[name] = cache / f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
             if files[name].is_file():
                 with np.load(files[name]) as z:
@@ -338,15 +342,104 @@ def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: P
     return out
 
 
-def lidar_proposals(descs: list[np.ndarray], queries) -> dict:
+def lidar_proposals(descs: list[np.ndarray], queries, db_descs: list[np.ndarray] | None = None) -> dict:
+    """Per ordered pair, each query's most similar database frame and that cosine (``db_descs``: the database
+    side's descriptors when they read another kind of submap; default the same)."""
+    db_descs = db_descs or descs
     proposals = {}
     for d in range(len(descs)):
         for q in range(len(descs)):
             if q == d or not len(queries[q]):
                 continue
-            sim = descs[q][queries[q]] @ descs[d].T
+            sim = descs[q][queries[q]] @ db_descs[d].T
             best = np.argmax(sim, axis=1)
             proposals[(d, q)] = (best, sim[np.arange(len(best)), best])
+    return proposals
+
+
+class StructureScans:
+    """Per run, every scan's :func:`~distilvpr_ros.verification.bev.structure_points` (read once, kept)."""
+
+    def __init__(self, cfg: BevVerificationConfig, reach_m: float):
+        self.cfg, self.reach_m, self.runs, self.seconds = cfg, reach_m, {}, []  # seconds: per scan, no disk read
+
+    def __call__(self, run) -> list[np.ndarray]:
+        key = str(getattr(run, "run_dir", run.run))
+        if key not in self.runs:
+            self.runs[key] = []
+            for i in range(len(run)):
+                cloud = run.cloud(i)
+                t = time.perf_counter()
+                self.runs[key].append(structure_points(cloud, self.cfg, self.reach_m))
+                self.seconds.append(time.perf_counter() - t)
+        return self.runs[key]
+
+
+def bev_views(full, scans: StructureScans, length_m: float, window: str) -> list[list]:
+    """Per run, the :class:`~distilvpr_ros.verification.bev.BevView` of every frame's scan or submap (the same
+    submap as the descriptors', from the scans' structure points)."""
+    cfg = scans.cfg
+    sub = SubmapConfig(length_m=length_m, window=window, max_range_m=cfg.extent_m)
+    out, seconds = [], 0.0
+    for run in full:
+        reduced, T = scans(run), lidar_extrinsic(run)
+        t = time.perf_counter()
+        out.append([bev_view(accumulate_submap(reduced, run.poses, i, sub, T), cfg)
+                    for i in range(len(run))])
+        seconds += time.perf_counter() - t
+    return out, seconds
+
+
+def rerank_candidates(descs: list[np.ndarray], views: list[list], queries, k: int, verifier: BevVerifier,
+                      db_descs: list[np.ndarray] | None = None, db_views: list[list] | None = None) -> dict:
+    """Per ordered pair, the top-``k`` database frames by cosine, their cosines and their BEV scores
+    (``(ids, cosine, bev)``, each ``queries x k``). ``db_descs`` / ``db_views``: the database side's when it
+    reads another kind of submap than the queries (default: the same)."""
+    db_descs, db_views = db_descs or descs, db_views or views
+    out = {}
+    for d in range(len(descs)):
+        for q in range(len(descs)):
+            if q == d or not len(queries[q]):
+                continue
+            sim = descs[q][queries[q]] @ db_descs[d].T
+            top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+            cos = np.take_along_axis(sim, top, axis=1)
+            bev = np.array([[verifier.verify(views[q][i], db_views[d][j]).score for j in row]
+                            for i, row in zip(queries[q], top)])
+            out[(d, q)] = (top, cos, bev)
+    return out
+
+
+def bev_rerank_rows(label: str, timing: dict, descs: list[np.ndarray], full, queries, length: float, window: str,
+                    ks: list[int], cfg: BevVerificationConfig, structure: StructureScans) -> dict:
+    """The re-ranked rows of one LiDAR row (one per K): proposals, and timing = the row's ms/query + the
+    query's BEV view (structure points of its scan, its submap of them, rasterised) + K checks."""
+    views, views_s = bev_views(full, structure, length, window)
+    frames = sum(len(run) for run in full)
+    verifier = BevVerifier(cfg)
+    t = time.perf_counter()
+    candidates = rerank_candidates(descs, views, queries, max(ks), verifier)
+    rerank_s = time.perf_counter() - t
+    checks = sum(top.size for top, _, _ in candidates.values())
+    check_ms = 1e3 * rerank_s / max(checks, 1)
+    # per query: the structure points of its own scan (the earlier scans' are kept) + its submap view
+    view_ms = 1e3 * (views_s / max(frames, 1) + float(np.median(structure.seconds)))
+    print(f"  {label}: BEV views {view_ms:.1f} ms/frame, {check_ms:.2f} ms per check ({checks} checks)", flush=True)
+    rows = {}
+    for k in sorted(ks):
+        rows[f"{label} + BEV re-rank top-{k}"] = (reranked_proposals(candidates, k), {
+            **timing, "ms_per_query": timing["ms_per_query"] + view_ms + k * check_ms,
+            "descriptor_ms_per_query": timing["ms_per_query"], "bev_view_ms_per_frame": view_ms,
+            "bev_check_ms": check_ms, "rerank_k": k, "rerank": True}, None)
+    return rows
+
+
+def reranked_proposals(candidates: dict, k: int) -> dict:
+    """Proposal = the candidate among the first ``k`` with the highest BEV score; its score = that BEV score."""
+    proposals = {}
+    for key, (top, _, bev) in candidates.items():
+        best = np.argmax(bev[:, :k], axis=1)
+        proposals[key] = (top[np.arange(len(top)), best], bev[np.arange(len(top)), best])
     return proposals
 
 
@@ -453,6 +546,10 @@ def main() -> None:
                    help="LiDAR-model inputs: submaps of D metres of travel (0: single scans)")
     p.add_argument("--submap-windows", nargs="+", choices=("trailing", "centred"), default=["trailing"],
                    help="where the D metres lie (trailing: online, as the mapping node)")
+    p.add_argument("--rerank-k", type=int, nargs="+", default=[], metavar="K",
+                   help="LiDAR rows: also re-rank each query's top-K by the bird's-eye-view check "
+                   "(verification/bev.py) and score the proposal by it; one row per K")
+    p.add_argument("--bev", default="{}", help="BevVerificationConfig fields as JSON (default: its defaults)")
     p.add_argument("--cache", type=Path, default=None,
                    help="folder keeping LiDAR-model descriptors (.npz per model, submap config and world) for reuse")
     p.add_argument("--previous", type=Path, default=None,
@@ -500,6 +597,10 @@ def main() -> None:
             timing["wall_s"] = time.perf_counter() - t
             methods[name] = (props, timing, None)
     lidar_models, identities = {}, {}
+    bev_cfg = BevVerificationConfig(**json.loads(args.bev))
+    structure = StructureScans(bev_cfg, bev_cfg.extent_m + max(args.submap_lengths, default=0.0))
+    if args.rerank_k:
+        result["bev_verification"] = {"config": bev_cfg.model_dump(), "rerank_k": args.rerank_k}
     for spec in args.lidar_model:
         name, _, path = spec.partition("=")
         lidar_models[name] = load_model(path or name)
@@ -521,6 +622,9 @@ def main() -> None:
                           "submap": SubmapConfig(length_m=length, window=window).model_dump(),
                           "descriptors_wall_s_all_models": wall}
                 methods[label] = (lidar_proposals(descs[name], queries), timing, None)
+                if args.rerank_k:
+                    methods.update(bev_rerank_rows(label, timing, descs[name], full, queries, length, window,
+                                                   args.rerank_k, bev_cfg, structure))
     if not args.no_map_closures:
         try:
             import map_closures  # noqa: F401
@@ -628,7 +732,12 @@ def write_readme(path: Path, result: dict, table: str) -> None:
     for name, why in result["skipped"].items():
         lines += [f"Skipped {name}: {why}.", ""]
     for name, m in result["methods"].items():
-        if "checkpoint" in m["timing"] and "submap" in m["timing"]:
+        if m["timing"].get("rerank"):
+            mt = m["timing"]
+            lines.append(f"- {name}: ms/query = the descriptor row's {mt['descriptor_ms_per_query']:.1f} + the query's "
+                         f"BEV view {mt['bev_view_ms_per_frame']:.1f} + {mt['rerank_k']} checks x "
+                         f"{mt['bev_check_ms']:.2f} ms (one thread)")
+        elif "checkpoint" in m["timing"] and "submap" in m["timing"]:
             lines.append(f"- {name}: `{m['timing']['checkpoint']}` ({m['timing']['kind']}); ms/query = submap "
                          "assembly + grid + torch forward at batch 1, one thread + flat search")
         elif "checkpoint" in m["timing"]:
