@@ -32,6 +32,16 @@ and at most ``SubmapConfig.max_scans`` scans, 100 m range, no voxel filter. Data
 the same kind of submap. Proposal and score as for our models (cosine). ``ms/query``: submap assembly from
 clouds in memory + grid + forward at batch 1 (one thread) + flat search of a database run.
 
+``--centred-map`` adds, per D > 0, trailing queries against *centred* map submaps: the map's keyframes lie in
+the past (another run, or this run D/2 metres ago), so theirs can reach D/2 ahead; only the query's cannot.
+
+**BEV re-ranking** (``--rerank-k K ...``, settings ``--bev '{json}'`` = ``BevVerificationConfig``): each query's
+top-K database frames by cosine are checked by ``verification.bev`` (yaw from the polar grids' circular FFT
+correlation, shift from the max-height images' FFT cross-correlation, score = image cosine at the best yaw and
+shift) on the same kind of submap as the descriptor (built from each scan's structure points, kept once per
+scan); the proposal is the candidate with the highest check score and its score is that (one row per K). Its
+``ms/query`` adds the query's view and K checks (one thread) to the descriptor row's.
+
 ``--previous results.json`` carries the rows of an earlier run of this script that are not measured again
 (e.g. map-closures, ~50 min; checkpoints no longer at hand) into the table and the plot, marked
 "[earlier run]", with that run's command.
@@ -76,6 +86,7 @@ database run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -295,8 +306,12 @@ def run_model(model, full, queries, repeats: int) -> tuple[dict, dict]:
     return proposals, {"ms_per_query": 1e3 * float(np.median(times)), "image_size": list(spec.image_size or [])}
 
 
-def submap_label(length_m: float, window: str) -> str:
-    return "single scan" if length_m <= 0 else f"{length_m:g} m {window} submaps"
+def submap_label(length_m: float, window: str, map_window: str | None = None) -> str:
+    if length_m <= 0:
+        return "single scan"
+    if map_window is None or map_window == window:
+        return f"{length_m:g} m {window} submaps"
+    return f"{length_m:g} m submaps, {window} queries / {map_window} map"
 
 
 def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: Path | None = None,
@@ -308,8 +323,6 @@ def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: P
     out: dict[str, list[np.ndarray]] = {}
     files = {}
     if cache is not None:
-        import hashlib
-
         cache.mkdir(parents=True, exist_ok=True)
         runs = [(str(getattr(run, "run_dir", run.run)), len(run)) for run in full]
         dump = cfg.model_dump()
@@ -410,20 +423,33 @@ def rerank_candidates(descs: list[np.ndarray], views: list[list], queries, k: in
     return out
 
 
-def bev_rerank_rows(label: str, timing: dict, descs: list[np.ndarray], full, queries, length: float, window: str,
-                    ks: list[int], cfg: BevVerificationConfig, structure: StructureScans) -> dict:
+def bev_rerank_rows(label: str, timing: dict, descs: list[np.ndarray], db_descs: list[np.ndarray], full, queries,
+                    views, db_views, ks: list[int], cfg: BevVerificationConfig, structure: StructureScans,
+                    cache_file: Path | None = None) -> dict:
     """The re-ranked rows of one LiDAR row (one per K): proposals, and timing = the row's ms/query + the
-    query's BEV view (structure points of its scan, its submap of them, rasterised) + K checks."""
-    views, views_s = bev_views(full, structure, length, window)
-    frames = sum(len(run) for run in full)
-    verifier = BevVerifier(cfg)
-    t = time.perf_counter()
-    candidates = rerank_candidates(descs, views, queries, max(ks), verifier)
-    rerank_s = time.perf_counter() - t
+    query's BEV view (structure points of its scan, its submap of them, rasterised) + K checks. ``views`` /
+    ``db_views``: callables giving :func:`bev_views` of the query and the map side (only called when
+    ``cache_file`` does not hold the candidates yet: it keeps them, their BEV scores and the timings)."""
+    if cache_file is not None and cache_file.is_file():  # candidates and timings of an earlier run, same inputs
+        with np.load(cache_file) as z:
+            candidates = {tuple(int(v) for v in key.split("_")[1:]): (z[key], z[f"cos{key[3:]}"], z[f"bev{key[3:]}"])
+                          for key in z.files if key.startswith("top_")}
+            check_ms, view_ms = float(z["check_ms"]), float(z["view_ms"])
+    else:
+        (views, views_s), (db_views, _) = views(), db_views()
+        frames = sum(len(run) for run in full)
+        verifier = BevVerifier(cfg)
+        t = time.perf_counter()
+        candidates = rerank_candidates(descs, views, queries, max(ks), verifier, db_descs, db_views)
+        rerank_s = time.perf_counter() - t
+        check_ms = 1e3 * rerank_s / max(sum(top.size for top, _, _ in candidates.values()), 1)
+        # per query: the structure points of its own scan (the earlier scans' are kept) + its submap view
+        view_ms = 1e3 * (views_s / max(frames, 1) + float(np.median(structure.seconds)))
+        if cache_file is not None:
+            arrays = {f"{kind}_{d}_{q}": v[i] for (d, q), v in candidates.items()
+                      for i, kind in enumerate(("top", "cos", "bev"))}
+            np.savez(cache_file, check_ms=check_ms, view_ms=view_ms, **arrays)
     checks = sum(top.size for top, _, _ in candidates.values())
-    check_ms = 1e3 * rerank_s / max(checks, 1)
-    # per query: the structure points of its own scan (the earlier scans' are kept) + its submap view
-    view_ms = 1e3 * (views_s / max(frames, 1) + float(np.median(structure.seconds)))
     print(f"  {label}: BEV views {view_ms:.1f} ms/frame, {check_ms:.2f} ms per check ({checks} checks)", flush=True)
     rows = {}
     for k in sorted(ks):
@@ -549,6 +575,9 @@ def main() -> None:
     p.add_argument("--rerank-k", type=int, nargs="+", default=[], metavar="K",
                    help="LiDAR rows: also re-rank each query's top-K by the bird's-eye-view check "
                    "(verification/bev.py) and score the proposal by it; one row per K")
+    p.add_argument("--centred-map", action="store_true",
+                   help="LiDAR rows: also trailing queries against centred map submaps (a map's keyframes are in the "
+                   "past, so their submap can reach D/2 ahead; the query's cannot)")
     p.add_argument("--bev", default="{}", help="BevVerificationConfig fields as JSON (default: its defaults)")
     p.add_argument("--cache", type=Path, default=None,
                    help="folder keeping LiDAR-model descriptors (.npz per model, submap config and world) for reuse")
@@ -608,23 +637,41 @@ def main() -> None:
             raise SystemExit(f"--lidar-model {spec}: not a LiDAR-only model ({lidar_models[name].kind})")
         result.setdefault("lidar_models", {})[name] = {"path": path or name, "kind": lidar_models[name].kind}
         identities[name] = model_identity(path or name)
+    views_memo: dict[tuple[float, str], tuple[list, float]] = {}  # (D, window) -> BEV views, seconds
     for length in args.submap_lengths if lidar_models else []:
-        for window in args.submap_windows if length > 0 else ["trailing"]:
+        combos = [(w, w) for w in (args.submap_windows if length > 0 else ["trailing"])]
+        if length > 0 and args.centred_map:
+            combos.append(("trailing", "centred"))
+        for window, db_window in combos:
             t = time.perf_counter()
             descs = lidar_descriptors(lidar_models, full, length, window, args.cache, identities)
+            db_descs = descs if db_window == window else lidar_descriptors(lidar_models, full, length, db_window,
+                                                                           args.cache, identities)
             wall = time.perf_counter() - t
-            print(f"LiDAR models, {submap_label(length, window)}: descriptors in {wall:.0f} s", flush=True)
+            print(f"LiDAR models, {submap_label(length, window, db_window)}: descriptors in {wall:.0f} s", flush=True)
             for name, model in lidar_models.items():
-                label = f"LiDAR {name}, {submap_label(length, window)}"
-                timing = {"ms_per_query": lidar_latency(model, full[0], descs[name][1], length, window,
+                label = f"LiDAR {name}, {submap_label(length, window, db_window)}"
+                timing = {"ms_per_query": lidar_latency(model, full[0], db_descs[name][1], length, window,
                                                         args.latency_frames),
                           "checkpoint": result["lidar_models"][name]["path"], "kind": model.kind,
                           "submap": SubmapConfig(length_m=length, window=window).model_dump(),
-                          "descriptors_wall_s_all_models": wall}
-                methods[label] = (lidar_proposals(descs[name], queries), timing, None)
+                          "map_submap_window": db_window, "descriptors_wall_s_all_models": wall}
+                methods[label] = (lidar_proposals(descs[name], queries, db_descs[name]), timing, None)
                 if args.rerank_k:
-                    methods.update(bev_rerank_rows(label, timing, descs[name], full, queries, length, window,
-                                                   args.rerank_k, bev_cfg, structure))
+                    def views_of(w, length=length):
+                        if (length, w) not in views_memo:
+                            views_memo[(length, w)] = bev_views(full, structure, length, w)
+                        return views_memo[(length, w)]
+
+                    cache_file = None
+                    if args.cache is not None:
+                        key = json.dumps([list(identities[name]), length, window, db_window, bev_cfg.model_dump(),
+                                          max(args.rerank_k), [q.tolist() for q in queries],
+                                          [(str(getattr(run, "run_dir", run.run)), len(run)) for run in full]])
+                        cache_file = args.cache / f"{name}_rerank_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+                    methods.update(bev_rerank_rows(label, timing, descs[name], db_descs[name], full, queries,
+                                                   lambda: views_of(window), lambda: views_of(db_window),
+                                                   args.rerank_k, bev_cfg, structure, cache_file))
     if not args.no_map_closures:
         try:
             import map_closures  # noqa: F401

@@ -122,3 +122,18 @@ def test_structure_points_keep_the_view(world):
     np.testing.assert_allclose(small.image, full.image, atol=1e-6)
     assert np.mean(small.polar != full.polar) < 0.02
     assert float((small.polar * full.polar).sum() / (np.linalg.norm(small.polar) * np.linalg.norm(full.polar))) > 0.95
+
+
+def test_correlation_matches_numpy_fft():
+    """The OpenCV spectra give numpy's zero-padded cross-correlation, best shift within max_shift_m."""
+    verifier = BevVerifier(BevVerificationConfig(max_shift_m=6.0))
+    rng = np.random.default_rng(1)
+    n, size, s = verifier.config.cells, verifier._size, verifier._shift_cells
+    target, source = rng.uniform(0, 1, (n, n)).astype(np.float32), rng.uniform(0, 1, (n, n)).astype(np.float32)
+    corr = np.fft.irfft2(np.fft.rfft2(target, s=(size, size)) * np.conj(np.fft.rfft2(source, s=(size, size))),
+                         s=(size, size))
+    shifts = [(a, b) for a in range(-s, s + 1) for b in range(-s, s + 1)]
+    best = max(shifts, key=lambda t: corr[t[0] % size, t[1] % size])
+    value, dr, dc = verifier._correlate(verifier._spectrum(target), source)
+    assert (dr, dc) == best
+    assert value == pytest.approx(corr[best[0] % size, best[1] % size], rel=1e-4)

@@ -174,25 +174,27 @@ class BevVerifier:
     def view(self, cloud) -> BevView:
         return bev_view(cloud, self.config)
 
+    def _spectrum(self, image: np.ndarray) -> np.ndarray:
+        """OpenCV DFT (packed, float32) of the image zero-padded to the correlation size."""
+        pad = self._size - image.shape[0]
+        return cv2.dft(cv2.copyMakeBorder(image, 0, pad, 0, pad, cv2.BORDER_CONSTANT, value=0))
+
     def _correlate(self, ft: np.ndarray, source: np.ndarray) -> tuple[float, int, int]:
         """Best ``sum_p target(p) source(p - t)`` over shifts ``|t| <= max_shift`` per axis, and ``t`` (rows, cols);
-        ``ft`` is the target's zero-padded ``rfft2``."""
-        size, s = self._size, self._shift_cells
-        fs = np.fft.rfft2(source, s=(size, size))
-        corr = np.fft.irfft2(ft * np.conj(fs), s=(size, size))
-        idx = np.r_[0:s + 1, size - s:size] if s else np.array([0])
-        window = corr[np.ix_(idx, idx)]
-        k = int(np.argmax(window))
-        r, c = divmod(k, len(idx))
-        dr, dc = int(idx[r]), int(idx[c])
-        return float(window.flat[k]), dr - size if dr > s else dr, dc - size if dc > s else dc
+        ``ft`` is the target's :meth:`_spectrum`."""
+        s = self._shift_cells
+        corr = cv2.idft(cv2.mulSpectrums(ft, self._spectrum(source), 0, conjB=True),
+                        flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+        window = np.roll(corr, (s, s), axis=(0, 1))[:2 * s + 1, :2 * s + 1]  # shift t sits at (t + s)
+        r, c = divmod(int(np.argmax(window)), 2 * s + 1)
+        return float(window[r, c]), r - s, c - s
 
     def verify(self, query: BevView, candidate: BevView) -> BevMatch:
         """Best yaw and shift of ``query`` onto ``candidate`` and the image cosine there (module doc)."""
         cfg = self.config
         if query.norm <= 0 or candidate.norm <= 0:
             return BevMatch(False, "no structure in the query or the candidate")
-        ft = np.fft.rfft2(candidate.image, s=(self._size, self._size))
+        ft = self._spectrum(candidate.image)
 
         def at(yaw: float) -> tuple[float, float, float, float]:
             rotated = rotate_image(query.image, yaw, cfg.cell_m, cfg.extent_m)
