@@ -4,7 +4,8 @@ The mapping node builds each keyframe's trailing LiDAR submap with :class:`~dist
 TrailingSubmaps` (``MapBuilder.add_keyframe``: ``submap`` before the teacher's forward, then ``add``). This
 replays the first ``--keyframes`` scans of one run of ``--world`` (its ground-truth poses as odometry, one
 keyframe per scan, ~5 m apart) and times ``submap`` (wall and this process's CPU time, which a loaded
-machine inflates less; the minimum over ``--repeats`` replays per keyframe, then p50 / p90) for every keyframe once the window is full, for each
+machine inflates less; the minimum over ``--repeats`` replays per keyframe, then p50 / p90) for every
+keyframe once the window is full, for each
 ``--lengths`` D, with the default settings (every point of every scan: the result is bit-equal to the
 offline ``accumulate_submap``) and with each ``--scan-voxels`` (``submap.scan_voxel_m``: each scan
 voxel-filtered once, when it arrives; the time includes filtering the keyframe's own scan).
@@ -12,7 +13,7 @@ voxel-filtered once, when it arrives; the time includes filtering the keyframe's
 What the filter changes in what the descriptor reads: per keyframe, the cosine between the
 ``scan_context_fft`` descriptor (and the max-height Scan Context grid) of the filtered submap and of the full
 one, min and median over the keyframes, and the largest absolute change of a grid cell (heights normalised
-to [0, 1] over ``scan_context_grid``'s z span).
+to [0, 1] over ``scan_context_grid``'s z span); with ``--lidar-model PATH`` also that model's descriptor cosine.
 
     .venv/bin/python benchmarks/submap_assembly.py --out docs/results/benchmarks/submap_assembly.json
 """
@@ -61,8 +62,10 @@ def main() -> None:
     p.add_argument("--run", type=int, default=0, help="index of the run replayed")
     p.add_argument("--keyframes", type=int, default=60)
     p.add_argument("--lengths", type=float, nargs="+", default=[20.0, 50.0])
-    p.add_argument("--scan-voxels", type=float, nargs="+", default=[0.25, 0.5])
+    p.add_argument("--scan-voxels", type=float, nargs="+", default=[0.5, 1.0])
     p.add_argument("--repeats", type=int, default=3, help="replays per setting (the minimum per keyframe is kept)")
+    p.add_argument("--lidar-model", default=None,
+                   help="also compare this LiDAR model's descriptors (checkpoint folder)")
     p.add_argument("--out", type=Path, default=Path("results/benchmarks/submap_assembly.json"))
     args = p.parse_args()
     try:
@@ -77,6 +80,16 @@ def main() -> None:
     poses, stamps = np.asarray(run.poses[:n]), np.asarray(run.timestamps[:n], dtype=float)
     base_T_lidar = lidar_extrinsic(run)
     grid = scan_context_grid()
+    model = None
+    if args.lidar_model:
+        from distilvpr_ros.models.checkpoint import load_model
+        from distilvpr_ros.models.inference import embed_batch
+        from distilvpr_ros.models.preprocess import cloud_to_bev
+
+        model = load_model(args.lidar_model)
+
+        def embed(clouds_: list) -> np.ndarray:
+            return embed_batch(model, {"cloud": np.stack([cloud_to_bev(c, model.input_spec.bev) for c in clouds_])})
     out = {"command": ".venv/bin/python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
            "world": str(args.world), "run": run.run, "keyframes": n,
            "points_per_scan_mean": float(np.mean([len(c) for c in clouds])),
@@ -96,8 +109,11 @@ def main() -> None:
                    "cpu_ms_p50": float(np.median(ms[:, 1])), "cpu_ms_p90": float(np.percentile(ms[:, 1], 90)),
                    "points_mean": float(np.mean([len(s) for s in subs]))}
             grids = [scan_context(s, grid) for s in subs]
+            if model is not None:
+                descs = embed(subs)
             if reference is None:
                 reference = grids
+                reference_descs = descs if model is not None else None
                 offline = [accumulate_submap(clouds, poses, warm + k, base, base_T_lidar) for k in range(len(subs))]
                 row["equal_to_offline"] = all(np.array_equal(a, b) for a, b in zip(subs, offline))
             else:
@@ -106,12 +122,17 @@ def main() -> None:
                 row.update(fft_cosine_min=float(np.min(fft)), fft_cosine_median=float(np.median(fft)),
                            grid_cosine_min=float(np.min(sc)),
                            grid_max_abs_diff=float(max(np.abs(a - b).max() for a, b in zip(grids, reference))))
+                if model is not None:
+                    m = [cosine(a, b) for a, b in zip(descs, reference_descs)]
+                    row.update(model=args.lidar_model, model_cosine_min=float(np.min(m)),
+                               model_cosine_median=float(np.median(m)))
             key = f"{length:g}m_" + ("all_points" if voxel is None else f"scan_voxel_{voxel:g}m")
             out["results"][key] = row
             print(f"{key:<24} {scans:>2} scans  {row['points_mean']:>9.0f} points  p50 {row['ms_p50']:6.2f} ms  "
-                  f"p90 {row['ms_p90']:6.2f} ms  CPU p50 {row['cpu_ms_p50']:6.2f} ms" + (f"  fft cos min {row['fft_cosine_min']:.4f}"
-                                                      if "fft_cosine_min" in row else
-                                                      f"  equal to offline: {row['equal_to_offline']}"), flush=True)
+                  f"p90 {row['ms_p90']:6.2f} ms  CPU p50 {row['cpu_ms_p50']:6.2f} ms"
+                  + (f"  fft cos min {row['fft_cosine_min']:.4f}" if "fft_cosine_min" in row else
+                     f"  equal to offline: {row['equal_to_offline']}")
+                  + (f"  model cos min {row['model_cosine_min']:.4f}" if "model_cosine_min" in row else ""), flush=True)
     out["load_average_after"] = list(os.getloadavg())
     write_json(args.out, out)
     print(f"-> {args.out}")

@@ -31,7 +31,8 @@ def scan_from(world: np.ndarray, x: float, y: float, yaw: float, max_range: floa
     rel = world - [x, y, SENSOR_HEIGHT]
     rel = rel[np.hypot(rel[:, 0], rel[:, 1]) < max_range]
     c, s = np.cos(yaw), np.sin(yaw)
-    return np.column_stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1], rel[:, 2]]).astype(np.float32)
+    x, y = c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]
+    return np.column_stack([x, y, rel[:, 2]]).astype(np.float32)
 
 
 def angle_diff(a: float, b: float) -> float:
