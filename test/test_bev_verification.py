@@ -138,3 +138,8 @@ def test_correlation_matches_numpy_fft():
     value, dr, dc = verifier._correlate(verifier._spectrum(target), source)
     assert (dr, dc) == best
     assert value == pytest.approx(corr[best[0] % size, best[1] % size], rel=1e-4)
+
+
+def test_config_refuses_an_empty_height_span():
+    with pytest.raises(ValueError, match="max_z_m"):
+        BevVerificationConfig(min_z_m=2.0, max_z_m=1.0)

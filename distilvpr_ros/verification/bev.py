@@ -6,8 +6,8 @@ a global LiDAR descriptor on every query, before any 3D registration (:mod:`.lid
 * :func:`bev_view` rasterises a cloud (scan or submap, in its sensor frame) once into a :class:`BevView`:
   a Cartesian max-height image (``cell_m`` cells within ``extent_m`` of the sensor, a disc so that a
   rotation loses nothing) and a polar grid (``rings x sectors``, max height). Only the structure counts:
-  points between ``min_z_m`` and ``max_z_m`` (sensor frame; the default drops the road surface of a
-  sensor ~1.9 m above it), each cell holds ``(z_max - min_z_m) / (max_z_m - min_z_m)``.
+  points at or above ``min_z_m`` (sensor frame; the default drops the road surface of a sensor ~1.9 m
+  above it); each cell holds ``(z_max - min_z_m) / (max_z_m - min_z_m)`` clipped to 1.
 * :func:`yaw_hypotheses`: the circular cross-correlation of the two polar grids over the sectors (FFT,
   summed over the rings) gives the relative yaw up to a sector; its ``yaw_candidates`` highest distinct
   peaks are tried (a lateral offset or a partial overlap can move the true yaw off the first peak), and the
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config import Section
 
@@ -48,6 +48,12 @@ class BevVerificationConfig(Section):
     max_shift_m: float = Field(20.0, ge=0, description="largest translation searched (m, each axis)")
     blur_cells: float = Field(1.0, ge=0, description="Gaussian sigma applied to the images (cells; 0: none)")
     min_score: float = Field(0.3, ge=0, le=1, description="accept: image cosine at the best yaw and shift")
+
+    @model_validator(mode="after")
+    def _heights(self):
+        if self.max_z_m <= self.min_z_m:
+            raise ValueError(f"max_z_m ({self.max_z_m}) must be above min_z_m ({self.min_z_m})")
+        return self
 
     @property
     def cells(self) -> int:
