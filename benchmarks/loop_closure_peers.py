@@ -32,6 +32,16 @@ and at most ``SubmapConfig.max_scans`` scans, 100 m range, no voxel filter. Data
 the same kind of submap. Proposal and score as for our models (cosine). ``ms/query``: submap assembly from
 clouds in memory + grid + forward at batch 1 (one thread) + flat search of a database run.
 
+``--centred-map`` adds, per D > 0, trailing queries against *centred* map submaps: the map's keyframes lie in
+the past (another run, or this run D/2 metres ago), so theirs can reach D/2 ahead; only the query's cannot.
+
+**BEV re-ranking** (``--rerank-k K ...``, settings ``--bev '{json}'`` = ``BevVerificationConfig``): each query's
+top-K database frames by cosine are checked by ``verification.bev`` (yaw from the polar grids' circular FFT
+correlation, shift from the max-height images' FFT cross-correlation, score = image cosine at the best yaw and
+shift) on the same kind of submap as the descriptor (built from each scan's structure points, kept once per
+scan); the proposal is the candidate with the highest check score and its score is that (one row per K). Its
+``ms/query`` adds the query's view and K checks (one thread) to the descriptor row's.
+
 ``--previous results.json`` carries the rows of an earlier run of this script that are not measured again
 (e.g. map-closures, ~50 min; checkpoints no longer at hand) into the table and the plot, marked
 "[earlier run]", with that run's command.
@@ -76,6 +86,7 @@ database run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -89,7 +100,7 @@ from scipy.spatial import cKDTree
 
 from distilvpr_ros.config import GroundTruthConfig
 from distilvpr_ros.data.ground_truth import cross_run_pairs
-from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence, lidar_extrinsic
+from distilvpr_ros.data.submap import SubmapConfig, SubmapSequence, accumulate_submap, lidar_extrinsic
 from distilvpr_ros.data.synthetic import load_synthetic, read_world_meta
 from distilvpr_ros.models.inference import embed_batch, embed_sequences, input_spec_of, model_inputs
 from distilvpr_ros.evaluation.metrics import precision_recall
@@ -98,6 +109,7 @@ from distilvpr_ros.evaluation.report import markdown_table, to_jsonable
 from distilvpr_ros.models.checkpoint import load_model, model_identity
 from distilvpr_ros.models.preprocess import cloud_to_bev
 from distilvpr_ros.utils.results import write_json
+from distilvpr_ros.verification.bev import BevVerificationConfig, BevVerifier, bev_view, structure_points
 from inference import find_checkpoint  # benchmarks/ is on sys.path when run as a script
 
 MC_NAME = "map-closures, 100 m local maps (LiDAR, GT odometry)"
@@ -294,8 +306,12 @@ def run_model(model, full, queries, repeats: int) -> tuple[dict, dict]:
     return proposals, {"ms_per_query": 1e3 * float(np.median(times)), "image_size": list(spec.image_size or [])}
 
 
-def submap_label(length_m: float, window: str) -> str:
-    return "single scan" if length_m <= 0 else f"{length_m:g} m {window} submaps"
+def submap_label(length_m: float, window: str, map_window: str | None = None) -> str:
+    if length_m <= 0:
+        return "single scan"
+    if map_window is None or map_window == window:
+        return f"{length_m:g} m {window} submaps"
+    return f"{length_m:g} m submaps, {window} queries / {map_window} map"
 
 
 def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: Path | None = None,
@@ -307,12 +323,13 @@ def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: P
     out: dict[str, list[np.ndarray]] = {}
     files = {}
     if cache is not None:
-        import hashlib
-
         cache.mkdir(parents=True, exist_ok=True)
         runs = [(str(getattr(run, "run_dir", run.run)), len(run)) for run in full]
+        dump = cfg.model_dump()
+        if dump.get("scan_voxel_m") is None:  # a later field at its default: keep the earlier caches' keys
+            dump.pop("scan_voxel_m", None)
         for name in models:
-            key = json.dumps([list((identities or {}).get(name, (name,))), cfg.model_dump(), runs])
+            key = json.dumps([list((identities or {}).get(name, (name,))), dump, runs])
             files[name] = cache / f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
             if files[name].is_file():
                 with np.load(files[name]) as z:
@@ -338,15 +355,117 @@ def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: P
     return out
 
 
-def lidar_proposals(descs: list[np.ndarray], queries) -> dict:
+def lidar_proposals(descs: list[np.ndarray], queries, db_descs: list[np.ndarray] | None = None) -> dict:
+    """Per ordered pair, each query's most similar database frame and that cosine (``db_descs``: the database
+    side's descriptors when they read another kind of submap; default the same)."""
+    db_descs = db_descs or descs
     proposals = {}
     for d in range(len(descs)):
         for q in range(len(descs)):
             if q == d or not len(queries[q]):
                 continue
-            sim = descs[q][queries[q]] @ descs[d].T
+            sim = descs[q][queries[q]] @ db_descs[d].T
             best = np.argmax(sim, axis=1)
             proposals[(d, q)] = (best, sim[np.arange(len(best)), best])
+    return proposals
+
+
+class StructureScans:
+    """Per run, every scan's :func:`~distilvpr_ros.verification.bev.structure_points` (read once, kept)."""
+
+    def __init__(self, cfg: BevVerificationConfig, reach_m: float):
+        self.cfg, self.reach_m, self.runs, self.seconds = cfg, reach_m, {}, []  # seconds: per scan, no disk read
+
+    def __call__(self, run) -> list[np.ndarray]:
+        key = str(getattr(run, "run_dir", run.run))
+        if key not in self.runs:
+            self.runs[key] = []
+            for i in range(len(run)):
+                cloud = run.cloud(i)
+                t = time.perf_counter()
+                self.runs[key].append(structure_points(cloud, self.cfg, self.reach_m))
+                self.seconds.append(time.perf_counter() - t)
+        return self.runs[key]
+
+
+def bev_views(full, scans: StructureScans, length_m: float, window: str) -> list[list]:
+    """Per run, the :class:`~distilvpr_ros.verification.bev.BevView` of every frame's scan or submap (the same
+    submap as the descriptors', from the scans' structure points)."""
+    cfg = scans.cfg
+    sub = SubmapConfig(length_m=length_m, window=window, max_range_m=cfg.extent_m)
+    out, seconds = [], 0.0
+    for run in full:
+        reduced, T = scans(run), lidar_extrinsic(run)
+        t = time.perf_counter()
+        out.append([bev_view(accumulate_submap(reduced, run.poses, i, sub, T), cfg)
+                    for i in range(len(run))])
+        seconds += time.perf_counter() - t
+    return out, seconds
+
+
+def rerank_candidates(descs: list[np.ndarray], views: list[list], queries, k: int, verifier: BevVerifier,
+                      db_descs: list[np.ndarray] | None = None, db_views: list[list] | None = None) -> dict:
+    """Per ordered pair, the top-``k`` database frames by cosine, their cosines and their BEV scores
+    (``(ids, cosine, bev)``, each ``queries x k``). ``db_descs`` / ``db_views``: the database side's when it
+    reads another kind of submap than the queries (default: the same)."""
+    db_descs, db_views = db_descs or descs, db_views or views
+    out = {}
+    for d in range(len(descs)):
+        for q in range(len(descs)):
+            if q == d or not len(queries[q]):
+                continue
+            sim = descs[q][queries[q]] @ db_descs[d].T
+            top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+            cos = np.take_along_axis(sim, top, axis=1)
+            bev = np.array([[verifier.verify(views[q][i], db_views[d][j]).score for j in row]
+                            for i, row in zip(queries[q], top)])
+            out[(d, q)] = (top, cos, bev)
+    return out
+
+
+def bev_rerank_rows(label: str, timing: dict, descs: list[np.ndarray], db_descs: list[np.ndarray], full, queries,
+                    views, db_views, ks: list[int], cfg: BevVerificationConfig, structure: StructureScans,
+                    cache_file: Path | None = None) -> dict:
+    """The re-ranked rows of one LiDAR row (one per K): proposals, and timing = the row's ms/query + the
+    query's BEV view (structure points of its scan, its submap of them, rasterised) + K checks. ``views`` /
+    ``db_views``: callables giving :func:`bev_views` of the query and the map side (only called when
+    ``cache_file`` does not hold the candidates yet: it keeps them, their BEV scores and the timings)."""
+    if cache_file is not None and cache_file.is_file():  # candidates and timings of an earlier run, same inputs
+        with np.load(cache_file) as z:
+            candidates = {tuple(int(v) for v in key.split("_")[1:]): (z[key], z[f"cos{key[3:]}"], z[f"bev{key[3:]}"])
+                          for key in z.files if key.startswith("top_")}
+            check_ms, view_ms = float(z["check_ms"]), float(z["view_ms"])
+    else:
+        (views, views_s), (db_views, _) = views(), db_views()
+        frames = sum(len(run) for run in full)
+        verifier = BevVerifier(cfg)
+        t = time.perf_counter()
+        candidates = rerank_candidates(descs, views, queries, max(ks), verifier, db_descs, db_views)
+        rerank_s = time.perf_counter() - t
+        check_ms = 1e3 * rerank_s / max(sum(top.size for top, _, _ in candidates.values()), 1)
+        # per query: the structure points of its own scan (the earlier scans' are kept) + its submap view
+        view_ms = 1e3 * (views_s / max(frames, 1) + float(np.median(structure.seconds)))
+        if cache_file is not None:
+            arrays = {f"{kind}_{d}_{q}": v[i] for (d, q), v in candidates.items()
+                      for i, kind in enumerate(("top", "cos", "bev"))}
+            np.savez(cache_file, check_ms=check_ms, view_ms=view_ms, **arrays)
+    checks = sum(top.size for top, _, _ in candidates.values())
+    print(f"  {label}: BEV views {view_ms:.1f} ms/frame, {check_ms:.2f} ms per check ({checks} checks)", flush=True)
+    rows = {}
+    for k in sorted(ks):
+        rows[f"{label} + BEV re-rank top-{k}"] = (reranked_proposals(candidates, k), {
+            **timing, "ms_per_query": timing["ms_per_query"] + view_ms + k * check_ms,
+            "descriptor_ms_per_query": timing["ms_per_query"], "bev_view_ms_per_frame": view_ms,
+            "bev_check_ms": check_ms, "rerank_k": k, "rerank": True}, None)
+    return rows
+
+
+def reranked_proposals(candidates: dict, k: int) -> dict:
+    """Proposal = the candidate among the first ``k`` with the highest BEV score; its score = that BEV score."""
+    proposals = {}
+    for key, (top, _, bev) in candidates.items():
+        best = np.argmax(bev[:, :k], axis=1)
+        proposals[key] = (top[np.arange(len(top)), best], bev[np.arange(len(top)), best])
     return proposals
 
 
@@ -453,6 +572,13 @@ def main() -> None:
                    help="LiDAR-model inputs: submaps of D metres of travel (0: single scans)")
     p.add_argument("--submap-windows", nargs="+", choices=("trailing", "centred"), default=["trailing"],
                    help="where the D metres lie (trailing: online, as the mapping node)")
+    p.add_argument("--rerank-k", type=int, nargs="+", default=[], metavar="K",
+                   help="LiDAR rows: also re-rank each query's top-K by the bird's-eye-view check "
+                   "(verification/bev.py) and score the proposal by it; one row per K")
+    p.add_argument("--centred-map", action="store_true",
+                   help="LiDAR rows: also trailing queries against centred map submaps (a map's keyframes are in the "
+                   "past, so their submap can reach D/2 ahead; the query's cannot)")
+    p.add_argument("--bev", default="{}", help="BevVerificationConfig fields as JSON (default: its defaults)")
     p.add_argument("--cache", type=Path, default=None,
                    help="folder keeping LiDAR-model descriptors (.npz per model, submap config and world) for reuse")
     p.add_argument("--previous", type=Path, default=None,
@@ -500,6 +626,10 @@ def main() -> None:
             timing["wall_s"] = time.perf_counter() - t
             methods[name] = (props, timing, None)
     lidar_models, identities = {}, {}
+    bev_cfg = BevVerificationConfig(**json.loads(args.bev))
+    structure = StructureScans(bev_cfg, bev_cfg.extent_m + max(args.submap_lengths, default=0.0))
+    if args.rerank_k:
+        result["bev_verification"] = {"config": bev_cfg.model_dump(), "rerank_k": args.rerank_k}
     for spec in args.lidar_model:
         name, _, path = spec.partition("=")
         lidar_models[name] = load_model(path or name)
@@ -507,20 +637,41 @@ def main() -> None:
             raise SystemExit(f"--lidar-model {spec}: not a LiDAR-only model ({lidar_models[name].kind})")
         result.setdefault("lidar_models", {})[name] = {"path": path or name, "kind": lidar_models[name].kind}
         identities[name] = model_identity(path or name)
+    views_memo: dict[tuple[float, str], tuple[list, float]] = {}  # (D, window) -> BEV views, seconds
     for length in args.submap_lengths if lidar_models else []:
-        for window in args.submap_windows if length > 0 else ["trailing"]:
+        combos = [(w, w) for w in (args.submap_windows if length > 0 else ["trailing"])]
+        if length > 0 and args.centred_map:
+            combos.append(("trailing", "centred"))
+        for window, db_window in combos:
             t = time.perf_counter()
             descs = lidar_descriptors(lidar_models, full, length, window, args.cache, identities)
+            db_descs = descs if db_window == window else lidar_descriptors(lidar_models, full, length, db_window,
+                                                                           args.cache, identities)
             wall = time.perf_counter() - t
-            print(f"LiDAR models, {submap_label(length, window)}: descriptors in {wall:.0f} s", flush=True)
+            print(f"LiDAR models, {submap_label(length, window, db_window)}: descriptors in {wall:.0f} s", flush=True)
             for name, model in lidar_models.items():
-                label = f"LiDAR {name}, {submap_label(length, window)}"
-                timing = {"ms_per_query": lidar_latency(model, full[0], descs[name][1], length, window,
+                label = f"LiDAR {name}, {submap_label(length, window, db_window)}"
+                timing = {"ms_per_query": lidar_latency(model, full[0], db_descs[name][1], length, window,
                                                         args.latency_frames),
                           "checkpoint": result["lidar_models"][name]["path"], "kind": model.kind,
                           "submap": SubmapConfig(length_m=length, window=window).model_dump(),
-                          "descriptors_wall_s_all_models": wall}
-                methods[label] = (lidar_proposals(descs[name], queries), timing, None)
+                          "map_submap_window": db_window, "descriptors_wall_s_all_models": wall}
+                methods[label] = (lidar_proposals(descs[name], queries, db_descs[name]), timing, None)
+                if args.rerank_k:
+                    def views_of(w, length=length):
+                        if (length, w) not in views_memo:
+                            views_memo[(length, w)] = bev_views(full, structure, length, w)
+                        return views_memo[(length, w)]
+
+                    cache_file = None
+                    if args.cache is not None:
+                        key = json.dumps([list(identities[name]), length, window, db_window, bev_cfg.model_dump(),
+                                          max(args.rerank_k), [q.tolist() for q in queries],
+                                          [(str(getattr(run, "run_dir", run.run)), len(run)) for run in full]])
+                        cache_file = args.cache / f"{name}_rerank_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+                    methods.update(bev_rerank_rows(label, timing, descs[name], db_descs[name], full, queries,
+                                                   lambda: views_of(window), lambda: views_of(db_window),
+                                                   args.rerank_k, bev_cfg, structure, cache_file))
     if not args.no_map_closures:
         try:
             import map_closures  # noqa: F401
@@ -628,7 +779,12 @@ def write_readme(path: Path, result: dict, table: str) -> None:
     for name, why in result["skipped"].items():
         lines += [f"Skipped {name}: {why}.", ""]
     for name, m in result["methods"].items():
-        if "checkpoint" in m["timing"] and "submap" in m["timing"]:
+        if m["timing"].get("rerank"):
+            mt = m["timing"]
+            lines.append(f"- {name}: ms/query = the descriptor row's {mt['descriptor_ms_per_query']:.1f} + the query's "
+                         f"BEV view {mt['bev_view_ms_per_frame']:.1f} + {mt['rerank_k']} checks x "
+                         f"{mt['bev_check_ms']:.2f} ms (one thread)")
+        elif "checkpoint" in m["timing"] and "submap" in m["timing"]:
             lines.append(f"- {name}: `{m['timing']['checkpoint']}` ({m['timing']['kind']}); ms/query = submap "
                          "assembly + grid + torch forward at batch 1, one thread + flat search")
         elif "checkpoint" in m["timing"]:

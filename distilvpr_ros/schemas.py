@@ -55,6 +55,7 @@ _WHERE = {
     "CameraVerificationConfig": "distilvpr_ros.verification.config",
     "LidarVerificationConfig": "distilvpr_ros.verification.config",
     "RerankConfig": "distilvpr_ros.verification.config",
+    "BevVerificationConfig": "distilvpr_ros.verification.bev",
     # training
     "TrainConfig": "distilvpr_ros.training.config",
     "DataConfig": "distilvpr_ros.training.config",

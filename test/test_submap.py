@@ -208,3 +208,50 @@ def test_with_submaps_finds_the_world_lidar_extrinsic(tmp_path):
     np.testing.assert_array_equal(wrapped.base_T_sensor, T)
     assert sorted(by_scan(wrapped[4].cloud)) == [2, 3, 4]
     assert with_submaps([parent], SubmapConfig())[0] is parent and with_submaps([parent], None)[0] is parent
+
+
+def dense_scans(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Scans of a street with box buildings seen from sensors 5 m apart along x (x, y, z, intensity)."""
+    rng = np.random.default_rng(seed)
+    walls = np.column_stack([rng.uniform(-40, 80, 12000), rng.choice([-8.0, 8.0], 12000), rng.uniform(-1.9, 9, 12000)])
+    boxes = np.column_stack([rng.uniform(-40, 80, 3000), rng.uniform(-30, 30, 3000), rng.uniform(-1.9, 3, 3000)])
+    world = np.concatenate([walls, boxes])
+    out = []
+    for j in range(n):
+        rel = world - [5.0 * j, 0.0, 0.0]
+        rel = rel[(np.hypot(rel[:, 0], rel[:, 1]) < 50) & (rng.uniform(size=len(rel)) < 0.6)]
+        out.append(np.column_stack([rel, np.full(len(rel), float(j))]).astype(np.float32))
+    return out
+
+
+def test_scan_voxel_filter_each_scan_once_live_equals_offline_and_keeps_the_descriptor(monkeypatch):
+    from distilvpr_ros.data import submap as submap_module
+    from distilvpr_ros.models.config import scan_context_grid
+    from distilvpr_ros.models.preprocess import cloud_to_polar
+
+    def fft_descriptor(cloud):  # models.classical's scan_context_fft maths, without importing torch
+        return np.abs(np.fft.rfft(cloud_to_polar(cloud, scan_context_grid())[0], axis=-1)).ravel()
+
+    poses, clouds = straight_poses(8), dense_scans(8)
+    cfg = SubmapConfig(length_m=20.0, scan_voxel_m=1.0)
+    calls = []
+    original = submap_module.scan_points
+    monkeypatch.setattr(submap_module, "scan_points", lambda c, k: calls.append(1) or original(c, k))
+    live = TrailingSubmaps(cfg)
+    got = feed(live, np.arange(8.0), poses, clouds, [0] * 8)
+    assert len(calls) == 8  # each scan filtered once, when it arrives (its submap and its insertion share it)
+    monkeypatch.setattr(submap_module, "scan_points", original)
+    full_cfg = cfg.model_copy(update={"scan_voxel_m": None})
+    for i, sub in enumerate(got):
+        offline = accumulate_submap(clouds, poses, i, cfg)
+        np.testing.assert_array_equal(sub.cloud, offline)
+        members = submap_members(poses, i, cfg.length_m, cfg.max_scans)
+        assert len(offline) == sum(len(voxel_filter(clouds[j], 1.0)) for j in members)
+        full = accumulate_submap(clouds, poses, i, full_cfg)
+        assert len(offline) < 0.5 * len(full)
+        # stated tolerance: the Scan Context FFT descriptor of the filtered submap stays within cosine 0.99
+        a, b = fft_descriptor(offline), fft_descriptor(full)
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.99
+    # without the filter the live submap is the offline one over every point (bit-equal)
+    np.testing.assert_array_equal(feed(TrailingSubmaps(full_cfg), np.arange(8.0), poses, clouds, [0] * 8)[-1].cloud,
+                                  accumulate_submap(clouds, poses, 7, full_cfg))

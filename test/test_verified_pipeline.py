@@ -125,6 +125,34 @@ def test_map_builder_without_views_rejects_loops_with_a_reason(town):
     assert not mb.db.has_views and r.verification.reason == NO_VIEWS and r.loop_closure is None
 
 
+def test_map_builder_bev_order_registers_the_right_candidate_first(town):
+    """The descriptor ranks a wrong place first and the true one second: in descriptor order the first registration
+    is wasted (tried 2); with ``lidar_order: bev`` the bird's-eye-view check puts the true place first (tried 1)
+    and ``lidar_seed: bev`` seeds the registration without odometry (the revisit's poses are in another frame)."""
+    run, a, b, _ = town
+    calib = resolve_calibration(CalibrationConfig(), run)
+    sa, sb = run[a], run[b]
+    motion = pose(2.0, -0.5, 20.0)
+    T_motion_lidar = np.linalg.inv(calib.T_base_lidar) @ motion @ calib.T_base_lidar
+    query_cloud = (sa.cloud[:, :3].astype(np.float64) - T_motion_lidar[:3, 3]) @ T_motion_lidar[:3, :3]
+    far_away = pose(5000.0, -3000.0, 77.0)  # the revisit's odometry frame is unrelated to the map's
+    tried = {}
+    for order, seed in (("descriptor", "yaw"), ("bev", "bev")):
+        mb, teacher, student = builder(calib, lidar_candidates=2, lidar_order=order, lidar_seed=seed)
+        r0 = add(mb, teacher, student, 1, 0.0, sa.pose, sa.image, sa.cloud)
+        add(mb, teacher, student, 2, 1.0, sb.pose, sb.image, sb.cloud)
+        teacher.next = student.next = one_hot(2, 1, 0.9)  # nearest: place b (wrong), then place a (true)
+        mb.run = "revisit"
+        r = mb.add_keyframe(2.0, far_away @ sa.pose @ motion, sa.image, query_cloud)
+        assert r.proposed is not None and r.match.candidates[0].id != r0.id
+        tried[order] = r.verification
+    assert tried["descriptor"].tried == 2  # the wrong place was registered first
+    v = tried["bev"]
+    assert v.accepted and v.candidate == r0.id and v.tried == 1, v.reason
+    assert v.bev is not None and v.bev.accepted
+    np.testing.assert_allclose(v.transform[:3, 3], motion[:3, 3], atol=0.2)  # from the BEV seed, no odometry
+
+
 # --- localisation: camera-verified metric pose -------------------------------------------------------------
 
 

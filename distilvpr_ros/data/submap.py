@@ -69,6 +69,9 @@ class SubmapConfig(Section):
                                   "(None: no filter)")
     max_points: int | None = Field(None, ge=1, le=100_000_000, description="keep every k-th point, k = ceil(points "
                                    "/ this), when the submap has more (None: keep all)")
+    scan_voxel_m: float | None = Field(None, gt=0, le=100.0, description="keep one point per voxel of this side in "
+                                       "every scan before it joins a submap, once per scan (the live form filters on "
+                                       "insertion: faster assembly; None: no filter)")
 
     @property
     def enabled(self) -> bool:
@@ -140,7 +143,7 @@ def accumulate_submap(clouds: Sequence[np.ndarray | None] | Callable[[int], np.n
             or empty: no points); only the member scans are read.
         poses: ``world_T_base`` of every scan (4x4; ``None`` or NaN where odometry is missing).
         center: the scan whose frame the submap is in.
-        cfg: length and window, scan and range bounds, voxel filter.
+        cfg: length and window, scan and range bounds, voxel filters.
         base_T_sensor: sensor extrinsic (identity when None, i.e. poses of the sensor itself).
     """
     cfg = cfg or SubmapConfig()
@@ -149,23 +152,44 @@ def accumulate_submap(clouds: Sequence[np.ndarray | None] | Callable[[int], np.n
     first = load(center)
     if len(members) == 1 and cfg.voxel_m is None and cfg.length_m <= 0:
         return first
+    scans = {j: scan_points(first if j == center else load(j), cfg) for j in members}
+    return _assemble(scans, poses, center, members, cfg, base_T_sensor)
+
+
+def scan_points(cloud: np.ndarray | None, cfg: SubmapConfig) -> np.ndarray | None:
+    """A scan as it joins submaps: ``scan_voxel_m``'s filter, once per scan (unchanged when it is None)."""
+    if cloud is None or len(cloud) == 0 or cfg.scan_voxel_m is None:
+        return cloud
+    return voxel_filter(np.asarray(cloud), cfg.scan_voxel_m)
+
+
+def _assemble(scans: dict[int, np.ndarray | None], poses, center: int, members: list[int], cfg: SubmapConfig,
+              base_T_sensor: np.ndarray | None) -> np.ndarray:
+    """The member scans (already through :func:`scan_points`) in the centre frame, written once into one
+    preallocated array, then the range bound, the voxel filter and the point cap."""
+    first = scans[center]
     columns = first.shape[1] if first is not None and first.ndim == 2 else 4
     parts = []
     for j in members:
-        cloud = first if j == center else load(j)
+        cloud = scans[j]
         if cloud is None or len(cloud) == 0:
             continue
-        cloud = np.asarray(cloud, dtype=np.float32)
         if cloud.shape[1] != columns:
             raise ValueError(f"scan {j} has {cloud.shape[1]} columns, the centre scan {columns}")
-        if j != center:
+        parts.append((j, cloud))
+    submap = np.empty((sum(len(c) for _, c in parts), columns), dtype=np.float32)
+    start = 0
+    for j, cloud in parts:
+        end = start + len(cloud)
+        if j == center:
+            submap[start:end] = cloud
+        else:
             T = relative_transform(poses[center], poses[j], base_T_sensor).astype(np.float32)
-            cloud = cloud.copy()
-            cloud[:, :3] = cloud[:, :3] @ T[:3, :3].T + T[:3, 3]
-        if cfg.max_range_m is not None:
-            cloud = cloud[cloud[:, 0] ** 2 + cloud[:, 1] ** 2 <= np.float32(cfg.max_range_m**2)]
-        parts.append(cloud)
-    submap = np.concatenate(parts) if parts else np.zeros((0, columns), dtype=np.float32)
+            submap[start:end, :3] = np.asarray(cloud[:, :3], dtype=np.float32) @ T[:3, :3].T + T[:3, 3]
+            submap[start:end, 3:] = cloud[:, 3:]
+        start = end
+    if cfg.max_range_m is not None:
+        submap = submap[submap[:, 0] ** 2 + submap[:, 1] ** 2 <= np.float32(cfg.max_range_m**2)]
     if cfg.voxel_m is not None:
         submap = voxel_filter(submap, cfg.voxel_m)
     if cfg.max_points is not None and len(submap) > cfg.max_points:
@@ -277,6 +301,7 @@ class TrailingSubmaps:
         self.base_T_sensor = base_T_sensor
         self._scans: deque[tuple[float, np.ndarray, np.ndarray, int]] = deque()  # stamp, pose, cloud, epoch
         self._after_break = False  # the oldest kept scan is the first one after a break
+        self._last: tuple[np.ndarray | None, np.ndarray | None] | None = None  # latest scan and its scan_points
         self.counts = {"submaps": 0, "breaks": 0, "cut_short": 0, "last_scans": 0}
 
     def __len__(self) -> int:
@@ -293,10 +318,10 @@ class TrailingSubmaps:
         continues = self._continues(stamp, epoch)
         earlier = list(self._scans) if continues else []
         poses = [s[1] for s in earlier] + [np.asarray(pose, dtype=np.float64)]
-        clouds = [s[2] for s in earlier] + [cloud]
         center = len(poses) - 1
         members = submap_members(poses, center, self.cfg.length_m, self.cfg.max_scans, "trailing")
-        out = accumulate_submap(clouds, poses, center, self.cfg, self.base_T_sensor)
+        scans = {j: self._own(cloud) if j == center else earlier[j][2] for j in members}
+        out = _assemble(scans, poses, center, members, self.cfg, self.base_T_sensor)
         if not continues:
             cut = True  # this keyframe starts a new epoch: none of the kept scans may join it
         else:  # the walk reached the first scan after a break with travel to spare
@@ -318,7 +343,7 @@ class TrailingSubmaps:
             self._scans.clear()
             self.counts["breaks"] += 1
             self._after_break = True
-        self._scans.append((float(stamp), np.asarray(pose, dtype=np.float64), np.asarray(cloud), epoch))
+        self._scans.append((float(stamp), np.asarray(pose, dtype=np.float64), self._own(cloud), epoch))
         keep, travel = min(len(self._scans), self.cfg.max_scans - 1), 0.0
         for k in range(len(self._scans) - 2, max(len(self._scans) - 2 - keep, -1), -1):
             travel += float(np.linalg.norm(self._scans[k + 1][1][:3, 3] - self._scans[k][1][:3, 3]))
@@ -329,7 +354,15 @@ class TrailingSubmaps:
             self._scans.popleft()
             self._after_break = False
 
+    def _own(self, cloud) -> np.ndarray | None:
+        """:func:`scan_points` of a keyframe's scan, computed once for its :meth:`submap` and :meth:`add`."""
+        cloud = None if cloud is None else np.asarray(cloud)
+        if self._last is None or self._last[0] is not cloud:
+            self._last = (cloud, scan_points(cloud, self.cfg))
+        return self._last[1]
+
     def reset(self) -> None:
         """Forget the kept scans (a new run)."""
         self._scans.clear()
+        self._last = None
         self._after_break = False

@@ -16,6 +16,7 @@ from ..config import Section, load_yaml, merge_config, validate_config
 from ..data.submap import SubmapConfig
 from ..mapping.database import IndexConfig
 from ..mapping.matcher import MatcherConfig
+from ..verification.bev import BevVerificationConfig
 from ..verification.config import CameraVerificationConfig, LidarVerificationConfig, RerankConfig
 from .image_quality import ImageQualityConfig
 
@@ -160,12 +161,17 @@ class VerificationConfig(Section):
     camera: CameraVerificationConfig = Field(default_factory=CameraVerificationConfig)
     lidar: LidarVerificationConfig = Field(default_factory=LidarVerificationConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
-    lidar_seed: Literal["yaw", "pose", "none"] = Field(
+    lidar_seed: Literal["yaw", "pose", "none", "bev"] = Field(
         "yaw", description="registration's initial guess: the keyframes' relative yaw from odometry, their whole "
-                           "relative pose, or identity")
+                           "relative pose, identity, or the bird's-eye-view check's yaw and shift (no odometry needed)")
     lidar_candidates: int = Field(
         1, ge=1, le=50, description="mapping: loop-closure candidates registered per keyframe, best first, until one "
                                     "is accepted")
+    lidar_order: Literal["descriptor", "bev"] = Field(
+        "descriptor", description="mapping: order of those candidates: the descriptor's, or the bird's-eye-view "
+                                  "check's score (verification/bev.py, on the stored LiDAR points), candidates below "
+                                  "bev.min_score not registered")
+    bev: BevVerificationConfig = Field(default_factory=BevVerificationConfig)
     require_descriptor_match: bool = Field(
         False, description="localisation: verify only frames whose descriptor match the matcher accepted "
                            "(min_score, sequence); false: verify the top-k of every frame")

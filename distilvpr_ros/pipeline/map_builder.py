@@ -33,6 +33,7 @@ from ..data.submap import SubmapConfig, TrailingSubmaps
 from ..mapping.database import IndexConfig, PlaceDatabase
 from ..mapping.matcher import Candidate, MatcherConfig, MatchResult, PlaceMatcher
 from ..data.calibration import CameraCalibration
+from ..verification.bev import BevMatch, BevVerifier
 from ..verification.lidar import LidarVerifier, Registration, yaw_transform
 from .config import STUDENT_SPACE, TEACHER_SPACE, NodeConfig, VerificationConfig, ViewsConfig, default_run_name
 from .embedder import Embedder, check_cloud
@@ -56,6 +57,7 @@ class LoopVerification:
     tried: int = 0  # candidates registered
     seconds: float = 0.0
     registration: Registration | None = None
+    bev: BevMatch | None = None  # the bird's-eye-view check of this candidate (verification.lidar_order / seed bev)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class MapBuilder:
         if calibration is not None and self.views.store:
             self.db.set_calibration(self.run, calibration.to_dict())  # ValueError: another rig in this run
         self.lidar = LidarVerifier(self.verification.lidar)
+        self.bev = BevVerifier(self.verification.bev)
         self.cache = ViewCache(self.db, self.verification.cache_keyframes)
         self.T_base_lidar = calibration.T_base_lidar if calibration is not None else np.eye(4)
         self.submaps = TrailingSubmaps(submap or SubmapConfig(), self.T_base_lidar)
@@ -170,7 +173,9 @@ class MapBuilder:
 
     def verify_loop(self, pose: np.ndarray, query_points: np.ndarray | None, match: MatchResult) -> LoopVerification:
         """Register the query keyframe's LiDAR points (LiDAR frame) to the stored points of the match's
-        candidates, best first, until one is accepted (at most ``verification.lidar_candidates``)."""
+        candidates, best first, until one is accepted (at most ``verification.lidar_candidates``). With
+        ``verification.lidar_order: bev`` "best" is the bird's-eye-view check's order and the candidates it
+        rejects are not registered; ``lidar_seed: bev`` seeds each registration with that check's yaw and shift."""
         t0 = time.perf_counter()
         cfg = self.verification
         cands: list[Candidate] = [match.best] + [c for c in match.candidates if c.id != match.best.id
@@ -179,17 +184,33 @@ class MapBuilder:
         if not self.db.has_views:
             out.seconds = time.perf_counter() - t0
             return out
-        for tried, cand in enumerate(cands[:cfg.lidar_candidates], start=1):
+        cands = cands[:cfg.lidar_candidates]
+        checks: dict[int, BevMatch] = {}
+        if cfg.lidar_order == "bev" or cfg.lidar_seed == "bev":
+            query_view = self.bev.view(query_points)
+            for cand in cands:
+                target = self.cache.points(cand.id)
+                if target is not None:
+                    checks[cand.id] = self.bev.verify(query_view, self.bev.view(target))
+        if cfg.lidar_order == "bev":
+            ranked = sorted((c for c in cands if c.id in checks), key=lambda c: -checks[c.id].score)
+            cands = [c for c in ranked if checks[c.id].accepted]
+            if not cands:
+                best = ranked[0] if ranked else match.best
+                out = LoopVerification(best.id, False, checks[best.id].reason if best.id in checks else
+                                       f"keyframe {best.id} has no stored LiDAR points", bev=checks.get(best.id))
+        for tried, cand in enumerate(cands, start=1):
             target = self.cache.points(cand.id)
             if target is None:
                 out = LoopVerification(cand.id, False, f"keyframe {cand.id} has no stored LiDAR points", tried=tried)
                 continue
-            reg = self.lidar.register(query_points, target, initial=self._seed(pose, cand.id))
+            seed = checks[cand.id].transform if cfg.lidar_seed == "bev" else self._seed(pose, cand.id)
+            reg = self.lidar.register(query_points, target, initial=seed)
             transform = None
             if reg.transform is not None:
                 transform = self.T_base_lidar @ reg.transform @ invert(self.T_base_lidar)
             out = LoopVerification(cand.id, reg.accepted, reg.reason, transform, reg.fitness, reg.inlier_ratio,
-                                   tried, registration=reg)
+                                   tried, registration=reg, bev=checks.get(cand.id))
             if reg.accepted:
                 break
         out.seconds = time.perf_counter() - t0
