@@ -32,6 +32,14 @@ travel, ``data.submap.SubmapSequence`` with the run's poses, capped at 60k point
 ``benchmarks/lidar_teacher.py``; the fusion weight is chosen again on validation submaps). Teachers trained
 at several seeds get a mean ± std table per recipe and head.
 
+``--whiten`` also scores the whitened fusion (``model.fusion: whitened_concat``, ``models.whitening``): each
+head centred on the mean of the training region's descriptors (the teacher's train conditions) and
+PCA-whitened (``--whiten-settings power:shrinkage``; power 0 = centring only), then weighted concatenation;
+the setting and w are chosen on validation, and the whitened LiDAR and image heads alone are scored too.
+``--desc-cache`` keeps every teacher's train / val / test head descriptors (npz), ``--export-whitened`` writes
+``<run>/best_whitened`` (the statistics as model buffers, so ``evaluate``, ``build-map``, the nodes and ONNX
+export retrieve with the same descriptor).
+
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/teacher_fusion.py --world data/world_default \\
         --runs /tmp/teachers --recipes nc two_stage --seeds 1 --train --out docs/results/teacher
 """
@@ -487,6 +495,8 @@ def whitened_report(results: list[dict]) -> list[str]:
             groups.setdefault((recipe_of(r["name"]), i), []).append(row)
 
     def pm(values: list[float]) -> str:
+        if all(np.isnan(values)):
+            return "–"
         return f"{np.mean(values):.3f}" + (f" ± {np.std(values):.3f}" if len(values) > 1 else "")
     summary_rows = []
     for (recipe, _), items in groups.items():
@@ -581,6 +591,9 @@ def main() -> None:
         results.append(measure(name, folder, val, test, args.weights, args.export_weighted, submaps, whiten))
         print(json.dumps({"name": name, "test": {h: m["recall@1"] for h, m in results[-1]["test"].items()},
                           "val": results[-1]["val"]}), flush=True)
+        if results[-1].get("whitened"):
+            print(json.dumps({"name": name, "whitened test": {h: m["recall@1"] for h, m in
+                                                              results[-1]["whitened"]["test"].items()}}), flush=True)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     write_report(results, args.out, "PYTHONPATH=$PWD nice -n 10 .venv/bin/python " + " ".join(sys.argv), load)
 
