@@ -317,16 +317,18 @@ def measure_whitened(model, cfg: TrainConfig, run: Path, heads: dict[str, dict],
     exported = None
     if whiten.export:
         power, shrinkage = next(ps for ps in whiten.settings if f"p{ps[0]:g}_s{ps[1]:g}" == chosen)
+        conditions = sorted({seq.meta(0)["condition"] for seq in whiten.train.sequences})
         exported = str(export_whitened(model, run, float(chosen_w), fitted[chosen], power, shrinkage,
-                                       len(train_all["cloud"]), cfg))
+                                       len(train_all["cloud"]), cfg.data.train_region, conditions))
     return {"val": {"sweep": sweep, "chosen_setting": chosen, "chosen_weight": float(chosen_w),
                     "heads": val_scores, "details": val_details},
             "settings": settings, "test": test_scores, "train_frames": int(len(train_all["cloud"])),
+            "fit_conditions": sorted({seq.meta(0)["condition"] for seq in whiten.train.sequences}),
             "exported_checkpoint": exported}
 
 
 def export_whitened(model, run: Path, weight: float, stats: dict, power: float, shrinkage: float,
-                    train_frames: int, cfg: TrainConfig) -> Path:
+                    train_frames: int, region: str, conditions: list[str]) -> Path:
     """``<run>/best_whitened``: the weights of ``best`` with ``fusion: whitened_concat`` at ``weight`` and the
     fitted statistics as buffers (so evaluate, build-map, the nodes and export all use the whitened fusion)."""
     meta = read_checkpoint_meta(run / "best")
@@ -339,8 +341,8 @@ def export_whitened(model, run: Path, weight: float, stats: dict, power: float, 
         out_model.set_whitening(branch, *stats[branch])
     config = {**meta["config"], "model": model_cfg.model_dump(mode="json")}
     out = run / "best_whitened"
-    whitening = {"power": power, "shrinkage": shrinkage, "fitted_on": f"region {cfg.data.train_region}, "
-                 f"conditions {cfg.data.train_conditions}, {train_frames} frames", "val_chosen_cloud_weight": weight}
+    whitening = {"power": power, "shrinkage": shrinkage, "fitted_on": f"region {region}, conditions "
+                 f"{conditions}, {train_frames} frames", "val_chosen_cloud_weight": weight}
     save_model_checkpoint(out, out_model, config=config, epoch=meta["epoch"],
                           metrics={**meta["metrics"], "whitening": whitening})
     return out
@@ -512,7 +514,9 @@ def whitened_report(results: list[dict]) -> list[str]:
             "Each head L2-normalised, centred on its training-region mean and PCA-whitened (`pP_sS`: eigenvalues "
             "shrunk by S towards their mean, scaled by their power -P/2; p0 = centring only), L2-normalised again, "
             "then weighted concatenation. The setting and w were chosen on validation (the whitened LiDAR / image "
-            "head alone choose their own setting); test was never used to choose.", "",
+            "head alone choose their own setting); test was never used to choose. Statistics fitted on "
+            f"{measured[0]['whitened']['train_frames']} frames of the training region, conditions "
+            f"{', '.join(measured[0]['whitened']['fit_conditions'])}.", "",
             markdown_table(summary_rows, ["teacher", "head", "seeds", *columns[2:]]), "",
             markdown_table(per_teacher, columns), ""]
 
@@ -547,6 +551,9 @@ def main() -> None:
                    "on validation")
     p.add_argument("--whiten-settings", nargs="+", default=["0:0", "0.5:0", "1:0", "1:0.1", "1:0.5"],
                    help="power:shrinkage pairs of the whitening chosen from on validation (0:0 = centring only)")
+    p.add_argument("--whiten-all-conditions", action="store_true",
+                   help="fit the statistics on every run of the training region (also the conditions the teacher "
+                   "never trained on; descriptors only, no labels) instead of the teacher's train conditions")
     p.add_argument("--desc-cache", type=Path, default=None,
                    help="with --whiten: cache each teacher's train/val/test head descriptors here (npz)")
     p.add_argument("--export-whitened", action="store_true",
@@ -580,7 +587,7 @@ def main() -> None:
     whiten = None
     if args.whiten:
         train_frames = Frames([s for s in load_synthetic(args.world, regions={first.data.train_region})
-                               if first.data.train_conditions is None
+                               if first.data.train_conditions is None or args.whiten_all_conditions
                                or s.meta(0)["condition"] in first.data.train_conditions])
         settings = [(float(a), float(b)) for a, b in (item.split(":") for item in args.whiten_settings)]
         whiten = Whitening(train_frames, settings, args.desc_cache, args.export_whitened)
