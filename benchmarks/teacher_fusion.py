@@ -231,9 +231,17 @@ def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float
                  for split, frames in (("train", whiten.train), ("val", val), ("test", test))}
     out = measure_heads(model, cfg, val, test, weights, None if heads is None else (heads["val"], heads["test"]))
     if whiten is not None:
-        out["whitened"] = measure_whitened(model, cfg, run, heads, val, test, weights, whiten)
+        out["whitened"], fitted = measure_whitened(model, cfg, run, heads, val, test, weights, whiten)
     if submaps is not None:
-        out["submap"] = measure_heads(model, cfg, *submaps, weights)
+        sub_heads = None
+        if whiten is not None:
+            sub_heads = {split: cached_heads(model, frames, None if whiten.cache is None else
+                                             whiten.cache / f"{tag}_submap_{split}.npz")
+                         for split, frames in zip(("val", "test"), submaps)}
+        out["submap"] = measure_heads(model, cfg, *submaps, weights,
+                                      None if sub_heads is None else (sub_heads["val"], sub_heads["test"]))
+        if whiten is not None:
+            out["submap"]["whitened"] = score_fitted(cfg, sub_heads, *submaps, out["whitened"], fitted)
     reweighted = None
     if cfg.model.fusion in ("normalized_concat", "weighted_concat") and export_weighted:
         reweighted = str(export_reweighted(model, run, out["val"]["chosen_weight"]))
@@ -320,11 +328,34 @@ def measure_whitened(model, cfg: TrainConfig, run: Path, heads: dict[str, dict],
         conditions = sorted({seq.meta(0)["condition"] for seq in whiten.train.sequences})
         exported = str(export_whitened(model, run, float(chosen_w), fitted[chosen], power, shrinkage,
                                        len(train_all["cloud"]), cfg.data.train_region, conditions))
-    return {"val": {"sweep": sweep, "chosen_setting": chosen, "chosen_weight": float(chosen_w),
-                    "heads": val_scores, "details": val_details},
-            "settings": settings, "test": test_scores, "train_frames": int(len(train_all["cloud"])),
-            "fit_conditions": sorted({seq.meta(0)["condition"] for seq in whiten.train.sequences}),
-            "exported_checkpoint": exported}
+    result = {"val": {"sweep": sweep, "chosen_setting": chosen, "chosen_weight": float(chosen_w),
+                      "heads": val_scores, "details": val_details},
+              "settings": settings, "test": test_scores, "train_frames": int(len(train_all["cloud"])),
+              "fit_conditions": sorted({seq.meta(0)["condition"] for seq in whiten.train.sequences}),
+              "exported_checkpoint": exported}
+    return result, {head: fitted[setting] for head, setting in settings.items() if setting != "none"}
+
+
+def score_fitted(cfg: TrainConfig, heads: dict[str, dict], val: Frames, test: Frames, single: dict,
+                 fitted: dict) -> dict:
+    """Other inputs of the same frames (20 m submaps) with the single-scan statistics, settings and w as they
+    are (what ``<run>/best_whitened`` does with a submap input): nothing is chosen again."""
+    w = single["val"]["chosen_weight"]
+    out = {"val": {"heads": {}, "chosen_weight": w}, "settings": {}, "test": {}}
+    for head, setting in single["settings"].items():
+        if head == "plain fused at that w":
+            continue
+        for split in ("val", "test"):
+            wh = whitened(heads[split], fitted[head])
+            descs = wh["cloud"] if head == "cloud whitened" else wh["image"] if head == "image whitened" else \
+                [weighted_fusion(c, i, w) for c, i in zip(wh["cloud"], wh["image"])]
+            metrics = scored(descs, val if split == "val" else test, cfg)
+            if split == "val":
+                out["val"]["heads"][head] = metrics["recall@1"]
+            else:
+                out["test"][head] = metrics
+        out["settings"][head] = setting + " (scan stats)"
+    return out
 
 
 def export_whitened(model, run: Path, weight: float, stats: dict, power: float, shrinkage: float,
@@ -477,12 +508,12 @@ def whitened_report(results: list[dict]) -> list[str]:
         return []
     plain = {"cloud": "cloud", "image": "image"}
     per_teacher, groups = [], {}
-    for r in measured:
-        wh = r["whitened"]
-        entries = [(head, r["test"][head], r["val"]["heads"][head], "none") for head in plain]
-        plain_key = next(k for k in r["test"] if k not in HEADS)
-        entries.append((f"fused plain, val-chosen w = {r['val']['chosen_weight']:.2f}", r["test"][plain_key],
-                        r["val"]["weighted_sweep"][f"{r['val']['chosen_weight']:.2f}"], "none"))
+    for r, input_label, part in ((r, lab, part) for r in measured for lab, part in inputs_of(r) if "whitened" in part):
+        wh = part["whitened"]
+        entries = [(head, part["test"][head], part["val"]["heads"][head], "none") for head in plain]
+        plain_key = next(k for k in part["test"] if k not in HEADS)
+        entries.append((f"fused plain, val-chosen w = {part['val']['chosen_weight']:.2f}", part["test"][plain_key],
+                        part["val"]["weighted_sweep"][f"{part['val']['chosen_weight']:.2f}"], "none"))
         for head, m in wh["test"].items():
             label = head if head != "whitened fused (val-chosen)" else \
                 f"whitened fused, val-chosen w = {wh['val']['chosen_weight']:.2f}"
@@ -490,26 +521,27 @@ def whitened_report(results: list[dict]) -> list[str]:
                 label = f"fused plain at w = {wh['val']['chosen_weight']:.2f}"
             entries.append((label, m, wh["val"]["heads"][head], wh["settings"][head]))
         for i, (label, m, val, setting) in enumerate(entries):
-            row = {"teacher": r["name"], "head": label, "whitening": setting, "AR@1": m["recall@1"],
+            row = {"teacher": r["name"], "input": input_label, "head": label, "whitening": setting,
+                   "AR@1": m["recall@1"],
                    "same dir.": m["same_direction"], "opposite": m["opposite_direction"],
                    "fog": m["per_condition"].get("fog", float("nan")), "val AR@1": val}
             per_teacher.append(row)
-            groups.setdefault((recipe_of(r["name"]), i), []).append(row)
+            groups.setdefault((recipe_of(r["name"]), input_label, i), []).append(row)
 
     def pm(values: list[float]) -> str:
         if all(np.isnan(values)):
             return "–"
         return f"{np.mean(values):.3f}" + (f" ± {np.std(values):.3f}" if len(values) > 1 else "")
     summary_rows = []
-    for (recipe, _), items in groups.items():
+    for (recipe, input_label, _), items in groups.items():
         head = items[0]["head"]
         if len({row["head"] for row in items}) > 1:  # the chosen w differs between seeds
             head = head.split(" = ")[0] + " = " + "/".join(row["head"].split(" = ")[-1] for row in items)
-        summary_rows.append({"teacher": recipe, "head": head, "seeds": len(items),
+        summary_rows.append({"teacher": recipe, "input": input_label, "head": head, "seeds": len(items),
                              "whitening": "/".join(row["whitening"] for row in items),
                              **{k: pm([row[k] for row in items]) for k in
                                 ("AR@1", "same dir.", "opposite", "fog", "val AR@1")}})
-    columns = ["teacher", "head", "whitening", "AR@1", "same dir.", "opposite", "fog", "val AR@1"]
+    columns = ["teacher", "input", "head", "whitening", "AR@1", "same dir.", "opposite", "fog", "val AR@1"]
     return ["", "## Whitened fusion (statistics of the training region's descriptors)", "",
             "Each head L2-normalised, centred on its training-region mean and PCA-whitened (`pP_sS`: eigenvalues "
             "shrunk by S towards their mean, scaled by their power -P/2; p0 = centring only), L2-normalised again, "
@@ -517,7 +549,7 @@ def whitened_report(results: list[dict]) -> list[str]:
             "head alone choose their own setting); test was never used to choose. Statistics fitted on "
             f"{measured[0]['whitened']['train_frames']} frames of the training region, conditions "
             f"{', '.join(measured[0]['whitened']['fit_conditions'])}.", "",
-            markdown_table(summary_rows, ["teacher", "head", "seeds", *columns[2:]]), "",
+            markdown_table(summary_rows, ["teacher", "input", "head", "seeds", *columns[3:]]), "",
             markdown_table(per_teacher, columns), ""]
 
 
