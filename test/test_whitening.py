@@ -35,8 +35,8 @@ def test_whitening_matches_sklearn_pca_whiten():
     ref = pca.transform(x)
     signs = np.sign(np.sum(ours * ref, axis=0))  # each component is defined up to its sign
     np.testing.assert_allclose(mean, pca.mean_, atol=1e-6)
-    np.testing.assert_allclose(ours * signs, ref, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(np.cov(ours, rowvar=False), np.eye(12), atol=1e-3)
+    np.testing.assert_allclose(ours * signs, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.cov(ours, rowvar=False), np.eye(12), atol=1e-4)
 
 
 def test_whitening_power_and_shrinkage():
