@@ -121,7 +121,7 @@ def test_demo_maps_and_localizes_through_the_nodes(first):
     assert metrics["recall@1"] == loc["recall@1"]
     assert db.has_views and db.format_version == 2  # the node's map can be verified against
     v = loc["verification"]  # the same frames through the verified pipeline, under stable keys
-    assert v["queries"] == len(night) and v["verification"] is True
+    assert v["queries"] == len(night) and v["verification"] is True and v["features"] == "orb"  # the default
     for side in ("before", "after"):
         assert 0 <= v[side]["correct"] <= v[side]["accepted"] <= v["queries"]
     assert v["pose_error"]["count"] == v["after"]["accepted"]
@@ -134,7 +134,7 @@ def test_demo_maps_and_localizes_through_the_nodes(first):
     assert vm["pose_error"]["count"] == vm["after"]["accepted"] == loc["accepted"] == loc["node"]["verified"]
     assert loc["loop_closures"] == loc["accepted"] and "loop_closure_precision" in loc
     assert db.calibration(s["map"]["run"]) is not None
-    assert "Geometric verification" in (first["out"] / "report.md").read_text()
+    assert "verified by ORB + PnP" in (first["out"] / "report.md").read_text()  # names the features it used
 
 
 @pytest.mark.ros

@@ -257,14 +257,18 @@ def _before_after_table(before: dict, after: dict, recall_at_1: dict) -> list[st
                  fmt(r["after"]))]
 
 
+_FEATURE_NAMES = {"orb": "ORB", "sift": "SIFT", "cnn": "CNN descriptors at ORB keypoints"}
+
+
 def _verification_lines(v: dict | None) -> list[str]:
     """The same frames through the verified pipeline: before / after verification, pose error, re-ranking."""
     if not v:
         return []
     b, a, e, r = v["before"], v["after"], v["pose_error"], v["recall@1"]
+    features = _FEATURE_NAMES.get(v.get("features", "orb"), v.get("features"))
     return [
         f"Geometric verification (ROS-free pipeline on the same {v['queries']} frames: the student's top-"
-        f"{v.get('top_k', 5)} verified by ORB + PnP against the map's keyframe images and LiDAR points; "
+        f"{v.get('top_k', 5)} verified by {features} + PnP against the map's keyframe images and LiDAR points; "
         f"`summary.json` → `localize.verification`):", "",
         *_before_after_table(b, a, r), "",
         f"Metric pose error of verified matches ({e['count']}): translation median "

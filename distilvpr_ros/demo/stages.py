@@ -256,7 +256,8 @@ def verified_localization(demo: Demo, bag: Path, node: dict, correct_m: float) -
     student = Embedder.from_onnx(demo.folder("export") / "student.onnx")
     loc = Localizer.load(student, demo.folder("map") / "map", cfg.matcher, run, cfg.image_quality,
                          cfg.verification.model_copy(update={"enabled": True}), world_calibration(world_path(demo)))
-    return localize_sequence(loc, open_bag_sequence(bag, cfg, run), correct_m, progress=demo.progress)
+    scored = localize_sequence(loc, open_bag_sequence(bag, cfg, run), correct_m, progress=demo.progress)
+    return {**scored, "features": cfg.verification.camera.features}
 
 
 # --------------------------------------------------------------------------------------------------
