@@ -156,12 +156,15 @@ def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = N
     poses and score it (:func:`~distilvpr_ros.evaluation.verified_matches.score_verified_matches`): precision
     and recall before and after verification, metric pose error, re-ranking's R@1, plus latency and the most
     common rejection reasons. The localizer's ``run`` is set to the sequence's, so the temporal exclusion
-    hides only the sequence's own keyframes."""
+    hides only the sequence's own keyframes. Each frame's ``motion`` since the previous frame the localizer saw
+    comes from the sequence's poses (a bag's odometry), as the node takes it from its odometry topic, so
+    ``rerank.consecutive`` > 1 compares poses carried forward by the vehicle's motion."""
     from collections import Counter
 
     from tqdm import tqdm
 
     from ..config import CORRECT_M
+    from ..data.geometry import invert
     from ..evaluation.replay_metrics import positives
     from ..evaluation.verified_matches import score_verified_matches
 
@@ -178,12 +181,15 @@ def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = N
     true_poses = np.stack([np.asarray(sequence.poses[i], float) for i in frames]) if q else np.zeros((0, 4, 4))
     stamps = np.array([float(sequence.timestamps[i]) for i in frames])
     seconds, reasons = [], Counter()
+    previous = None  # pose of the last frame the localizer saw (the start of the next frame's motion)
     for j, i in enumerate(tqdm(frames, desc=f"localize {localizer.run}", unit="frame", disable=not progress)):
+        motion = None if previous is None else invert(previous) @ true_poses[j]
         try:
-            out = localizer.localize(stamps[j], sequence[i].image)
+            out = localizer.localize(stamps[j], sequence[i].image, motion)
         except ValueError as e:  # unusable / low-quality frame: nothing matched
             reasons[f"frame rejected: {str(e).split(' (')[0]}"] += 1
             continue
+        previous = true_poses[j]
         seconds.append(out.seconds)
         m = out.match
         top1[j] = m.best.id if m.best is not None else -1
