@@ -61,7 +61,8 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
        for k in (("E",), ("S",), ("H",), ("E", "S"), ("E", "H"), ("S", "H"))},
     "camera: DistilVPR-SC same-direction pairs": ("camera_student", "sc", {"relation_pairs": "same_direction"}),
     # SC's distillation gradient is ~10 % of the task gradient at the paper's lambda_S 10 (docs/results/distilvpr)
-    "camera: DistilVPR-SC lambda_S 50": ("camera_student", "sc", {"self_weight": 50.0}),
+    **{f"camera: DistilVPR-SC lambda_S {w}": ("camera_student", "sc", {"self_weight": float(w)})
+       for w in (25, 50, 100, 200)},  # a sweep, chosen on validation (best/checkpoint.json)
     "camera: DistilVPR-SC x4": ("camera_student", "sc", {"weight": 4.0}),
     "camera: DistilVPR-SC visible pairs": ("camera_student", "sc", {"relation_pairs": "visible"}),
     "lidar: no KD": ("lidar_student", "none", {}),
