@@ -283,14 +283,7 @@ def run_map_closures(full, queries, map_range: float | None, T_base_lidar) -> tu
 def run_model(model, full, queries, repeats: int) -> tuple[dict, dict]:
     """Proposals per ordered pair (most similar database frame, cosine) and ms/frame at batch 1."""
     descs = embed_sequences(model, full, progress=False)
-    proposals = {}
-    for d in range(len(full)):
-        for q in range(len(full)):
-            if q == d or not len(queries[q]):
-                continue
-            sim = descs[q][queries[q]] @ descs[d].T
-            best = np.argmax(sim, axis=1)
-            proposals[(d, q)] = (best, sim[np.arange(len(best)), best])
+    proposals = top1_proposals(descs, queries)
     # batch-1 latency: preprocessing + forward + flat search of one database run (sensor data preloaded)
     spec = input_spec_of(model)
     run = full[0]
@@ -355,7 +348,7 @@ def lidar_descriptors(models: dict, full, length_m: float, window: str, cache: P
     return out
 
 
-def lidar_proposals(descs: list[np.ndarray], queries, db_descs: list[np.ndarray] | None = None) -> dict:
+def top1_proposals(descs: list[np.ndarray], queries, db_descs: list[np.ndarray] | None = None) -> dict:
     """Per ordered pair, each query's most similar database frame and that cosine (``db_descs``: the database
     side's descriptors when they read another kind of submap; default the same)."""
     db_descs = db_descs or descs
@@ -656,7 +649,7 @@ def main() -> None:
                           "checkpoint": result["lidar_models"][name]["path"], "kind": model.kind,
                           "submap": SubmapConfig(length_m=length, window=window).model_dump(),
                           "map_submap_window": db_window, "descriptors_wall_s_all_models": wall}
-                methods[label] = (lidar_proposals(descs[name], queries, db_descs[name]), timing, None)
+                methods[label] = (top1_proposals(descs[name], queries, db_descs[name]), timing, None)
                 if args.rerank_k:
                     def views_of(w, length=length):
                         if (length, w) not in views_memo:

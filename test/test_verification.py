@@ -16,13 +16,7 @@ from distilvpr_ros.verification.features import FeatureExtractor, match_features
 from distilvpr_ros.verification.lidar import yaw_transform
 from distilvpr_ros.verification.pnp import pose_covariance, solve_pnp
 
-from verification_scene import PlaneScene, make_calibration, pose
-
-
-def pose_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Translation (m) and rotation (deg) between two 4x4 poses."""
-    return (float(np.linalg.norm(a[:3, 3] - b[:3, 3])),
-            float(np.degrees(Rotation.from_matrix(a[:3, :3].T @ b[:3, :3]).magnitude())))
+from verification_scene import PlaneScene, make_calibration, pose, pose_error
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.transform import Rotation
 
 from distilvpr_ros.verification import CameraVerificationConfig, CameraVerifier, KeyframeView
 from distilvpr_ros.verification.cnn_descriptors import CnnDescriptor, DescriptorHead
 from distilvpr_ros.verification.cnn_head_training import PairSample, info_nce, pair_sample, train_head
 from distilvpr_ros.verification.features import FeatureExtractor, LocalFeatures, match_features
 
-from verification_scene import PlaneScene, pose
+from verification_scene import PlaneScene, pose, pose_error
 
 #: Raw CNN features (no head file needed): mutual NN + ratio 0.9 with the second-best 10 px away from the best.
 CNN = dict(features="cnn", cnn_stages=(2, 3, 4), ratio=0.9, ratio_exclusion_px=10.0)
@@ -33,11 +32,6 @@ def scene():
 
 def keyframe(scene) -> KeyframeView:
     return KeyframeView.from_cloud(scene["kf_pose"], scene["scene"].calib, scene["kf_img"], scene["cloud"])
-
-
-def pose_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    return (float(np.linalg.norm(a[:3, 3] - b[:3, 3])),
-            float(np.degrees(Rotation.from_matrix(a[:3, :3].T @ b[:3, :3]).magnitude())))
 
 
 def night(image: np.ndarray, seed: int = 0) -> np.ndarray:

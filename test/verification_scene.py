@@ -32,6 +32,12 @@ def pose(x: float, y: float, yaw_deg: float, z: float = 0.0) -> np.ndarray:
     return T
 
 
+def pose_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Translation (m) and rotation (deg) between two 4x4 poses."""
+    return (float(np.linalg.norm(a[:3, 3] - b[:3, 3])),
+            float(np.degrees(Rotation.from_matrix(a[:3, :3].T @ b[:3, :3]).magnitude())))
+
+
 def texture(rng: np.random.Generator, shape=(256, 512)) -> np.ndarray:
     """Multi-scale blob noise (grey, uint8): corners and blobs at several scales, like facades."""
     acc = np.zeros(shape, np.float32)
