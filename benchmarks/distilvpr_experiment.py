@@ -64,6 +64,11 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     **{f"camera: DistilVPR-SC lambda_S {w}": ("camera_student", "sc", {"self_weight": float(w)})
        for w in (25, 50, 100, 200)},  # a sweep, chosen on validation (best/checkpoint.json)
     "camera: DistilVPR-SC x4": ("camera_student", "sc", {"weight": 4.0}),
+    # the ablations at the validation-chosen lambda_S 200 (docs/results/distilvpr/frozen_teacher)
+    "camera: DistilVPR-S lambda_S 200": ("camera_student", "s", {"self_weight": 200.0}),
+    **{f"camera: SC lambda_S 200 manifolds {'+'.join(k)}":
+       ("camera_student", "sc", {"self_weight": 200.0, "manifolds": [MANIFOLDS[c] for c in k]})
+       for k in (("E",), ("S",), ("H",))},
     "camera: DistilVPR-SC visible pairs": ("camera_student", "sc", {"relation_pairs": "visible"}),
     "lidar: no KD": ("lidar_student", "none", {}),
     "lidar: DistilVPR-SC": ("lidar_student", "sc", {}),

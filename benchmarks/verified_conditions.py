@@ -14,6 +14,10 @@ CPU time per frame (mean, p50, p99: what the load does not inflate), the keyfram
         --map run01_day=results/demo/work_default/map/map \\
         --teacher results/demo/work_default/teacher/best --student results/demo/work_default/student/best
 
+Frame-to-frame motion (``rerank.consecutive`` > 1, tracking with ``--rerank tracking_min_inliers=N``) comes from
+drifting odometry by default (``--odometry drift``: the world generator's wheel-odometry model, seeded per query run),
+``--odometry exact`` takes the ground-truth motion.
+
 ``--camera KEY=VALUE`` overrides a camera verification setting (e.g. ``--camera features=cnn --camera
 cnn_head=results/verification/cnn_head.safetensors --camera ratio=0.9 --camera ratio_exclusion_px=10``).
 """
@@ -34,6 +38,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from distilvpr_ros.data.synthetic import load_synthetic  # noqa: E402
+from distilvpr_ros.data.world.config import OdometryDriftConfig  # noqa: E402
 from distilvpr_ros.evaluation.report import markdown_table, to_jsonable  # noqa: E402
 from distilvpr_ros.evaluation.verified_matches import flatten_scores  # noqa: E402
 from distilvpr_ros.pipeline.calibration import world_calibration  # noqa: E402
@@ -48,7 +53,7 @@ MAP_OF = {"run03_night": "run01_day", "run05_rain": "run01_day", "run07_winter":
           "run02_dusk": "run00_day", "run04_fog": "run00_day", "run06_autumn": "run00_day"}
 COLUMNS = ("condition", "map_run", "queries_with_match", "recall@1.before", "before.accepted", "before.precision",
            "before.recall", "after.accepted", "after.wrong", "after.precision", "after.recall",
-           "after.metric_precision", "pose_error.translation_m_median", "pose_error.translation_m_p90",
+           "after.metric_precision", "tracked", "pose_error.translation_m_median", "pose_error.translation_m_p90",
            "pose_error.rotation_deg_median", "pose_error.rotation_deg_p90", "latency_ms_p50", "latency_ms_p99",
            "cpu_ms_per_frame", "cpu_ms_p50", "cpu_ms_p99", "preload_s")
 
@@ -68,7 +73,9 @@ def main(argv=None) -> int:
     p.add_argument("--camera", action="append", default=[], metavar="KEY=VALUE",
                    help="override a verification.camera setting (VALUE parsed as YAML), e.g. features=cnn")
     p.add_argument("--rerank", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a verification.rerank setting, e.g. consecutive=2")
+                   help="override a verification.rerank setting, e.g. consecutive=2 or tracking_min_inliers=8")
+    p.add_argument("--odometry", choices=("drift", "exact"), default="drift",
+                   help="frame-to-frame motion: drifting wheel odometry (default) or the ground truth")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
     torch.set_num_threads(1)  # the CNN descriptors' trunk
@@ -106,7 +113,8 @@ def main(argv=None) -> int:
                 cpu_ms.append((time.process_time() - c) * 1e3)
 
         loc.localize = timed
-        s = localize_sequence(loc, runs[q])
+        s = localize_sequence(loc, runs[q], odometry_drift=OdometryDriftConfig() if args.odometry == "drift" else None,
+                              drift_seed=sorted(MAP_OF).index(q))
         s.update(condition=runs[q].info["condition"]["name"], map_run=MAP_OF[q],
                  cpu_ms_per_frame=float(np.mean(cpu_ms)), cpu_ms_p50=float(np.percentile(cpu_ms, 50)),
                  cpu_ms_p99=float(np.percentile(cpu_ms, 99)), preload_s=float(getattr(loc, "preload_seconds", 0.0)))

@@ -61,3 +61,15 @@ def test_motion_between_consecutive_seen_frames_comes_from_the_sequence_poses():
     assert loc.motions[0][1] is None  # nothing seen before the first frame
     np.testing.assert_allclose(loc.motions[1][1], invert(poses[0]) @ poses[1], atol=1e-12)
     np.testing.assert_allclose(loc.motions[2][1], invert(poses[1]) @ poses[3], atol=1e-12)
+
+
+def test_drifting_odometry_replaces_the_exact_motion_when_asked():
+    from distilvpr_ros.data.world.config import OdometryDriftConfig
+    poses = [pose(5.0 * i, 0.02 * i) for i in range(6)]
+    seq = Sequence(poses)
+    exact, drift = RecordingLocalizer(), RecordingLocalizer()
+    localize_sequence(exact, seq)
+    localize_sequence(drift, seq, odometry_drift=OdometryDriftConfig(scale_error=0.1), drift_seed=3)
+    for (_, m_exact), (_, m_drift) in zip(exact.motions[1:], drift.motions[1:]):
+        length = np.linalg.norm(m_exact[:3, 3])
+        assert abs(np.linalg.norm(m_drift[:3, 3]) - 1.1 * length) < 0.02 * length  # 10 % scale error, plus its walk

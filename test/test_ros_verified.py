@@ -128,6 +128,51 @@ def test_localization_node_publishes_the_verified_metric_pose(ros, canyon_map):
     assert node.calibration_source == "camera_info + calibration.*" and node.localizer.calibration.K[0, 0] == K[0, 0]
 
 
+def test_localization_node_passes_odometry_motion_and_tracks(ros, canyon_map):
+    """topics.odom: the node interpolates odometry at each image stamp and hands the localizer the motion since the
+    last frame; with tracking on, a frame below camera.min_inliers is accepted where that motion predicts it."""
+    add, executor = ros
+    params = {"map.path": str(canyon_map["map"]), "models.student_checkpoint": str(canyon_map["student"]),
+              "matcher.sequence_length": 1, "matcher.top_k": 4, "verification.rerank.tracking_min_inliers": 8}
+    node = add(LocalizationNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    probe = Probe(add)
+    odom_pub = probe.node.create_publisher(Odometry, "odom", 10)
+    assert spin_until(executor, lambda: odom_pub.get_subscription_count() and probe.image_pub.get_subscription_count())
+    scene = canyon_map["scene"]
+    truth = pose(7.0, 0.4, 3.0)
+    image, _ = scene.render(truth)
+    seen = []
+    localize = node.localizer.localize
+
+    def spy(stamp, img, motion=None):
+        seen.append((stamp, motion))
+        return localize(stamp, img, motion)
+
+    node.localizer.localize = spy
+    odom_x = {}
+
+    def send(t, x):  # odometry first (it brackets the frame), then the image
+        for dt in (-0.05, 0.0, 0.05):
+            odom = Odometry(header=header(t + dt, "odom"), child_frame_id="base_link")
+            odom.pose.pose = pose_msg(np.array([x + dt, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
+            odom_pub.publish(odom)
+        odom_x[t] = x
+        spin_until(executor, lambda: node.odom.span is not None and node.odom.span[1] >= t + 0.05, timeout=5)
+        probe.image_pub.publish(image_msg(image, t, "camera_optical"))
+        assert spin_until(executor, lambda: seen and seen[-1][0] == t, timeout=30), node.problems.last
+
+    send(2000.0, 50.0)
+    assert seen[-1][1] is None  # nothing seen before: no motion
+    assert node.counts["verified"] == 1
+    node.localizer.verification.camera.min_inliers = 10 ** 6  # no frame passes the strict threshold any more
+    send(2001.0, 50.0)  # odometry: stood still
+    np.testing.assert_allclose(seen[-1][1], np.eye(4), atol=1e-9)
+    assert node.counts["verified"] == 2  # tracked
+    send(2002.0, 55.0)  # odometry: 5 m forward, the image did not move: the pose disagrees with the prediction
+    np.testing.assert_allclose(seen[-1][1][:3, 3], [5.0, 0.0, 0.0], atol=1e-6)
+    assert node.counts["verified"] == 2 and "odometry prediction" in node.last_reason
+
+
 @pytest.mark.parametrize("kind", ["wrong_street", "featureless"])
 def test_localization_node_publishes_nothing_for_an_unverified_frame(ros, canyon_map, kind):
     add, executor = ros

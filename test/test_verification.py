@@ -11,6 +11,7 @@ from distilvpr_ros.data.geometry import invert, transform_points
 from distilvpr_ros.verification import (CameraCalibration, CameraVerificationConfig, CameraVerifier,
                                         ConsecutiveAgreement, KeyframeView, LidarVerificationConfig, LidarVerifier,
                                         rerank)
+from distilvpr_ros.verification.agreement import PosePrior
 from distilvpr_ros.verification.depth import lookup_points, sparse_depth
 from distilvpr_ros.verification.features import FeatureExtractor, match_features
 from distilvpr_ros.verification.lidar import yaw_transform
@@ -340,3 +341,20 @@ def test_consecutive_agreement():
     assert ConsecutiveAgreement().update(pose(0, 0, 0))
     with pytest.raises(ValueError):
         ConsecutiveAgreement(required=0)
+
+
+def test_pose_prior_carries_the_last_accepted_pose_by_odometry():
+    p = PosePrior(max_travel_m=12.0)
+    step = pose(5.0, 0.0, 0.0)
+    assert p.advance(step) is None  # nothing accepted yet
+    p.accept(pose(100.0, 0.0, 0.0))
+    np.testing.assert_allclose(p.advance(step), pose(105.0, 0.0, 0.0))
+    np.testing.assert_allclose(p.advance(step), pose(110.0, 0.0, 0.0))  # frames without a fix keep accumulating
+    assert p.advance(step) is None and p.travel_m == 0.0  # 15 m > 12 m of odometry: lapsed
+    p.accept(pose(0.0, 0.0, 0.0))
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_euler("z", 90, degrees=True).as_matrix()
+    np.testing.assert_allclose(p.advance(turn) @ step, p.advance(step), atol=1e-12)  # motion in the vehicle frame
+    assert p.advance(None) is None and p.advance(step) is None  # no odometry: the prediction ends
+    with pytest.raises(ValueError):
+        PosePrior(0.0)

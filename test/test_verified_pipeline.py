@@ -335,3 +335,38 @@ def test_verified_match_scores_count_what_they_claim():
     rerank = score_verified_matches(truth, [5, 5, 5, 5], [False] * 4, [0, 1, -1, -1], [True, True, False, False])
     assert rerank["recall@1"]["before"] == 0.0 and rerank["recall@1"]["after"] == 2 / 3
     assert np.isnan(rerank["pose_error"]["translation_m_median"])
+
+
+def test_tracking_accepts_fewer_inliers_only_where_odometry_predicts_the_pose(canyon):
+    """rerank.tracking_min_inliers: below camera.min_inliers a candidate is accepted only when its PnP pose agrees with
+    the last accepted pose carried forward by odometry; the first fix, a frame after a reset and a frame whose
+    prediction is elsewhere still need camera.min_inliers."""
+    scene, db, poses = canyon
+    image, _ = scene.render(pose(6.5, 0.0, 0.0))
+    step = np.eye(4)
+    loc, student = localizer(db, top_k=1, rerank={"tracking_min_inliers": 8})
+    student.next = one_hot(1)
+    first = loc.localize(0.0, image)
+    assert first.accepted and not first.verification.tracked
+    strict = loc.verification.camera
+    strict.min_inliers = first.verification.inliers + 1  # from now on no frame reaches the strict threshold
+    student.next = one_hot(1)
+    tracked = loc.localize(0.1, image, step)  # stood still: the prediction is the first pose
+    assert tracked.accepted and tracked.verification.tracked
+    np.testing.assert_allclose(tracked.pose, first.pose, atol=1e-6)
+    moved = np.eye(4)
+    moved[0, 3] = 5.0  # odometry says 5 m forward, the image did not move: the pose disagrees
+    student.next = one_hot(1)
+    out = loc.localize(0.2, image, moved)
+    assert not out.accepted and "odometry prediction" in out.verification.candidates[0].reason
+    student.next = one_hot(1)
+    assert not loc.localize(0.3, image, None).accepted  # no odometry: the prediction lapses
+    student.next = one_hot(1)
+    assert not loc.localize(0.4, image, step).accepted  # ... and stays gone until a strict fix
+    # without tracking the same frame after a strict fix is rejected
+    plain, s_plain = localizer(db, top_k=1)
+    s_plain.next = one_hot(1)
+    assert plain.localize(0.0, image).accepted
+    plain.verification.camera.min_inliers = first.verification.inliers + 1
+    s_plain.next = one_hot(1)
+    assert not plain.localize(0.1, image, step).accepted

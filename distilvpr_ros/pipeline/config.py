@@ -35,7 +35,8 @@ class TopicsConfig(Section):
     camera_compressed: str = Field(
         "camera/image_raw/compressed", description="sensor_msgs/CompressedImage topic ('' = not subscribed)")
     lidar: str = Field("lidar/points", description="sensor_msgs/PointCloud2 topic (mapping only)")
-    odom: str = Field("odom", description="nav_msgs/Odometry topic giving keyframe poses (mapping only)")
+    odom: str = Field("odom", description="nav_msgs/Odometry topic: keyframe poses (mapping); the motion between "
+                      "camera frames for rerank.consecutive and tracking (localization; '' = not subscribed)")
     camera_info: str = Field(
         "camera/camera_info", description="sensor_msgs/CameraInfo topic: the camera's intrinsics for verification "
                                           "('' = not subscribed; calibration.* give them instead)")

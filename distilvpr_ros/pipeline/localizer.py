@@ -11,8 +11,12 @@ the first accepted candidate (``rerank.stop_at_first``), and re-ranked by inlier
 (:func:`~distilvpr_ros.verification.rerank.rerank`). The accepted candidate gives the query's base pose in the
 map frame and its PnP covariance; with ``rerank.consecutive`` > 1 it counts only once that many consecutive
 frames agree (:class:`~distilvpr_ros.verification.agreement.ConsecutiveAgreement`, the odometry ``motion``
-between frames when given). :meth:`LocalizationResult.output` is the match to publish: the verified metric
-pose and covariance when verified, and nothing accepted otherwise. A verified frame's loop closure is spaced like the
+between frames when given). Tracking (``rerank.tracking_min_inliers`` > 0): while the last accepted pose carried
+forward by the frames' odometry gives a prediction (:class:`~distilvpr_ros.verification.agreement.PosePrior`), a
+candidate with fewer inliers than ``camera.min_inliers`` but at least ``tracking_min_inliers`` is accepted when
+its PnP pose agrees with the prediction; the first fix always needs ``camera.min_inliers``.
+:meth:`LocalizationResult.output` is the match to publish: the verified metric pose and covariance when verified,
+and nothing accepted otherwise. A verified frame's loop closure is spaced like the
 matcher's: none when one was emitted less than ``matcher.min_interval_s`` ago to a keyframe within
 ``matcher.same_place_radius_m`` of the verified one (the frame stays accepted).
 
@@ -33,7 +37,7 @@ import numpy as np
 from ..data.geometry import pose_to_xyz_quat
 from ..mapping.database import MapError, PlaceDatabase
 from ..mapping.matcher import Candidate, MatcherConfig, MatchResult, PlaceMatcher
-from ..verification.agreement import ConsecutiveAgreement
+from ..verification.agreement import ConsecutiveAgreement, PosePrior, poses_agree
 from ..data.calibration import CameraCalibration
 from ..verification.camera import CameraVerification, CameraVerifier
 from ..verification.rerank import Reranked, rerank
@@ -71,6 +75,7 @@ class VerifiedMatch:
     inliers: int = 0
     candidates: list[CandidateCheck] = field(default_factory=list)  # re-ranked; accepted first
     streak: int = 0  # consecutive agreeing frames so far
+    tracked: bool = False  # accepted below camera.min_inliers because its pose agreed with the odometry prediction
     seconds: float = 0.0
     loop_closure: tuple[float, float] | None = None  # (t_query, t_keyframe) to publish; None when not verified or
     loop_reason: str = ""  # ... suppressed by ``matcher.min_interval_s`` (this says why)
@@ -150,6 +155,7 @@ class Localizer:
             self.preload()
         r = self.verification.rerank
         self.agreement = ConsecutiveAgreement(r.consecutive, r.agree_m, r.agree_deg)
+        self.prior = PosePrior(r.tracking_max_travel_m)
         self._loops: list[tuple[float, np.ndarray]] = []  # verified loop closures emitted: (t_query, keyframe xy)
 
     @classmethod
@@ -180,6 +186,7 @@ class Localizer:
         """Forget the matcher's sequence history and the agreement streak (e.g. after a relocalisation)."""
         self.matcher.reset()
         self.agreement.reset()
+        self.prior.reset()
         self._loops = []
 
     def localize(self, stamp: float, image: np.ndarray, motion: np.ndarray | None = None) -> LocalizationResult:
@@ -200,13 +207,15 @@ class Localizer:
         """Verify ``match``'s candidates against the query ``image`` (module doc); never raises on bad data."""
         t0 = time.perf_counter()
         cfg = self.verification
-        out = self._verify(image, match, cfg)
+        prediction = self.prior.advance(motion)
+        out = self._verify(image, match, cfg, prediction if cfg.rerank.tracking_min_inliers else None)
         confirmed = self.agreement.update(out.pose if out.verified else None, motion)
         out.streak = self.agreement.streak
         if out.verified and not confirmed:
             out.verified = False
             out.reason = f"waiting for {cfg.rerank.consecutive} consecutive agreeing frames ({out.streak} so far)"
         if out.verified:
+            self.prior.accept(out.pose)
             out.loop_closure, out.loop_reason = self._loop_closure(match.stamp, out.id)
         out.seconds = time.perf_counter() - t0
         return out
@@ -224,7 +233,8 @@ class Localizer:
         self._loops.append((float(stamp), xy.copy()))
         return (float(stamp), float(self.db.stamps[id])), ""
 
-    def _verify(self, image: np.ndarray, match: MatchResult, cfg: VerificationConfig) -> VerifiedMatch:
+    def _verify(self, image: np.ndarray, match: MatchResult, cfg: VerificationConfig,
+                prediction: np.ndarray | None = None) -> VerifiedMatch:
         if not self.db.has_views:
             return VerifiedMatch(False, NO_VIEWS)
         if not match.candidates:
@@ -232,12 +242,20 @@ class Localizer:
         if cfg.require_descriptor_match and not match.accepted:
             return VerifiedMatch(False, f"descriptor match not accepted: {match.reason}")
         query = self.verifier.features(image)
+        r, strict = cfg.rerank, cfg.camera.min_inliers
+        floor = min(r.tracking_min_inliers, strict) if prediction is not None else None
 
         def check(id: int) -> CameraVerification:
             view = self.cache.camera(id)
             if isinstance(view, str):
                 return CameraVerification(False, view)
-            return self.verifier.verify(query, view, self.calibration)
+            res = self.verifier.verify(query, view, self.calibration, min_inliers=floor)
+            if res.accepted and res.inliers < strict and not poses_agree(prediction, res.pose, r.tracking_agree_m,
+                                                                         r.tracking_agree_deg):
+                d = float(np.linalg.norm(res.pose[:3, 3] - prediction[:3, 3]))
+                return replace(res, accepted=False, reason=f"too few PnP inliers ({res.inliers} < {strict}) and "
+                               f"{d:.1f} m from the odometry prediction")
+            return res
 
         cands = match.candidates[:cfg.rerank.top_k]
         ranked: Reranked = rerank([c.id for c in cands], [c.score for c in cands], check,
@@ -250,5 +268,6 @@ class Localizer:
         if best is None:
             reasons = "; ".join(f"{c.id}: {c.reason}" for c in checks[:3])
             return VerifiedMatch(False, f"no candidate verified ({reasons})", candidates=checks)
-        r: CameraVerification = best.result
-        return VerifiedMatch(True, "", best.id, r.pose, r.covariance, r.relative_pose, r.inliers, checks)
+        res: CameraVerification = best.result
+        return VerifiedMatch(True, "", best.id, res.pose, res.covariance, res.relative_pose, res.inliers, checks,
+                             tracked=res.inliers < strict)

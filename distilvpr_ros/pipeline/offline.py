@@ -151,14 +151,17 @@ def extend_map_anchored(sequence: Any, teacher_ckpt: str | Path, student_ckpt: s
 
 def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = None, stride: int = 1,
                       max_frames: int | None = None, pose_ok_m: float = 1.0, pose_ok_deg: float = 5.0,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, odometry_drift: Any = None, drift_seed: int = 0) -> dict:
     """Run ``localizer`` (a :class:`~.localizer.Localizer`, verification on or off) over a sequence with ground-truth
     poses and score it (:func:`~distilvpr_ros.evaluation.verified_matches.score_verified_matches`): precision
     and recall before and after verification, metric pose error, re-ranking's R@1, plus latency and the most
     common rejection reasons. The localizer's ``run`` is set to the sequence's, so the temporal exclusion
     hides only the sequence's own keyframes. Each frame's ``motion`` since the previous frame the localizer saw
     comes from the sequence's poses (a bag's odometry), as the node takes it from its odometry topic, so
-    ``rerank.consecutive`` > 1 compares poses carried forward by the vehicle's motion."""
+    ``rerank.consecutive`` > 1 and tracking (``rerank.tracking_min_inliers``) use the vehicle's motion. With
+    ``odometry_drift`` (an :class:`~distilvpr_ros.data.world.config.OdometryDriftConfig`) that motion drifts as
+    wheel odometry does (:func:`~distilvpr_ros.data.world.drift.drift_trajectory`, ``drift_seed``) instead of
+    being exact. ``tracked`` counts the frames accepted through tracking."""
     from collections import Counter
 
     from tqdm import tqdm
@@ -180,16 +183,20 @@ def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = N
     est = np.full((q, 4, 4), np.nan)
     true_poses = np.stack([np.asarray(sequence.poses[i], float) for i in frames]) if q else np.zeros((0, 4, 4))
     stamps = np.array([float(sequence.timestamps[i]) for i in frames])
-    seconds, reasons = [], Counter()
+    odom = true_poses
+    if odometry_drift is not None and q > 1:
+        from ..data.world.drift import drift_trajectory
+        odom = drift_trajectory(true_poses, stamps, odometry_drift, drift_seed)
+    seconds, reasons, tracked = [], Counter(), 0
     previous = None  # pose of the last frame the localizer saw (the start of the next frame's motion)
     for j, i in enumerate(tqdm(frames, desc=f"localize {localizer.run}", unit="frame", disable=not progress)):
-        motion = None if previous is None else invert(previous) @ true_poses[j]
+        motion = None if previous is None else invert(previous) @ odom[j]
         try:
             out = localizer.localize(stamps[j], sequence[i].image, motion)
         except ValueError as e:  # unusable / low-quality frame: nothing matched
             reasons[f"frame rejected: {str(e).split(' (')[0]}"] += 1
             continue
-        previous = true_poses[j]
+        previous = odom[j]
         seconds.append(out.seconds)
         m = out.match
         top1[j] = m.best.id if m.best is not None else -1
@@ -201,6 +208,7 @@ def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = N
                 est[j] = out.pose
         elif v.verified:
             verified[j], verified_ids[j], est[j] = True, v.id, v.pose
+            tracked += v.tracked
         else:  # why the descriptor's top-1 was not verified (or why nothing was)
             top = next((c for c in v.candidates if c.descriptor_rank == 0), None)
             reasons[(top.reason if top is not None else v.reason).split(" (")[0]] += 1
@@ -212,5 +220,6 @@ def localize_sequence(localizer: Any, sequence: Any, correct_m: float | None = N
                   top_k=min(localizer.matcher.cfg.top_k, localizer.verification.rerank.top_k),
                   latency_ms_p50=float(np.percentile(ms, 50)) if len(ms) else float("nan"),
                   latency_ms_p99=float(np.percentile(ms, 99)) if len(ms) else float("nan"),
-                  rejections=dict(reasons.most_common(5)))
+                  rejections=dict(reasons.most_common(5)), tracked=int(tracked),
+                  odometry="drift" if odometry_drift is not None else "exact")
     return scores

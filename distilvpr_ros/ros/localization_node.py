@@ -8,6 +8,12 @@ Inputs (sensor QoS: best-effort by default)
     sequence numbers (``drops_transport``). Duplicate and out-of-order stamps are dropped with a throttled
     WARN.
 
+Odometry (optional)
+    ``topics.odom`` (nav_msgs/Odometry, '' = not subscribed) gives the vehicle's motion between camera frames
+    (the odometry interpolated at each image stamp, ``keyframes.odom_tolerance_s``); the localizer uses it for
+    ``verification.rerank.consecutive`` > 1 and tracking (``rerank.tracking_min_inliers``). A frame without
+    odometry at its stamp has no motion (tracking lapses; consecutive poses are compared unmoved).
+
 Calibration
     ``topics.camera_info`` (sensor_msgs/CameraInfo, '' = off) gives the query camera's intrinsics, ``calibration.*``
     its extrinsics (or, without CameraInfo, both): :func:`~distilvpr_ros.pipeline.calibration.calibration_from_config`.
@@ -62,6 +68,7 @@ import time
 
 import numpy as np
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -74,6 +81,7 @@ from ..pipeline.calibration import calibration_from_config
 from ..pipeline.config import NodeConfig
 from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.image_quality import LowQualityImage
+from ..pipeline.keyframes import OdometryBuffer
 from ..pipeline.localizer import LocalizationResult, Localizer
 from ..pipeline.views import ViewCache
 from .diagnostics import ERROR, TransportLosses
@@ -111,6 +119,10 @@ class LocalizationNode(ManagedNode):
         self._last_raw = -1e9
         self.lost = {True: TransportLosses(), False: TransportLosses()}  # raw, compressed
         self.camera_info = None  # the latest CameraInfo's intrinsics (msg_codec.CameraIntrinsics)
+        k = cfg.keyframes
+        self.odom = OdometryBuffer(k.odom_buffer_s, k.odom_tolerance_s, cfg.sync.reset_jump_s, k.max_position_m,
+                                   k.max_speed_mps)
+        self._last_odom: tuple[int, np.ndarray] | None = None  # (buffer epoch, pose) at the last matched frame
         self.calibration_source = "map"
         for name in OUTPUT_TOPICS:
             setattr(self, name, None)
@@ -168,6 +180,8 @@ class LocalizationNode(ManagedNode):
                                   lambda m, info: self._on_camera(m, False, info), qos, watch=True)
         if cfg.topics.camera_info:
             self.add_subscription(CameraInfo, cfg.topics.camera_info, self._on_camera_info, qos)
+        if cfg.topics.odom:
+            self.add_subscription(Odometry, cfg.topics.odom, self._on_odom, qos)
         self.add_timer(KEYFRAME_MARKERS_PERIOD_S, self._publish_keyframes)
         self._publish_keyframes()
 
@@ -229,6 +243,23 @@ class LocalizationNode(ManagedNode):
                     return
             self.get_logger().info(f"camera_info {info.width}x{info.height}: calibration {self.calibration_source}")
 
+    def _on_odom(self, msg: Odometry) -> None:
+        try:
+            pose = msg_codec.odometry_to_pose(msg)
+            with self.lock:
+                self.odom.add(msg_stamp(msg), pose)
+        except ValueError as e:
+            self.problems.report("bad_odometry", f"odometry message dropped: {e}")
+
+    def motion_at(self, stamp: float) -> np.ndarray | None:
+        """Odometry motion ``previous_base_T_current_base`` from the last matched frame to ``stamp`` (None without
+        odometry at either, or across an odometry reset); remembers ``stamp``'s pose for the next frame."""
+        pose = self.odom.pose_at(stamp)
+        last, self._last_odom = self._last_odom, None if pose is None else (self.odom.epoch, pose)
+        if pose is None or last is None or last[0] != self.odom.epoch:
+            return None
+        return np.linalg.inv(last[1]) @ pose
+
     def _on_camera(self, msg, raw: bool, info=None) -> None:
         self.lost[raw].update(info)
         now = time.monotonic()
@@ -267,7 +298,7 @@ class LocalizationNode(ManagedNode):
         stamp = msg_stamp(msg)
         try:
             image = msg_codec.image_to_rgb(msg) if isinstance(msg, Image) else msg_codec.compressed_to_rgb(msg)
-            out = self.localizer.localize(stamp, image)
+            out = self.localizer.localize(stamp, image, self.motion_at(stamp))
         except LowQualityImage as e:
             self.counts["low_quality"] += 1
             self.problems.report("low_quality_image", f"camera frame at t={stamp:.6f} not matched: {e}")

@@ -143,12 +143,16 @@ class CameraVerifier:
         return feats, pts, detected, problem
 
     def verify(self, query: np.ndarray | LocalFeatures | None, keyframe: KeyframeView,
-               query_calibration: CameraCalibration | None = None) -> CameraVerification:
-        """Verify ``query`` (an RGB image or its features) against ``keyframe``; see the module doc."""
+               query_calibration: CameraCalibration | None = None,
+               min_inliers: int | None = None) -> CameraVerification:
+        """Verify ``query`` (an RGB image or its features) against ``keyframe``; see the module doc.
+        ``min_inliers``: this call's acceptance threshold instead of the configuration's (a tracking localizer
+        lowers it when it can check the pose against an odometry prediction)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            result = self._verify(query, keyframe, query_calibration or keyframe.calibration, timings)
+            result = self._verify(query, keyframe, query_calibration or keyframe.calibration, timings,
+                                  self.config.min_inliers if min_inliers is None else max(4, int(min_inliers)))
         except (ValueError, ArithmeticError, np.linalg.LinAlgError, cv2.error) as e:  # malformed arrays: reject
             result = CameraVerification(False, f"verification failed: {type(e).__name__}: {e}")
         timings["total"] = (time.perf_counter() - t0) * 1e3
@@ -156,7 +160,7 @@ class CameraVerifier:
         return result
 
     def _verify(self, query, keyframe: KeyframeView, qcal: CameraCalibration,
-                timings: dict[str, float]) -> CameraVerification:
+                timings: dict[str, float], min_inliers: int) -> CameraVerification:
         cfg = self.config
         t = time.perf_counter()
 
@@ -173,8 +177,8 @@ class CameraVerifier:
         q = query if isinstance(query, LocalFeatures) else self.features(query)
         k, pts_all = keyframe.features, keyframe.points
         lap("features")
-        if len(q) < cfg.min_inliers:
-            return CameraVerification(False, f"query has too few features ({len(q)} < {cfg.min_inliers})")
+        if len(q) < min_inliers:
+            return CameraVerification(False, f"query has too few features ({len(q)} < {min_inliers})")
         pairs = match_features(q, k, cfg.ratio, cfg.ratio_exclusion_px)
         lap("matching")
         n_match = n_corr = len(pairs)  # every keyframe feature has a 3D point: a match is a 2D-3D correspondence
@@ -183,8 +187,8 @@ class CameraVerifier:
         uv_q_raw = q.uv[pairs[:, 0]]
         uv_q = qcal.undistort(uv_q_raw)
         lap("depth")
-        if n_corr < cfg.min_inliers:
-            return CameraVerification(False, f"too few matches with LiDAR depth ({n_corr} < {cfg.min_inliers})",
+        if n_corr < min_inliers:
+            return CameraVerification(False, f"too few matches with LiDAR depth ({n_corr} < {min_inliers})",
                                       matches=n_match, correspondences=n_corr)
         sol, why = solve_pnp(uv_q, pts_k, qcal.K, qcal.width, qcal.height, cfg.ransac_threshold_px,
                              self.backend, cfg.ransac_iterations)
@@ -195,8 +199,8 @@ class CameraVerifier:
         inl = sol.inliers
         base.update(inliers=sol.num_inliers, reprojection_error_px=sol.rms_px,
                     inlier_uv_query=uv_q_raw[inl], inlier_uv_keyframe=k.uv[pairs[inl, 1]])
-        if sol.num_inliers < cfg.min_inliers:
-            return CameraVerification(False, f"too few PnP inliers ({sol.num_inliers} < {cfg.min_inliers})", **base)
+        if sol.num_inliers < min_inliers:
+            return CameraVerification(False, f"too few PnP inliers ({sol.num_inliers} < {min_inliers})", **base)
         if sol.rms_px > cfg.max_reprojection_px:
             return CameraVerification(
                 False, f"reprojection error too large ({sol.rms_px:.2f} > {cfg.max_reprojection_px} px)", **base)

@@ -113,3 +113,13 @@ class RerankConfig(Section):
     consecutive: int = Field(1, ge=1, description="accepted only after this many consecutive agreeing frames")
     agree_m: float = Field(3.0, gt=0, description="consecutive poses agree within this distance (m)")
     agree_deg: float = Field(10.0, gt=0, description="consecutive poses agree within this rotation (deg)")
+    tracking_min_inliers: int = Field(
+        0, ge=0, description="tracking: while a prediction exists (the last accepted pose carried forward by "
+        "odometry), accept a candidate with at least this many PnP inliers (fewer than camera.min_inliers) when its "
+        "pose agrees with the prediction within tracking_agree_m / tracking_agree_deg; 0: off (every frame needs "
+        "camera.min_inliers)")
+    tracking_agree_m: float = Field(2.0, gt=0, description="tracking: largest distance to the prediction (m)")
+    tracking_agree_deg: float = Field(5.0, gt=0, description="tracking: largest rotation to the prediction (deg)")
+    tracking_max_travel_m: float = Field(
+        30.0, gt=0, description="tracking: the prediction lapses after this much odometry since the last accepted "
+        "frame (drift); a frame without odometry ends it too")
