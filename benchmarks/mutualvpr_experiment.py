@@ -60,6 +60,10 @@ VARIANTS: dict[str, tuple[dict, bool]] = {
     "MutualVPR K=3 + fixes": ({**COSFACE, "classify": {"views": 3, **FIXES}}, False),
     "DistilVPR-SC + triplet": ({"distill": {"method": "sc"}}, True),
     "DistilVPR-SC + MutualVPR K=3": ({**COSFACE, "classify": {"views": 3}, "distill": {"method": "sc"}}, True),
+    # SC at the lambda_S the DistilVPR experiment chose on validation (docs/results/distilvpr/frozen_teacher)
+    "DistilVPR-SC lambda_S 200 + triplet": ({"distill": {"method": "sc", "self_weight": 200.0}}, True),
+    "DistilVPR-SC lambda_S 200 + MutualVPR K=3": (
+        {**COSFACE, "classify": {"views": 3}, "distill": {"method": "sc", "self_weight": 200.0}}, True),
 }
 
 

@@ -370,3 +370,29 @@ def test_tracking_accepts_fewer_inliers_only_where_odometry_predicts_the_pose(ca
     plain.verification.camera.min_inliers = first.verification.inliers + 1
     s_plain.next = one_hot(1)
     assert not plain.localize(0.1, image, step).accepted
+
+
+def test_tracking_bootstrap_accepts_the_second_of_two_agreeing_low_inlier_frames(canyon):
+    """rerank.tracking_bootstrap: with no fix yet, a pose below camera.min_inliers is tentative; the next frame whose
+    pose agrees with it through the odometry is accepted. Without odometry, or without the option, neither is."""
+    scene, db, poses = canyon
+    image, _ = scene.render(pose(6.5, 0.0, 0.0))
+    still = np.eye(4)
+
+    def run(motions, bootstrap=True):
+        loc, student = localizer(db, top_k=1, rerank={"tracking_min_inliers": 8, "tracking_bootstrap": bootstrap})
+        loc.verification.camera.min_inliers = 10 ** 6  # no frame can be a strict fix
+        out = []
+        for k, motion in enumerate(motions):
+            student.next = one_hot(1)
+            out.append(loc.localize(float(k), image, motion).verification)
+        return out
+
+    first, second = run([None, still])
+    assert not first.verified and "tentative" in first.candidates[0].reason and first.tentative is not None
+    assert second.verified and second.tracked
+    assert [v.verified for v in run([None, None, still])] == [False, False, True]  # no odometry: starts again
+    assert not any(v.verified for v in run([None, still], bootstrap=False))
+    moved = np.eye(4)
+    moved[0, 3] = 5.0  # odometry says 5 m, the image did not move: the two poses disagree
+    assert [v.verified for v in run([None, moved, still])] == [False, False, True]

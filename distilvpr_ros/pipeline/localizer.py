@@ -14,7 +14,9 @@ frames agree (:class:`~distilvpr_ros.verification.agreement.ConsecutiveAgreement
 between frames when given). Tracking (``rerank.tracking_min_inliers`` > 0): while the last accepted pose carried
 forward by the frames' odometry gives a prediction (:class:`~distilvpr_ros.verification.agreement.PosePrior`), a
 candidate with fewer inliers than ``camera.min_inliers`` but at least ``tracking_min_inliers`` is accepted when
-its PnP pose agrees with the prediction; the first fix always needs ``camera.min_inliers``.
+its PnP pose agrees with the prediction; the first fix needs ``camera.min_inliers``, or, with
+``rerank.tracking_bootstrap``, two consecutive frames whose poses (each with at least ``tracking_min_inliers``)
+agree through the odometry between them (the first is tentative, the second is accepted and starts the track).
 :meth:`LocalizationResult.output` is the match to publish: the verified metric pose and covariance when verified,
 and nothing accepted otherwise. A verified frame's loop closure is spaced like the
 matcher's: none when one was emitted less than ``matcher.min_interval_s`` ago to a keyframe within
@@ -76,6 +78,7 @@ class VerifiedMatch:
     candidates: list[CandidateCheck] = field(default_factory=list)  # re-ranked; accepted first
     streak: int = 0  # consecutive agreeing frames so far
     tracked: bool = False  # accepted below camera.min_inliers because its pose agreed with the odometry prediction
+    tentative: np.ndarray | None = None  # tracking_bootstrap: a pose below camera.min_inliers with nothing to agree
     seconds: float = 0.0
     loop_closure: tuple[float, float] | None = None  # (t_query, t_keyframe) to publish; None when not verified or
     loop_reason: str = ""  # ... suppressed by ``matcher.min_interval_s`` (this says why)
@@ -155,7 +158,8 @@ class Localizer:
             self.preload()
         r = self.verification.rerank
         self.agreement = ConsecutiveAgreement(r.consecutive, r.agree_m, r.agree_deg)
-        self.prior = PosePrior(r.tracking_max_travel_m)
+        self.prior = PosePrior(r.tracking_max_travel_m)  # the last accepted pose
+        self.hypothesis = PosePrior(r.tracking_max_travel_m)  # the last frame's tentative pose (tracking_bootstrap)
         self._loops: list[tuple[float, np.ndarray]] = []  # verified loop closures emitted: (t_query, keyframe xy)
 
     @classmethod
@@ -187,6 +191,7 @@ class Localizer:
         self.matcher.reset()
         self.agreement.reset()
         self.prior.reset()
+        self.hypothesis.reset()
         self._loops = []
 
     def localize(self, stamp: float, image: np.ndarray, motion: np.ndarray | None = None) -> LocalizationResult:
@@ -207,8 +212,15 @@ class Localizer:
         """Verify ``match``'s candidates against the query ``image`` (module doc); never raises on bad data."""
         t0 = time.perf_counter()
         cfg = self.verification
-        prediction = self.prior.advance(motion)
-        out = self._verify(image, match, cfg, prediction if cfg.rerank.tracking_min_inliers else None)
+        r = cfg.rerank
+        prediction, hypothesis = self.prior.advance(motion), self.hypothesis.advance(motion)
+        bootstrap = bool(r.tracking_min_inliers and r.tracking_bootstrap and prediction is None)
+        gate = prediction if prediction is not None else hypothesis if bootstrap else None
+        out = self._verify(image, match, cfg, gate if r.tracking_min_inliers else None, bootstrap)
+        if out.tentative is not None:
+            self.hypothesis.accept(out.tentative)
+        else:
+            self.hypothesis.reset()
         confirmed = self.agreement.update(out.pose if out.verified else None, motion)
         out.streak = self.agreement.streak
         if out.verified and not confirmed:
@@ -234,7 +246,9 @@ class Localizer:
         return (float(stamp), float(self.db.stamps[id])), ""
 
     def _verify(self, image: np.ndarray, match: MatchResult, cfg: VerificationConfig,
-                prediction: np.ndarray | None = None) -> VerifiedMatch:
+                prediction: np.ndarray | None = None, bootstrap: bool = False) -> VerifiedMatch:
+        """Verify the candidates; below ``camera.min_inliers`` a pose is accepted only when it agrees with
+        ``prediction``; with ``bootstrap`` and no prediction, the best such pose comes back as ``tentative``."""
         if not self.db.has_views:
             return VerifiedMatch(False, NO_VIEWS)
         if not match.candidates:
@@ -243,19 +257,25 @@ class Localizer:
             return VerifiedMatch(False, f"descriptor match not accepted: {match.reason}")
         query = self.verifier.features(image)
         r, strict = cfg.rerank, cfg.camera.min_inliers
-        floor = min(r.tracking_min_inliers, strict) if prediction is not None else None
+        floor = min(r.tracking_min_inliers, strict) if prediction is not None or bootstrap else None
+        tentative: list[CameraVerification] = []
 
         def check(id: int) -> CameraVerification:
             view = self.cache.camera(id)
             if isinstance(view, str):
                 return CameraVerification(False, view)
             res = self.verifier.verify(query, view, self.calibration, min_inliers=floor)
-            if res.accepted and res.inliers < strict and not poses_agree(prediction, res.pose, r.tracking_agree_m,
-                                                                         r.tracking_agree_deg):
-                d = float(np.linalg.norm(res.pose[:3, 3] - prediction[:3, 3]))
-                return replace(res, accepted=False, reason=f"too few PnP inliers ({res.inliers} < {strict}) and "
-                               f"{d:.1f} m from the odometry prediction")
-            return res
+            if not res.accepted or res.inliers >= strict:
+                return res
+            if prediction is not None and poses_agree(prediction, res.pose, r.tracking_agree_m, r.tracking_agree_deg):
+                return res  # tracked
+            if bootstrap:
+                tentative.append(res)
+                return replace(res, accepted=False, reason=f"tentative: {res.inliers} PnP inliers (< {strict}), "
+                               "waiting for the next frame to agree")
+            d = float(np.linalg.norm(res.pose[:3, 3] - prediction[:3, 3]))
+            return replace(res, accepted=False, reason=f"too few PnP inliers ({res.inliers} < {strict}) and "
+                           f"{d:.1f} m from the odometry prediction")
 
         cands = match.candidates[:cfg.rerank.top_k]
         ranked: Reranked = rerank([c.id for c in cands], [c.score for c in cands], check,
@@ -267,7 +287,8 @@ class Localizer:
         best = ranked.best
         if best is None:
             reasons = "; ".join(f"{c.id}: {c.reason}" for c in checks[:3])
-            return VerifiedMatch(False, f"no candidate verified ({reasons})", candidates=checks)
+            hypothesis = max(tentative, key=lambda t: t.inliers).pose if tentative else None
+            return VerifiedMatch(False, f"no candidate verified ({reasons})", candidates=checks, tentative=hypothesis)
         res: CameraVerification = best.result
         return VerifiedMatch(True, "", best.id, res.pose, res.covariance, res.relative_pose, res.inliers, checks,
                              tracked=res.inliers < strict)

@@ -118,6 +118,9 @@ class RerankConfig(Section):
         "odometry), accept a candidate with at least this many PnP inliers (fewer than camera.min_inliers) when its "
         "pose agrees with the prediction within tracking_agree_m / tracking_agree_deg; 0: off (every frame needs "
         "camera.min_inliers)")
+    tracking_bootstrap: bool = Field(
+        False, description="tracking without a fix yet: a pose with at least tracking_min_inliers is tentative, and "
+        "the next frame's pose that agrees with it through the odometry is accepted (and starts the track)")
     tracking_agree_m: float = Field(2.0, gt=0, description="tracking: largest distance to the prediction (m)")
     tracking_agree_deg: float = Field(5.0, gt=0, description="tracking: largest rotation to the prediction (deg)")
     tracking_max_travel_m: float = Field(
