@@ -358,3 +358,21 @@ def test_pose_prior_carries_the_last_accepted_pose_by_odometry():
     assert p.advance(None) is None and p.advance(step) is None  # no odometry: the prediction ends
     with pytest.raises(ValueError):
         PosePrior(0.0)
+
+
+def test_photometric_median_detects_on_the_median_filtered_image(scene):
+    """photometric: median detects and describes on the 3x3 median of the grey image (its benefit under low-light
+    noise is a benchmark figure: docs/results/verification/night.md); unknown filters are refused."""
+    import cv2
+    image = scene["query"]
+    noisy = np.clip(image.astype(np.float32) + np.random.default_rng(0).normal(0, 12, image.shape), 0, 255)
+    noisy = noisy.astype(np.uint8)
+    gray = cv2.cvtColor(noisy, cv2.COLOR_RGB2GRAY)
+    median = FeatureExtractor("orb", 500, upright=True, photometric="median").extract(noisy)
+    direct = FeatureExtractor("orb", 500, upright=True).extract(cv2.medianBlur(gray, 3))
+    plain = FeatureExtractor("orb", 500, upright=True).extract(noisy)
+    np.testing.assert_array_equal(median.uv, direct.uv)
+    np.testing.assert_array_equal(median.descriptors, direct.descriptors)
+    assert not np.array_equal(median.uv, plain.uv)
+    with pytest.raises(ValueError):
+        FeatureExtractor("orb", photometric="blur")

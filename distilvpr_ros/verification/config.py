@@ -21,8 +21,9 @@ class CameraVerificationConfig(Section):
     features: Literal["sift", "orb", "cnn"] = Field(
         "orb", description="local features: OpenCV SIFT or ORB (ORB: higher precision per ms and recall, measured), "
         "or cnn: ORB keypoints described by the ImageNet EfficientNet-Lite0 trunk's feature maps (cnn_stages)")
-    photometric: Literal["none", "clahe"] = Field(
-        "none", description="grey-image normalisation before detection / ORB and SIFT description: none or clahe")
+    photometric: Literal["none", "clahe", "median"] = Field(
+        "none", description="grey-image filter before detection / ORB and SIFT description: none, clahe "
+        "(equalisation) or median (3x3, against low-light pixel noise)")
     cnn_stages: str = Field(
         "3,4", description="features: cnn without cnn_head: comma-separated Lite0 stages sampled at the keypoints "
         "(0 stem .. 5; 2 = stride 4, 3 = stride 8, 4 = stride 16 / 80 channels)")
