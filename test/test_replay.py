@@ -279,3 +279,20 @@ def test_mapping_replay_forwards_the_bag_and_records_the_node(assets, tmp_path):
         result["loop_closures"]
     node = "/distilvpr_mapping_replay/distilvpr_mapping"
     assert any(s.hardware_id == node for _, msg in back["/diagnostics"] for s in msg.status)
+
+
+@pytest.mark.ros
+def test_replay_plays_odometry_when_the_localizer_uses_it(assets, tmp_path):
+    """With tracking on, the replay also plays the bag's odometry into the node (only the camera frames are paced at
+    ``hz`` and counted by ``max_frames``); without a use for it, none is played."""
+    from distilvpr_ros.pipeline.offline import open_bag_sequence
+    from distilvpr_ros.ros.replay_localization import odometry_topic, record_replay, replay_config
+
+    cfg = replay_config(assets["bag"], assets["map"], assets["student"],
+                        overrides={"verification.rerank.tracking_min_inliers": 8})
+    assert odometry_topic(assets["bag"], cfg) == {"/odom": ("odom", "nav_msgs/msg/Odometry")}
+    seq = open_bag_sequence(assets["bag"], cfg)
+    rec = record_replay(seq, cfg, tmp_path, hz=20.0, max_frames=6)
+    assert len(rec.sent_stamps) == 6 and rec.node["odometry"] > 0 and rec.node["processed"] > 0
+    plain = replay_config(assets["bag"], assets["map"], assets["student"])
+    assert odometry_topic(assets["bag"], plain) == {}

@@ -91,19 +91,22 @@ def put(out: queue.Queue, item: Any, stop: threading.Event) -> bool:
 
 
 def read_bag(bag: Path, topics: dict[str, tuple[str, str]], out: queue.Queue, stop: threading.Event,
-             errors: list, odom_lead_s: float = 0.0, max_messages: int | None = None) -> None:
+             errors: list, odom_lead_s: float = 0.0, max_messages: int | None = None,
+             count_odometry: bool = True) -> None:
     """The messages of ``bag`` on ``topics`` (``bag topic → (node topic, message type)``) into ``out`` as
     :class:`BagMessage`, then ``None``, in play-time order: the bag time, minus ``odom_lead_s`` for odometry
-    (sent that much earlier). At most ``max_messages``. An error ends the stream and is kept in ``errors``."""
-    ahead: list[tuple[float, int, BagMessage]] = []  # heap on play time: messages read but not yet due
+    (sent that much earlier). At most ``max_messages`` (odometry not counted unless ``count_odometry``). An error
+    ends the stream and is kept in ``errors``."""
+    ahead: list[tuple[float, int, BagMessage, bool]] = []  # heap on play time: messages not yet due (odometry?)
     sent = 0
 
     def flush(until: float) -> bool:
         nonlocal sent
         while ahead and ahead[0][0] <= until and (max_messages is None or sent < max_messages):
-            if not put(out, heapq.heappop(ahead)[2], stop):
+            _, _, message, odometry = heapq.heappop(ahead)
+            if not put(out, message, stop):
                 return False
-            sent += 1
+            sent += count_odometry or not odometry
         return max_messages is None or sent < max_messages
 
     try:
@@ -114,7 +117,8 @@ def read_bag(bag: Path, topics: dict[str, tuple[str, str]], out: queue.Queue, st
                 t = ns_to_sec(t_ns)
                 due = t - odom_lead_s if msgtype == ODOMETRY_TYPE else t
                 stamp = stamp_to_sec(reader.deserialize(raw, msgtype).header.stamp)
-                heapq.heappush(ahead, (due, k, BagMessage(node_topic, due, stamp, bytes(raw))))
+                heapq.heappush(ahead, (due, k, BagMessage(node_topic, due, stamp, bytes(raw)),
+                                       msgtype == ODOMETRY_TYPE))
                 if not flush(t - odom_lead_s):  # nothing read later can play before these
                     return
             flush(math.inf)
@@ -154,17 +158,21 @@ class BagPlayer:
 
     def play(self, messages: queue.Queue, rate: float = 1.0, max_gap_s: float = math.inf, hz: float | None = None,
              hold: Callable[[int], bool] | None = None, hold_topics: Sequence[str] = (),
-             hold_timeout_s: float = 10.0) -> None:
+             hold_timeout_s: float = 10.0, hz_topics: Sequence[str] | None = None) -> None:
         """Publish the :class:`BagMessage` items of ``messages`` (``None`` ends) at ``rate`` x bag time, pauses
-        longer than ``max_gap_s`` (bag time) shortened to it, or evenly at ``hz`` when given. With ``hold``,
+        longer than ``max_gap_s`` (bag time) shortened to it, or evenly at ``hz`` when given (``hz_topics``: only
+        messages on these topics are paced, the others go out at once in their order; None: every message). With
+        ``hold``,
         the k-th message on ``hold_topics`` waits (at most ``hold_timeout_s``) until ``hold(k)`` is true; the
         schedule moves on by the time waited. Errors are kept in ``error`` (this runs in a thread)."""
         try:
             start, played, previous = time.monotonic(), 0.0, None
-            held = 0
-            for k, (topic, due, stamp, raw) in enumerate(iter(messages.get, None)):
+            held = paced = 0
+            for topic, due, stamp, raw in iter(messages.get, None):
                 if hz:
-                    played = k / hz
+                    if hz_topics is None or topic in hz_topics:
+                        played = paced / hz
+                        paced += 1
                 else:
                     if previous is not None:
                         played += min(max(due - previous, 0.0), max_gap_s) / rate

@@ -112,7 +112,7 @@ class LocalizationNode(ManagedNode):
         self.guard = StampGuard(cfg.sync.reset_jump_s)
         self.window = LatencyWindow(cfg.diagnostics.window)
         self.counts = {"frames": 0, "processed": 0, "dropped": 0, "accepted": 0, "loop_closures": 0,
-                       "low_quality": 0, "verified": 0, "descriptor_accepted": 0}
+                       "low_quality": 0, "verified": 0, "descriptor_accepted": 0, "odometry": 0}
         self.localizer: Localizer | None = None
         self.last_reason = ""
         self._pending = None
@@ -247,7 +247,7 @@ class LocalizationNode(ManagedNode):
         try:
             pose = msg_codec.odometry_to_pose(msg)
             with self.lock:
-                self.odom.add(msg_stamp(msg), pose)
+                self.counts["odometry"] += self.odom.add(msg_stamp(msg), pose)
         except ValueError as e:
             self.problems.report("bad_odometry", f"odometry message dropped: {e}")
 
@@ -372,6 +372,7 @@ class LocalizationNode(ManagedNode):
             "verification": bool(loc is not None and loc.verification.enabled),
             "map_has_views": bool(loc is not None and loc.db.has_views), "verified": self.counts["verified"],
             "descriptor_accepted": self.counts["descriptor_accepted"], "calibration": self.calibration_source,
+            "odometry": self.counts["odometry"],
             "model": loc.student.identity[0] if loc else "", "last_match": self.last_reason or "accepted",
             "last_error": self.fatal or self.problems.last,
         }

@@ -10,6 +10,9 @@ What runs where (chosen so the numbers are the ones a robot would see; :mod:`~di
     * This process's ``bag_player`` publishes the bag's camera messages as recorded (``sensor_msgs/Image``
       on ``topics.camera``, or ``CompressedImage`` on ``topics.camera_compressed``: the node decodes them),
       each preceded by ``/clock``, paced at real time x ``rate`` from the bag's time, or evenly at ``hz``.
+      When the localizer uses odometry (``verification.rerank.consecutive`` > 1 or ``tracking_min_inliers`` > 0)
+      and the bag has ``topics.odom`` (nav_msgs/Odometry), that topic is played too, ``ODOM_LEAD_S`` of bag
+      time ahead of the camera (with ``hz`` only the camera frames are paced).
       ``replay_recorder`` keeps every output of the node with its receive time.
 
 Before the timed playback the bag's first camera frame is sent ``warmup`` times with stamps before the bag's
@@ -49,7 +52,7 @@ from ..mapping.database import PlaceDatabase
 from ..pipeline.calibration import world_calibration
 from ..pipeline.config import NodeConfig, load_node_config
 from ..pipeline.offline import open_bag_sequence
-from .bag_player import MESSAGE_CLASSES, Clock, first_message
+from .bag_player import CAMERA_TYPES, MESSAGE_CLASSES, ODOMETRY_TYPE, Clock, absolute, bag_topics, first_message
 from .localization_node import NODE_NAME
 from .messages import msg_stamp, stamp_from_sec
 from .node_process import ReplayError
@@ -61,9 +64,10 @@ MODULE = "distilvpr_ros.ros.localization_node"
 OUTPUTS_BAG = "localization_outputs"
 WARMUP_LEAD_S = 100.0  # warm-up frames are stamped up to this long before the bag's first frame
 WARMUP_SENDS = 1000  # at most this many warm-up sends (each waits up to 2 s for its answer)
+ODOM_LEAD_S = 1.0  # odometry is sent this much bag time before the camera frames it brackets
 #: Cumulative counters of the node's diagnostics, reported for the timed playback only (warm-up removed).
 NODE_COUNTERS = ("frames", "processed", "drops", "drops_transport", "drops_duplicate", "drops_out_of_order",
-                 "input_errors", "accepted", "loop_closures", "verified", "descriptor_accepted")
+                 "input_errors", "accepted", "loop_closures", "verified", "descriptor_accepted", "odometry")
 
 
 def camera_topic(seq, cfg: NodeConfig) -> dict[str, tuple[str, str]]:
@@ -76,6 +80,16 @@ def camera_topic(seq, cfg: NodeConfig) -> dict[str, tuple[str, str]]:
     return {seq.image_topic: (node_topic, seq.image_type)}
 
 
+def odometry_topic(bag: Path, cfg: NodeConfig) -> dict[str, tuple[str, str]]:
+    """``{bag topic: (node topic, type)}`` of ``topics.odom`` when the localizer uses odometry (``rerank.consecutive``
+    > 1 or tracking) and ``bag`` has it as nav_msgs/Odometry; else empty."""
+    r = cfg.verification.rerank
+    if not cfg.topics.odom or not cfg.verification.enabled or (r.consecutive <= 1 and not r.tracking_min_inliers):
+        return {}
+    topic = absolute(cfg.topics.odom)
+    return {topic: (cfg.topics.odom, ODOMETRY_TYPE)} if bag_topics(bag).get(topic) == ODOMETRY_TYPE else {}
+
+
 class LocalizationReplay(ReplaySession):
     """The localization node under replay. Used by :func:`record_replay` in this order: :meth:`wait_ready`,
     :meth:`warm_up`, :meth:`play`, :meth:`drain`, :meth:`close`."""
@@ -85,7 +99,7 @@ class LocalizationReplay(ReplaySession):
         super().__init__(cfg, out_dir, MODULE, NODE_NAME, "localization node",
                          {node: MESSAGE_CLASSES[msgtype] for node, msgtype in topics.values()}, namespace,
                          "localization_params.yaml", "node.log")
-        (self.camera, self.camera_type), = topics.values()
+        self.camera, self.camera_type = next((n, t) for n, t in topics.values() if t in CAMERA_TYPES)
 
     def wait_ready(self, timeout: float) -> None:
         """Until the node reports OK and both directions of DDS are matched; ReplayError on its ERROR."""
@@ -146,13 +160,16 @@ def record_replay(seq, cfg: NodeConfig, out_dir: Path, rate: float = 1.0, hz: fl
     if rate <= 0 or (hz is not None and hz <= 0):
         raise ValueError(f"rate and hz must be positive, got rate={rate}, hz={hz}")
     out_dir = Path(out_dir)
-    topics = camera_topic(seq, cfg)
+    topics = {**camera_topic(seq, cfg), **odometry_topic(seq.path, cfg)}
     t0, first = first_message(seq.path, seq.image_topic)
     session = LocalizationReplay(cfg, out_dir, topics, namespace)
     try:
         session.wait_ready(startup_timeout_s)
         before = session.warm_up(first, t0, warmup, startup_timeout_s)
-        session.play(seq.path, topics, rate=rate, hz=hz, max_messages=max_frames, prefetch=prefetch)
+        odometry = len(topics) > 1
+        session.play(seq.path, topics, rate=rate, hz=hz, odom_lead_s=ODOM_LEAD_S if odometry else 0.0,
+                     max_messages=max_frames, prefetch=prefetch, hz_topics=[session.camera] if odometry else None,
+                     count_odometry=False)
         session.drain(drain_s)
         rec = session.recording()
     finally:

@@ -86,6 +86,7 @@ class ReplaySession:
     def play(self, bag: Path, topics: dict[str, tuple[str, str]], rate: float = 1.0, max_gap_s: float = math.inf,
              hz: float | None = None, odom_lead_s: float = 0.0, max_messages: int | None = None,
              prefetch: int = 32, hold: Callable[[int], bool] | None = None, hold_topics: Sequence[str] = (),
+             hz_topics: Sequence[str] | None = None, count_odometry: bool = True,
              progress: bool = False) -> None:
         """Play ``topics`` of ``bag`` (``bag topic → (node topic, type)``; reader thread → player thread, see
         :mod:`~distilvpr_ros.ros.bag_player` for the other options) while spinning, sampling the node's
@@ -96,9 +97,9 @@ class ReplaySession:
         errors: list[BaseException] = []
         stop = threading.Event()
         reader = threading.Thread(target=read_bag, args=(bag, topics, messages, stop, errors, odom_lead_s,
-                                                         max_messages), daemon=True)
+                                                         max_messages, count_odometry), daemon=True)
         playing = threading.Thread(target=self.player.play, args=(messages, rate, max_gap_s, hz),
-                                   kwargs=dict(hold=hold, hold_topics=hold_topics), daemon=True)
+                                   kwargs=dict(hold=hold, hold_topics=hold_topics, hz_topics=hz_topics), daemon=True)
         cameras = [node_topic for node_topic, msgtype in topics.values() if msgtype in CAMERA_TYPES]
         bar = tqdm(desc=f"{self.what} <- {Path(bag).name}", unit="frame", disable=not progress, leave=False)
 
