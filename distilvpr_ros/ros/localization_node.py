@@ -48,7 +48,8 @@ Outputs (reliable, depth 10; every header stamp is the query image's stamp, fram
     * ``markers`` (visualization_msgs/MarkerArray): edges from the best match to the other candidates,
       candidate spheres, and all keyframes (``keyframes`` namespace, every 10 s).
     * ``/diagnostics``: rate, latency p50/p99, drops (replaced / lost in transport), map size, backend,
-      verification (on/off, verified frames, calibration source), last match decision, last error.
+      verification (on/off, verified frames, calibration source), odometry messages received, last match decision,
+      last error.
 
 Services
     ``~/reload`` (std_srvs/Trigger): load the model and the map again (e.g. after a new map was saved). When
