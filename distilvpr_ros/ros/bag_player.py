@@ -162,8 +162,7 @@ class BagPlayer:
         """Publish the :class:`BagMessage` items of ``messages`` (``None`` ends) at ``rate`` x bag time, pauses
         longer than ``max_gap_s`` (bag time) shortened to it, or evenly at ``hz`` when given (``hz_topics``: only
         messages on these topics are paced, the others go out at once in their order; None: every message). With
-        ``hold``,
-        the k-th message on ``hold_topics`` waits (at most ``hold_timeout_s``) until ``hold(k)`` is true; the
+        ``hold``, the k-th message on ``hold_topics`` waits (at most ``hold_timeout_s``) until ``hold(k)`` is true; the
         schedule moves on by the time waited. Errors are kept in ``error`` (this runs in a thread)."""
         try:
             start, played, previous = time.monotonic(), 0.0, None
