@@ -162,3 +162,24 @@ def test_matcher_bounds_are_finite(field, value):
     """Each was accepted before: -inf made every frame a match, 5.0 no frame; NaN compares false everywhere."""
     with pytest.raises(ValidationError):
         MatcherConfig(**{field: value})
+
+
+def test_near_lists_keyframes_around_a_pose_nearest_first_with_search_scores(db):
+    """PlaceMatcher.near (tracking candidates): keyframes within the radius and heading of a pose, nearest first,
+    outside the exclusion window, scored as the search scores them."""
+    m = matcher(db, exclude_recent_s=30.0)
+    at = np.eye(4)
+    at[0, 3] = 41.0  # between keyframes 20 (x 40) and 21 (x 42)
+    q = query(db, 20)
+    near = m.near(at, 3, 5.0, 30.0, q, stamp=1000.0)
+    assert [c.id for c in near] == [20, 21, 19]  # 1, 1, 3 m: ties keep id order
+    scores, ids = db.search("camera_student", q[None], len(db))
+    by_id = dict(zip(ids[0].tolist(), scores[0].tolist()))
+    np.testing.assert_allclose([c.score for c in near], [by_id[c.id] for c in near], rtol=1e-5)
+    assert [c.pose[0] for c in m.near(at, 10, 5.0, 30.0, q, stamp=1000.0)] == [40, 42, 38, 44, 36, 46]  # <= 5 m
+    turned = at.copy()
+    turned[:2, :2] = [[-1.0, 0.0], [0.0, -1.0]]  # heading the other way: a forward camera sees other facades
+    assert m.near(turned, 3, 5.0, 30.0, q, stamp=1000.0) == []
+    assert [c.id for c in m.near(turned, 3, 5.0, 180.0, q, stamp=1000.0)] == [20, 21, 19]
+    assert m.near(at, 3, 5.0, 30.0, q, stamp=120.0, run="run0") == []  # keyframes at 119-123 s are excluded
+    assert m.near(at, 0, 5.0, 30.0, q, stamp=1000.0) == []

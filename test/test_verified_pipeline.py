@@ -396,3 +396,33 @@ def test_tracking_bootstrap_accepts_the_second_of_two_agreeing_low_inlier_frames
     moved = np.eye(4)
     moved[0, 3] = 5.0  # odometry says 5 m, the image did not move: the two poses disagree
     assert [v.verified for v in run([None, moved, still])] == [False, False, True]
+
+
+def test_tracking_candidates_verify_the_keyframe_near_the_prediction_the_descriptor_missed(canyon):
+    """rerank.tracking_candidates: while tracking, the keyframes nearest to the odometry prediction are verified
+    before the descriptor's top_k; here the descriptor's only candidate is the wrong street, so without them the
+    frame is rejected. The added keyframe is published with its descriptor score and rank -1."""
+    scene, db, poses = canyon
+    first_image, _ = scene.render(pose(6.5, 0.0, 0.0))
+    image, _ = scene.render(pose(12.5, 0.0, 0.0))
+    forward = pose(6.0, 0.0, 0.0)  # the odometry between the two frames
+
+    def second_frame(**rerank):
+        loc, student = localizer(db, top_k=1, rerank={"tracking_min_inliers": 8, **rerank})
+        student.next = one_hot(1)
+        assert loc.localize(0.0, first_image).accepted
+        student.next = one_hot(4)  # the wrong street (same spot as keyframe 1) ranks first
+        return loc.localize(1.0, image, forward)
+
+    assert not second_frame().accepted
+    out = second_frame(tracking_candidates=1)
+    v = out.verification
+    assert out.accepted and v.id == 2 and [c.id for c in v.candidates] == [2, 4]
+    assert v.candidates[0].descriptor_rank == -1 and v.candidates[1].descriptor_rank == 0
+    t_err, _ = pose_errors(v.pose[None], pose(12.5, 0.0, 0.0)[None])
+    assert t_err[0] < 0.3
+    published = out.output()
+    assert published.accepted and published.best.id == 2 and [c.id for c in published.candidates] == [2, 4]
+    np.testing.assert_allclose(published.candidates[0].score, db.scores(STUDENT_SPACE, one_hot(4), [2])[0])
+    # keyframe 2 lies 0.5 m from the prediction: with a smaller radius nothing is added
+    assert not second_frame(tracking_candidates=1, tracking_candidate_radius_m=0.1).accepted

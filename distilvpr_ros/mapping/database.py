@@ -317,6 +317,15 @@ class PlaceDatabase:
         ids[:, :rows.shape[1]] = np.where(found, rows, -1)
         return scores, ids
 
+    def scores(self, space: str, query, ids) -> np.ndarray:
+        """Similarity of one query to the keyframes ``ids``, as :meth:`search` scores it (float32)."""
+        sp = self._space(space)
+        q = self._check_vectors(sp, query, 1)[0]
+        d = self.descriptors(space)[np.asarray(ids, dtype=np.int64)]
+        if sp.metric == "l2":
+            return (-np.linalg.norm(d - q, axis=1)).astype(np.float32)
+        return (d @ q).astype(np.float32)
+
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
         """Write the map folder crash-safely (:mod:`.map_io`); returns its path."""

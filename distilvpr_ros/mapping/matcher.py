@@ -45,8 +45,10 @@ from typing import NamedTuple
 
 import numpy as np
 from pydantic import Field
+from scipy.spatial.transform import Rotation
 
 from ..config import Section
+from ..data.geometry import yaw_of
 from .database import PlaceDatabase
 
 
@@ -123,19 +125,42 @@ class PlaceMatcher:
         sigma_xy = c.cov_sigma_xy_m + c.cov_sigma_xy_slope_m * (1.0 - min(float(score), 1.0))
         return np.diag([sigma_xy ** 2] * 3 + [c.cov_sigma_rot_rad ** 2] * 3)
 
+    def _excluded(self, stamp: float, run: str | None) -> np.ndarray:
+        """Keyframes inside the temporal exclusion window (of ``run`` only, when given)."""
+        db = self.db
+        excluded = np.abs(db.stamps - stamp) < self.cfg.exclude_recent_s
+        if run is not None:
+            for i in np.flatnonzero(excluded):
+                excluded[i] = db.meta(int(i)).run == run
+        return excluded
+
     def candidates(self, query_desc: np.ndarray, stamp: float, run: str | None = None) -> list[Candidate]:
         """Top-k database keyframes outside the temporal exclusion window, best first (no state change)."""
         db, k = self.db, self.cfg.top_k
         if len(db) == 0:
             return []
-        excluded = np.abs(db.stamps - stamp) < self.cfg.exclude_recent_s
-        if run is not None:
-            for i in np.flatnonzero(excluded):
-                excluded[i] = db.meta(int(i)).run == run
+        excluded = self._excluded(stamp, run)
         n_fetch = min(len(db), k + int(excluded.sum()))
         scores, ids = db.search(self.space, np.asarray(query_desc, dtype=np.float32).reshape(1, -1), n_fetch)
         keep = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and not excluded[i]][:k]
         return [Candidate(i, s, float(db.stamps[i]), db.poses[i].copy()) for i, s in keep]
+
+    def near(self, world_T_base: np.ndarray, n: int, radius_m: float, max_deg: float, query_desc: np.ndarray,
+             stamp: float, run: str | None = None) -> list[Candidate]:
+        """The ``n`` keyframes nearest to a pose (planar distance <= ``radius_m``, heading within ``max_deg``),
+        outside the exclusion window, nearest first, scored by their descriptor similarity to ``query_desc`` (as
+        the search scores it); no state change."""
+        db = self.db
+        if n <= 0 or len(db) == 0:
+            return []
+        dist = np.hypot(*(db.positions - np.asarray(world_T_base)[:2, 3]).T)
+        rot = Rotation.from_quat(db.poses[:, 3:7]).as_matrix()
+        yaw = np.arctan2(rot[:, 1, 0], rot[:, 0, 0])
+        turn = np.abs((yaw - yaw_of(world_T_base) + np.pi) % (2 * np.pi) - np.pi)
+        ok = (dist <= radius_m) & (np.degrees(turn) <= max_deg) & ~self._excluded(stamp, run)
+        ids = np.flatnonzero(ok)[np.argsort(dist[ok], kind="stable")][:n]
+        scores = db.scores(self.space, query_desc, ids)
+        return [Candidate(int(i), float(s), float(db.stamps[i]), db.poses[i].copy()) for i, s in zip(ids, scores)]
 
     def match(self, query_desc: np.ndarray, stamp: float, run: str | None = None) -> MatchResult:
         """Match one query frame (``run``: its run, to exclude only that run's recent keyframes) and update

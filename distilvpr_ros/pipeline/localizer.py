@@ -17,6 +17,9 @@ candidate with fewer inliers than ``camera.min_inliers`` but at least ``tracking
 its PnP pose agrees with the prediction; the first fix needs ``camera.min_inliers``, or, with
 ``rerank.tracking_bootstrap``, two consecutive frames whose poses (each with at least ``tracking_min_inliers``)
 agree through the odometry between them (the first is tentative, the second is accepted and starts the track).
+With ``rerank.tracking_candidates``, the map keyframes nearest to the prediction
+(:meth:`~distilvpr_ros.mapping.matcher.PlaceMatcher.near`) are verified before the descriptor's candidates (as
+ORB-SLAM tracks against the local map around its motion-model pose instead of searching the whole map).
 :meth:`LocalizationResult.output` is the match to publish: the verified metric pose and covariance when verified,
 and nothing accepted otherwise. A verified frame's loop closure is spaced like the
 matcher's: none when one was emitted less than ``matcher.min_interval_s`` ago to a keyframe within
@@ -79,6 +82,7 @@ class VerifiedMatch:
     streak: int = 0  # consecutive agreeing frames so far
     tracked: bool = False  # accepted below camera.min_inliers because its pose agreed with the odometry prediction
     tentative: np.ndarray | None = None  # tracking_bootstrap: a pose below camera.min_inliers with nothing to agree
+    added: list[Candidate] = field(default_factory=list)  # tracking_candidates not among the descriptor's candidates
     seconds: float = 0.0
     loop_closure: tuple[float, float] | None = None  # (t_query, t_keyframe) to publish; None when not verified or
     loop_reason: str = ""  # ... suppressed by ``matcher.min_interval_s`` (this says why)
@@ -122,7 +126,7 @@ class LocalizationResult:
         v, m = self.verification, self.match
         if v is None:
             return m
-        by_id = {c.id: c for c in m.candidates}
+        by_id = {c.id: c for c in [*m.candidates, *v.added]}
         cands = [by_id[c.id] for c in v.candidates if c.id in by_id] + \
             [c for c in m.candidates if c.id not in {x.id for x in v.candidates}]
         if not v.verified:
@@ -205,18 +209,24 @@ class Localizer:
         match = self.matcher.match(desc, stamp, run=self.run)
         verified = None
         if self.verification.enabled:
-            verified = self.verify(image, match, motion)
+            verified = self.verify(image, match, motion, desc)
         return LocalizationResult(match, desc, time.perf_counter() - t0, verified)
 
-    def verify(self, image: np.ndarray, match: MatchResult, motion: np.ndarray | None = None) -> VerifiedMatch:
-        """Verify ``match``'s candidates against the query ``image`` (module doc); never raises on bad data."""
+    def verify(self, image: np.ndarray, match: MatchResult, motion: np.ndarray | None = None,
+               descriptor: np.ndarray | None = None) -> VerifiedMatch:
+        """Verify ``match``'s candidates against the query ``image`` (module doc); never raises on bad data.
+        ``descriptor``: the query's, to score keyframes added near the prediction (``rerank.tracking_candidates``)."""
         t0 = time.perf_counter()
         cfg = self.verification
         r = cfg.rerank
         prediction, hypothesis = self.prior.advance(motion), self.hypothesis.advance(motion)
         bootstrap = bool(r.tracking_min_inliers and r.tracking_bootstrap and prediction is None)
         gate = prediction if prediction is not None else hypothesis if bootstrap else None
-        out = self._verify(image, match, cfg, gate if r.tracking_min_inliers else None, bootstrap)
+        near: list[Candidate] = []
+        if r.tracking_min_inliers and r.tracking_candidates and prediction is not None and descriptor is not None:
+            near = self.matcher.near(prediction, r.tracking_candidates, r.tracking_candidate_radius_m,
+                                     r.tracking_candidate_deg, descriptor, match.stamp, self.run)
+        out = self._verify(image, match, cfg, gate if r.tracking_min_inliers else None, bootstrap, near)
         if out.tentative is not None:
             self.hypothesis.accept(out.tentative)
         else:
@@ -246,12 +256,14 @@ class Localizer:
         return (float(stamp), float(self.db.stamps[id])), ""
 
     def _verify(self, image: np.ndarray, match: MatchResult, cfg: VerificationConfig,
-                prediction: np.ndarray | None = None, bootstrap: bool = False) -> VerifiedMatch:
-        """Verify the candidates; below ``camera.min_inliers`` a pose is accepted only when it agrees with
-        ``prediction``; with ``bootstrap`` and no prediction, the best such pose comes back as ``tentative``."""
+                prediction: np.ndarray | None = None, bootstrap: bool = False,
+                near: list[Candidate] = ()) -> VerifiedMatch:
+        """Verify the candidates (``near``: keyframes near the prediction, first); below ``camera.min_inliers`` a
+        pose is accepted only when it agrees with ``prediction``; with ``bootstrap`` and no prediction, the best
+        such pose comes back as ``tentative``."""
         if not self.db.has_views:
             return VerifiedMatch(False, NO_VIEWS)
-        if not match.candidates:
+        if not match.candidates and not near:
             return VerifiedMatch(False, match.reason or "no candidates")
         if cfg.require_descriptor_match and not match.accepted:
             return VerifiedMatch(False, f"descriptor match not accepted: {match.reason}")
@@ -277,9 +289,13 @@ class Localizer:
             return replace(res, accepted=False, reason=f"too few PnP inliers ({res.inliers} < {strict}) and "
                            f"{d:.1f} m from the odometry prediction")
 
-        cands = match.candidates[:cfg.rerank.top_k]
+        ranked_ids = {c.id: rank for rank, c in enumerate(match.candidates)}
+        added = [c for c in near if c.id not in ranked_ids]
+        cands = list(near) + [c for c in match.candidates[:cfg.rerank.top_k] if c.id not in {n.id for n in near}]
         ranked: Reranked = rerank([c.id for c in cands], [c.score for c in cands], check,
                                   stop_at_first=cfg.rerank.stop_at_first)
+        for c in ranked.candidates:  # the descriptor's rank (-1: not in its candidates), not the order verified
+            c.descriptor_rank = ranked_ids.get(c.id, -1)
         checks = [CandidateCheck(c.id, c.descriptor_score, c.descriptor_rank, c.accepted, c.result.reason,
                                  int(getattr(c.result, "inliers", 0)), int(getattr(c.result, "correspondences", 0)),
                                  float(getattr(c.result, "reprojection_error_px", math.inf)),
@@ -288,7 +304,8 @@ class Localizer:
         if best is None:
             reasons = "; ".join(f"{c.id}: {c.reason}" for c in checks[:3])
             hypothesis = max(tentative, key=lambda t: t.inliers).pose if tentative else None
-            return VerifiedMatch(False, f"no candidate verified ({reasons})", candidates=checks, tentative=hypothesis)
+            return VerifiedMatch(False, f"no candidate verified ({reasons})", candidates=checks, tentative=hypothesis,
+                                 added=added)
         res: CameraVerification = best.result
         return VerifiedMatch(True, "", best.id, res.pose, res.covariance, res.relative_pose, res.inliers, checks,
-                             tracked=res.inliers < strict)
+                             tracked=res.inliers < strict, added=added)

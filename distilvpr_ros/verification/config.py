@@ -127,3 +127,12 @@ class RerankConfig(Section):
     tracking_max_travel_m: float = Field(
         30.0, gt=0, description="tracking: the prediction lapses after this much odometry since the last accepted "
         "frame (drift); a frame without odometry ends it too")
+    tracking_candidates: int = Field(
+        0, ge=0, description="tracking: while a prediction exists, also verify the map keyframes nearest to it "
+        "(at most this many, within tracking_candidate_radius_m and tracking_candidate_deg of its heading), before "
+        "the descriptor's top_k: a true keyframe the descriptor ranks below top_k is still found; 0: off")
+    tracking_candidate_radius_m: float = Field(
+        10.0, gt=0, description="tracking_candidates: largest planar distance of a keyframe to the prediction (m)")
+    tracking_candidate_deg: float = Field(
+        30.0, gt=0, le=180, description="tracking_candidates: largest heading difference of a keyframe to the "
+        "prediction (deg; a forward camera sees little of a place driven the other way)")
