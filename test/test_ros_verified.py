@@ -17,6 +17,7 @@ from distilvpr_ros.data import msg_codec  # noqa: E402
 from distilvpr_ros.data.geometry import make_pose, pose_to_xyz_quat  # noqa: E402
 from distilvpr_ros.evaluation.verified_matches import pose_errors  # noqa: E402
 from distilvpr_ros.mapping.database import PlaceDatabase  # noqa: E402
+from distilvpr_ros.mapping.matcher import Candidate  # noqa: E402
 from distilvpr_ros.pipeline.calibration import calibration_overrides  # noqa: E402
 from distilvpr_ros.pipeline.config import STUDENT_SPACE, TEACHER_SPACE  # noqa: E402
 from distilvpr_ros.pipeline.embedder import Embedder  # noqa: E402
@@ -128,6 +129,17 @@ def test_localization_node_publishes_the_verified_metric_pose(ros, canyon_map):
     assert node.calibration_source == "camera_info + calibration.*" and node.localizer.calibration.K[0, 0] == K[0, 0]
 
 
+def send_with_odometry(executor, node, probe, odom_pub, image, t, x, done) -> None:
+    """Odometry at x (m) bracketing stamp t first, then the image at t; spin until ``done()``."""
+    for dt in (-0.05, 0.0, 0.05):
+        odom = Odometry(header=header(t + dt, "odom"), child_frame_id="base_link")
+        odom.pose.pose = pose_msg(np.array([x + dt, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
+        odom_pub.publish(odom)
+    spin_until(executor, lambda: node.odom.span is not None and node.odom.span[1] >= t + 0.05, timeout=5)
+    probe.image_pub.publish(image_msg(image, t, "camera_optical"))
+    assert spin_until(executor, done, timeout=30), node.problems.last
+
+
 def test_localization_node_passes_odometry_motion_and_tracks(ros, canyon_map):
     """topics.odom: the node interpolates odometry at each image stamp and hands the localizer the motion since the
     last frame; with tracking on, a frame below camera.min_inliers is accepted where that motion predicts it."""
@@ -149,17 +161,9 @@ def test_localization_node_passes_odometry_motion_and_tracks(ros, canyon_map):
         return localize(stamp, img, motion)
 
     node.localizer.localize = spy
-    odom_x = {}
 
-    def send(t, x):  # odometry first (it brackets the frame), then the image
-        for dt in (-0.05, 0.0, 0.05):
-            odom = Odometry(header=header(t + dt, "odom"), child_frame_id="base_link")
-            odom.pose.pose = pose_msg(np.array([x + dt, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
-            odom_pub.publish(odom)
-        odom_x[t] = x
-        spin_until(executor, lambda: node.odom.span is not None and node.odom.span[1] >= t + 0.05, timeout=5)
-        probe.image_pub.publish(image_msg(image, t, "camera_optical"))
-        assert spin_until(executor, lambda: seen and seen[-1][0] == t, timeout=30), node.problems.last
+    def send(t, x):
+        send_with_odometry(executor, node, probe, odom_pub, image, t, x, lambda: seen and seen[-1][0] == t)
 
     send(2000.0, 50.0)
     assert seen[-1][1] is None  # nothing seen before: no motion
@@ -171,6 +175,31 @@ def test_localization_node_passes_odometry_motion_and_tracks(ros, canyon_map):
     send(2002.0, 55.0)  # odometry: 5 m forward, the image did not move: the pose disagrees with the prediction
     np.testing.assert_allclose(seen[-1][1][:3, 3], [5.0, 0.0, 0.0], atol=1e-6)
     assert node.counts["verified"] == 2 and "odometry prediction" in node.last_reason
+
+
+def test_localization_node_lists_keyframes_verified_near_the_tracking_prediction(ros, canyon_map):
+    """rerank.tracking_candidates: a keyframe verified only for lying near the prediction follows the descriptor's
+    candidates in place_candidates/inliers with its check (replay scores the accepted keyframe from there)."""
+    add, executor = ros
+    params = {"map.path": str(canyon_map["map"]), "models.student_checkpoint": str(canyon_map["student"]),
+              "matcher.sequence_length": 1, "matcher.top_k": 1, "verification.rerank.tracking_min_inliers": 8,
+              "verification.rerank.tracking_candidates": 1}
+    node = add(LocalizationNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    probe = Probe(add)
+    inliers = []
+    probe.node.create_subscription(Float64MultiArray, "place_candidates/inliers", inliers.append, 10)
+    odom_pub = probe.node.create_publisher(Odometry, "odom", 10)
+    assert spin_until(executor, lambda: odom_pub.get_subscription_count() and probe.image_pub.get_subscription_count())
+    db = node.localizer.db
+    listed = iter([1, 3])  # the descriptor's only candidate: keyframe 1 (x 6 m, true), then keyframe 3 (x 18 m)
+    node.localizer.matcher.candidates = lambda desc, stamp, run=None: [
+        (lambda id: Candidate(id, 0.5, float(db.stamps[id]), db.poses[id].copy()))(next(listed))]
+    image, _ = canyon_map["scene"].render(pose(7.0, 0.4, 3.0))
+    for t in (3000.0, 3001.0):  # stood still: the second frame's prediction is the first frame's pose
+        send_with_odometry(executor, node, probe, odom_pub, image, t, 50.0, lambda: inliers and inliers[-1].data[0] == t)
+    rows = np.asarray(inliers[-1].data[3:]).reshape(-1, 3)
+    assert inliers[-1].data[2] == 1.0 and [int(i) for i in rows[:, 0]] == [3, 1]
+    assert rows[1, 2] == 1.0 and rows[1, 1] >= 20 and rows[0, 2] != 1.0
 
 
 @pytest.mark.parametrize("kind", ["wrong_street", "featureless"])

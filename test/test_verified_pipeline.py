@@ -423,6 +423,7 @@ def test_tracking_candidates_verify_the_keyframe_near_the_prediction_the_descrip
     assert t_err[0] < 0.3
     published = out.output()
     assert published.accepted and published.best.id == 2 and [c.id for c in published.candidates] == [2, 4]
+    assert [(id, c.accepted) for id, c in out.checks()] == [(4, False), (2, True)]  # the node's inliers message
     np.testing.assert_allclose(published.candidates[0].score, db.scores(STUDENT_SPACE, one_hot(4), [2])[0])
     # keyframe 2 lies 0.5 m from the prediction: with a smaller radius nothing is added
     assert not second_frame(tracking_candidates=1, tracking_candidate_radius_m=0.1).accepted

@@ -117,6 +117,16 @@ class LocalizationResult:
             return make_pose(self.match.best.pose[:3], self.match.best.pose[3:])
         return None
 
+    def checks(self) -> list[tuple[int, CandidateCheck | None]]:
+        """Each candidate with its verification check (None: not verified), in the descriptor's order, then the
+        keyframes added near the tracking prediction (``rerank.tracking_candidates``) that the descriptor did not
+        list; empty without verification."""
+        v = self.verification
+        if v is None:
+            return []
+        by_id = {c.id: c for c in v.candidates}
+        return [(c.id, by_id.get(c.id)) for c in [*self.match.candidates, *v.added]]
+
     def output(self) -> MatchResult:
         """The :class:`MatchResult` to publish. Without verification: the matcher's. With it: accepted only when
         verified; ``best`` is the accepted keyframe carrying the *query's* metric pose, ``covariance`` the PnP

@@ -321,10 +321,9 @@ class LocalizationNode(ManagedNode):
         self.cand_pub.publish(poses)
         self.score_pub.publish(scores)
         if v is not None:
-            checks = {c.id: c for c in v.candidates}
-            rows = [(c.id, checks[c.id].inliers if c.id in checks else 0,
-                     CHECK_SKIPPED if c.id not in checks else CHECK_ACCEPTED if checks[c.id].accepted
-                     else CHECK_REJECTED) for c in out.match.candidates]
+            rows = [(id, 0 if c is None else c.inliers,
+                     CHECK_SKIPPED if c is None else CHECK_ACCEPTED if c.accepted else CHECK_REJECTED)
+                    for id, c in out.checks()]
             self.inlier_pub.publish(inliers_msg(match.stamp, out.match.accepted, v.verified, rows))
         if match.best is not None:
             edges = [(match.best.pose[:3], c.pose[:3]) for c in match.candidates[1:]]
