@@ -92,6 +92,7 @@ _WHERE = {
     "MappingSettings": "distilvpr_ros.demo.settings",
     "LocalizationSettings": "distilvpr_ros.demo.settings",
     "EvaluateSettings": "distilvpr_ros.demo.settings",
+    "VerifierSettings": "distilvpr_ros.demo.settings",
     "CorridorSettings": "distilvpr_ros.demo.settings",
 }
 

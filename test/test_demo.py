@@ -273,13 +273,35 @@ def test_world_stage_time_includes_making_the_world(first, monkeypatch, tmp_path
 
 
 def test_demo_config_sections_are_valid():
+    from distilvpr_ros.pipeline.config import load_node_config
     from distilvpr_ros.training.config import TrainConfig
 
     for section in ("quick", "default"):
         s = load_demo_settings(None, section)
         for role in ("teacher", "student"):
             TrainConfig.from_yaml(None, getattr(s, role))  # every override is a TrainConfig key
+        load_node_config(None, **s.mapping.node)  # ... and a NodeConfig key
+        load_node_config(None, **{**s.localization.node, "verification.camera.cnn_head": ""})
     assert load_demo_settings(None, "default").student["distill.method"] == "sc"
+
+
+def test_demo_trains_a_verification_head_only_when_the_node_needs_one(tmp_path):
+    """The verifier stage: nothing for ORB; for CNN features without a head, the localization node (and the
+    offline verified pass) get the head it trains; a head of the node's own is kept."""
+    from distilvpr_ros.demo.stages import HEAD_FILE, build_verifier, localization_overrides
+
+    def demo(**node):
+        cfg = settings()["quick"]
+        cfg["localization"]["node"] = {**NODE, **node}
+        return Demo("quick", DemoSettings.model_validate(cfg), tmp_path, tmp_path / "work")
+
+    orb = demo()
+    assert build_verifier(orb, tmp_path)["trained"] is False and localization_overrides(orb) == NODE
+    cnn = demo(**{"verification.camera.features": "cnn"})
+    assert localization_overrides(cnn)["verification.camera.cnn_head"] == str(cnn.folder("verifier") / HEAD_FILE)
+    own = demo(**{"verification.camera.features": "cnn", "verification.camera.cnn_head": "/heads/mine.safetensors"})
+    assert localization_overrides(own)["verification.camera.cnn_head"] == "/heads/mine.safetensors"
+    assert build_verifier(own, tmp_path)["trained"] is False
 
 
 def test_demo_bad_settings_are_one_clear_line(tmp_path, capsys):

@@ -115,6 +115,30 @@ def test_rejects_the_wrong_keyframe_and_accepts_the_right_one(scene):
     assert wrong.pose is None or wrong.covariance is None
 
 
+def test_local_map_pools_the_keyframes_into_one_pose_in_the_map_frame(scene):
+    """verify_local_map: correspondences of two keyframes (one ahead of the query, one behind, poses far from the
+    origin) in one PnP: more inliers than either alone, each query feature once, the pose in the map frame."""
+    s, truth = scene["scene"], pose(2.5, 0.6, 6.0)
+    views = [KeyframeView.from_cloud(p, s.calib, s.render(p)[0], s.lidar(p)) for p in (pose(0.0, 0.0, 0.0),
+                                                                                     pose(4.0, -0.3, -3.0))]
+    v = CameraVerifier()
+    q = v.features(scene["query"])
+    single = [v.verify(q, k) for k in views]
+    pooled = v.verify_local_map(q, views)
+    assert pooled.accepted and all(r.accepted for r in single), pooled.reason
+    assert pooled.inliers > max(r.inliers for r in single) and pooled.inliers <= len(q)
+    dt, dr = pose_error(pooled.pose, truth)
+    assert dt < 0.3 and dr < 0.5, (dt, dr)
+    np.testing.assert_allclose(pooled.relative_pose, invert(views[0].pose) @ pooled.pose, atol=1e-9)
+    assert np.all(np.linalg.eigvalsh(pooled.covariance) > 0)
+    # a keyframe that cannot be verified against is left out; none at all is a rejection with a reason
+    blank = KeyframeView.from_cloud(pose(0.0, 0.0, 0.0), s.calib, None, None)
+    assert v.verify_local_map(q, [blank, views[0]]).accepted
+    none = v.verify_local_map(q, [blank])
+    assert not none.accepted and "local map" in none.reason
+    assert not v.verify_local_map(q, [scene["other"]]).accepted  # another street
+
+
 def test_bad_input_is_rejected_with_a_reason(scene):
     v = CameraVerifier()
     kf, c = scene["kf"], scene["kf"].calibration

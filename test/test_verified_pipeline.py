@@ -425,5 +425,9 @@ def test_tracking_candidates_verify_the_keyframe_near_the_prediction_the_descrip
     assert published.accepted and published.best.id == 2 and [c.id for c in published.candidates] == [2, 4]
     assert [(id, c.accepted) for id, c in out.checks()] == [(4, False), (2, True)]  # the node's inliers message
     np.testing.assert_allclose(published.candidates[0].score, db.scores(STUDENT_SPACE, one_hot(4), [2])[0])
+    # tracking_local_map: the two keyframes nearest to the prediction in one PnP, listed under the nearest
+    pooled = second_frame(tracking_candidates=2, tracking_local_map=True).verification
+    assert pooled.verified and pooled.local_map == 2 and pooled.id == 2 and v.local_map == 0
+    assert pooled.inliers > v.inliers and pose_errors(pooled.pose[None], pose(12.5, 0.0, 0.0)[None])[0][0] < 0.3
     # keyframe 2 lies 0.5 m from the prediction: with a smaller radius nothing is added
     assert not second_frame(tracking_candidates=1, tracking_candidate_radius_m=0.1).accepted

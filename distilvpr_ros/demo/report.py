@@ -219,6 +219,11 @@ def _localization_section(demo: Demo, figures: _Figures) -> list[str]:
         "Latency: image published → `place_candidates/scores` received (same machine, one clock): "
         "transport, decoding, inference, matching. Accepted = the node's `place_match` after its "
         "threshold and sequence check; PR curve and max F1 sweep the top-1 score instead.", ""]
+    head = demo.results.get("verifier") or {}
+    if head.get("trained"):
+        lines += [f"Camera verification uses CNN descriptors from a head the demo trained on the world's "
+                  f"{head['region']} region ({head['pairs']} image pairs, losses "
+                  f"{' -> '.join(f'{x:.2f}' for x in head['losses'])}; `verifier` stage).", ""]
     lines += _node_verification_lines(loc)
     lines += _verification_lines(loc.get("verification"))
     lines += figures.md("pr.png", "PR curve")

@@ -36,6 +36,16 @@ class LocalizationSettings(Section):
     node: dict[str, Any] = Field(default_factory=dict, description="NodeConfig overrides of the localization node")
 
 
+class VerifierSettings(Section):
+    """The descriptor head of CNN camera verification, trained on the world when the localization node uses
+    ``verification.camera.features: cnn`` without a ``cnn_head`` of its own (else the stage does nothing)."""
+
+    region: Region = Field("train", description="frames the head is trained on (never the region reported on)")
+    epochs: int = Field(3, ge=1, description="training epochs over the region's pairs")
+    step: int = Field(1, ge=1, description="every n-th query frame makes a pair")
+    seed: int = Field(0, description="seed of the head's initialisation and pair order")
+
+
 class EvaluateSettings(Section):
     region: Literal["train", "val", "test"] = Field("test", description="region of the offline evaluation")
 
@@ -52,6 +62,7 @@ class DemoSettings(Section):
     student: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides of the student")
     mapping: MappingSettings
     localization: LocalizationSettings
+    verifier: VerifierSettings = Field(default_factory=VerifierSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     corridor: CorridorSettings = Field(default_factory=CorridorSettings)
 

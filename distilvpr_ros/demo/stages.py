@@ -4,15 +4,18 @@
  2. teacher    train the camera+LiDAR teacher (``training.trainer.train_teacher``)
  3. student    distil the camera-only student with DistilVPR-SC (``train_student``)
  4. export     the student to ONNX (``models.export.export_model``): what the localization node deploys
- 5. map        play one run's bag (camera + LiDAR + odometry) into the mapping node over DDS; the node
+ 5. verifier   train the CNN descriptor head of camera verification on the world's train region
+               (``verification.cnn_head_training``), when the localization node uses CNN features without a head
+               of its own; otherwise it records that ORB/SIFT need none
+ 6. map        play one run's bag (camera + LiDAR + odometry) into the mapping node over DDS; the node
                builds the place map with teacher and student descriptors (``ros.replay_mapping.run_mapping``)
- 6. localize   play a bag of another condition into the localization node (camera only, ONNX Runtime) and
+ 7. localize   play a bag of another condition into the localization node (camera only, ONNX Runtime) and
                score what it publishes (``ros.replay_localization.run_replay``); then the same frames through the
                ROS-free verified pipeline (``pipeline.offline.localize_sequence``, camera PnP against the map's
                keyframe views): precision / recall before and after verification, metric pose error, R@1
                before and after re-ranking (``verification`` in its results)
- 7. evaluate   offline cross-run Recall@N of teacher and student (``evaluation.evaluate.run_evaluate``)
- 8. corridor   the student on the real Corridor images beside 10 published methods (skipped, with a line
+ 8. evaluate   offline cross-run Recall@N of teacher and student (``evaluation.evaluate.run_evaluate``)
+ 9. corridor   the student on the real Corridor images beside 10 published methods (skipped, with a line
                in the report, where the data is absent)
 
 The world lives under the data root (shared by runs); its stage's build id is the fingerprint of its
@@ -143,7 +146,43 @@ def build_export(demo: Demo, out: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# 5-6. the ROS 2 nodes: map, localize
+# 5. the camera verifier's descriptor head
+# --------------------------------------------------------------------------------------------------
+
+HEAD_FILE = "cnn_head.safetensors"
+
+
+def _needs_head(demo: Demo) -> bool:
+    node = demo.settings.localization.node
+    return node.get("verification.camera.features") == "cnn" and not node.get("verification.camera.cnn_head")
+
+
+def build_verifier(demo: Demo, out: Path) -> dict:
+    if not _needs_head(demo):
+        return {"trained": False, "reason": "the localization node's verification needs no trained head"}
+    from ..verification.cnn_head_training import collect, train_head
+
+    s, stages = demo.settings.verifier, (0, 1, 2, 3, 4)
+    samples = collect(world_path(demo), s.region, stages, s.step)
+    if not samples:
+        raise DemoError(f"verifier stage: no training pairs in the {s.region} region (a day run and another "
+                        "condition driving the same way are needed)")
+    head, losses = train_head(samples, stages, s.epochs, seed=s.seed)
+    head.save(out / HEAD_FILE, world=str(world_path(demo)), region=s.region, pairs=len(samples), epochs=s.epochs,
+              seed=s.seed, losses=losses)
+    return {"trained": True, "pairs": len(samples), "losses": [round(x, 4) for x in losses], "region": s.region}
+
+
+def localization_overrides(demo: Demo) -> dict:
+    """The localization node's overrides, with the demo's trained head for CNN verification."""
+    node = dict(demo.settings.localization.node)
+    if _needs_head(demo):
+        node["verification.camera.cnn_head"] = str(demo.folder("verifier") / HEAD_FILE)
+    return node
+
+
+# --------------------------------------------------------------------------------------------------
+# 6-7. the ROS 2 nodes: map, localize
 # --------------------------------------------------------------------------------------------------
 
 
@@ -226,18 +265,18 @@ def build_localize(demo: Demo, out: Path) -> dict:
     from ..ros.replay_localization import run_replay
     from .plots import replay_plots
 
-    s = demo.settings.localization
+    s, node = demo.settings.localization, localization_overrides(demo)
     info = _run_info(demo, s.run)
     bag = region_bag(world_path(demo), s.run, s.region, out / "bags")
     try:
         metrics = run_replay(bag, demo.folder("map") / "map", demo.folder("export") / "student.onnx", hz=s.hz,
-                             overrides=s.node, out_dir=out / "replay", correct_m=GroundTruthConfig().correct_m)
+                             overrides=node, out_dir=out / "replay", correct_m=GroundTruthConfig().correct_m)
     except ReplayError as e:
         raise DemoError(f"localize stage: {e}") from None
     map_bag = region_bag(world_path(demo), demo.settings.mapping.run, demo.settings.mapping.region,
                          demo.folder("map") / "bags")
     replay_plots(out, bag, map_bag, demo.folder("map") / "map", metrics)
-    verification = verified_localization(demo, bag, s.node, metrics.get("correct_m", GroundTruthConfig().correct_m))
+    verification = verified_localization(demo, bag, node, metrics.get("correct_m", GroundTruthConfig().correct_m))
     return {**metrics, "condition": info["condition"], "direction": info["direction"], "region": s.region,
             "verification": verification}
 
@@ -261,7 +300,7 @@ def verified_localization(demo: Demo, bag: Path, node: dict, correct_m: float) -
 
 
 # --------------------------------------------------------------------------------------------------
-# 7-8. offline evaluation, Corridor
+# 8-9. offline evaluation, Corridor
 # --------------------------------------------------------------------------------------------------
 
 #: Keys of an evaluation kept in the demo's results.
@@ -327,11 +366,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("student", "distil the camera-only student (DistilVPR)", build_student, needs=("world", "teacher"),
           inputs=lambda demo: {"config": _config_key(_student_config(demo))}, outputs=("best/model.safetensors",)),
     Stage("export", "export the student to ONNX", build_export, needs=("student",), outputs=("student.onnx",)),
+    Stage("verifier", "train the descriptor head of CNN camera verification (when the node uses one)",
+          build_verifier, needs=("world",),
+          inputs=lambda demo: {"settings": demo.settings.verifier.model_dump(mode="json"),
+                               "needed": _needs_head(demo)}, outputs=()),
     Stage("map", "build the place map through the mapping node (bag -> DDS -> node)", build_map,
           needs=("world", "teacher", "student"), inputs=lambda demo: {"settings": demo.settings.mapping.model_dump(
               mode="json")}, outputs=("map", "mapping.json"), unavailable=_ros_missing),
     Stage("localize", "replay a bag of another condition through the localization node", build_localize,
-          needs=("world", "map", "export"),
+          needs=("world", "map", "export", "verifier"),
           inputs=lambda demo: {"settings": demo.settings.localization.model_dump(mode="json")},
           outputs=("replay/metrics.json", "pr.png", "matches.png", "latency.png"), unavailable=_ros_missing),
     Stage("evaluate", "offline cross-run Recall@N, teacher vs student", build_evaluate,

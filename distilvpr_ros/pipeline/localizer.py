@@ -19,7 +19,9 @@ its PnP pose agrees with the prediction; the first fix needs ``camera.min_inlier
 agree through the odometry between them (the first is tentative, the second is accepted and starts the track).
 With ``rerank.tracking_candidates``, the map keyframes nearest to the prediction
 (:meth:`~distilvpr_ros.mapping.matcher.PlaceMatcher.near`) are verified before the descriptor's candidates (as
-ORB-SLAM tracks against the local map around its motion-model pose instead of searching the whole map).
+ORB-SLAM tracks against the local map around its motion-model pose instead of searching the whole map); with
+``rerank.tracking_local_map`` their correspondences are first pooled into one PnP
+(:meth:`~distilvpr_ros.verification.camera.CameraVerifier.verify_local_map`).
 :meth:`LocalizationResult.output` is the match to publish: the verified metric pose and covariance when verified,
 and nothing accepted otherwise. A verified frame's loop closure is spaced like the
 matcher's: none when one was emitted less than ``matcher.min_interval_s`` ago to a keyframe within
@@ -83,6 +85,7 @@ class VerifiedMatch:
     tracked: bool = False  # accepted below camera.min_inliers because its pose agreed with the odometry prediction
     tentative: np.ndarray | None = None  # tracking_bootstrap: a pose below camera.min_inliers with nothing to agree
     added: list[Candidate] = field(default_factory=list)  # tracking_candidates not among the descriptor's candidates
+    local_map: int = 0  # keyframes pooled into the accepted pose (rerank.tracking_local_map); 0: one keyframe's
     seconds: float = 0.0
     loop_closure: tuple[float, float] | None = None  # (t_query, t_keyframe) to publish; None when not verified or
     loop_reason: str = ""  # ... suppressed by ``matcher.min_interval_s`` (this says why)
@@ -282,7 +285,20 @@ class Localizer:
         floor = min(r.tracking_min_inliers, strict) if prediction is not None or bootstrap else None
         tentative: list[CameraVerification] = []
 
+        local, local_id, pooled = None, None, 0
+        if prediction is not None and near and r.tracking_local_map:
+            views = [(c.id, self.cache.camera(c.id)) for c in near]
+            views = [(id, view) for id, view in views if not isinstance(view, str)]
+            if views:
+                res = self.verifier.verify_local_map(query, [view for _, view in views], self.calibration,
+                                                     min_inliers=floor)
+                if res.accepted and (res.inliers >= strict or poses_agree(prediction, res.pose, r.tracking_agree_m,
+                                                                          r.tracking_agree_deg)):
+                    local, local_id, pooled = res, views[0][0], len(views)
+
         def check(id: int) -> CameraVerification:
+            if id == local_id:
+                return local
             view = self.cache.camera(id)
             if isinstance(view, str):
                 return CameraVerification(False, view)
@@ -318,4 +334,4 @@ class Localizer:
                                  added=added)
         res: CameraVerification = best.result
         return VerifiedMatch(True, "", best.id, res.pose, res.covariance, res.relative_pose, res.inliers, checks,
-                             tracked=res.inliers < strict, added=added)
+                             tracked=res.inliers < strict, added=added, local_map=pooled if res is local else 0)

@@ -159,6 +159,89 @@ class CameraVerifier:
         result.timings_ms = timings
         return result
 
+    def verify_local_map(self, query: np.ndarray | LocalFeatures | None, keyframes: list[KeyframeView],
+                         query_calibration: CameraCalibration | None = None,
+                         min_inliers: int | None = None) -> CameraVerification:
+        """Verify ``query`` against several neighbouring keyframes at once: the 2D-3D correspondences of each
+        (matched as in :meth:`verify`, their points carried through the map into one frame) are pooled, one query feature keeping the
+        correspondence of the first keyframe that matched it, and one PnP + RANSAC gives the pose in the map frame
+        (ORB-SLAM's local map tracking: more inliers, spread over more depth, than one keyframe gives).
+        ``relative_pose`` is to the first keyframe; accepted and rejected as :meth:`verify`; never raises."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        need = self.config.min_inliers if min_inliers is None else max(4, int(min_inliers))
+        try:
+            result = self._verify_local_map(query, keyframes, query_calibration, need)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError, cv2.error) as e:
+            result = CameraVerification(False, f"verification failed: {type(e).__name__}: {e}")
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        result.timings_ms = timings
+        return result
+
+    def _verify_local_map(self, query, keyframes: list[KeyframeView], qcal: CameraCalibration | None,
+                          min_inliers: int) -> CameraVerification:
+        cfg = self.config
+        usable = [k for k in keyframes if not self.prepare(k)]
+        if not usable:
+            return CameraVerification(False, "no keyframe of the local map can be verified against")
+        qcal = qcal or usable[0].calibration
+        q = query if isinstance(query, LocalFeatures) else self.features(query)
+        if len(q) < min_inliers:
+            return CameraVerification(False, f"query has too few features ({len(q)} < {min_inliers})")
+        # the points in the first keyframe's camera frame (small coordinates for PnP), each keyframe's through the map
+        world_T_ref = usable[0].pose @ usable[0].calibration.T_base_camera
+        taken = np.zeros(len(q), bool)
+        uv_raw, pts, uv_kf = [], [], []
+        for k in usable:
+            pairs = match_features(q, k.features, cfg.ratio, cfg.ratio_exclusion_px)
+            pairs = pairs[~taken[pairs[:, 0]]]
+            taken[pairs[:, 0]] = True
+            uv_raw.append(q.uv[pairs[:, 0]])
+            uv_kf.append(k.features.uv[pairs[:, 1]])
+            pts.append(transform_points(invert(world_T_ref) @ k.pose @ k.calibration.T_base_camera,
+                                        k.points[pairs[:, 1]]))
+        uv_q_raw = np.concatenate(uv_raw)
+        if len(uv_q_raw) < min_inliers:
+            return CameraVerification(False, f"too few matches with LiDAR depth ({len(uv_q_raw)} < {min_inliers}) "
+                                      f"in {len(usable)} keyframes", matches=len(uv_q_raw),
+                                      correspondences=len(uv_q_raw))
+        return self._solve(uv_q_raw, np.concatenate(uv_kf), np.concatenate(pts), world_T_ref, qcal, usable[0].pose,
+                           min_inliers)
+
+    def _solve(self, uv_q_raw: np.ndarray, uv_k: np.ndarray, pts: np.ndarray, world_T_pts: np.ndarray,
+               qcal: CameraCalibration, keyframe_pose: np.ndarray, min_inliers: int,
+               timings: dict[str, float] | None = None) -> CameraVerification:
+        """PnP + RANSAC on 2D-3D correspondences (query pixels, points in the frame ``world_T_pts``), the accept
+        rules, the query's poses and covariance; ``keyframe_pose``: what ``relative_pose`` is relative to."""
+        cfg, t = self.config, time.perf_counter()
+        n = len(uv_q_raw)
+        base = dict(matches=n, correspondences=n)
+        uv_q = qcal.undistort(uv_q_raw)
+        sol, why = solve_pnp(uv_q, pts, qcal.K, qcal.width, qcal.height, cfg.ransac_threshold_px, self.backend,
+                             cfg.ransac_iterations)
+        if timings is not None:
+            timings["pnp"] = (time.perf_counter() - t) * 1e3
+        if sol is None:
+            return CameraVerification(False, why, **base)
+        inl = sol.inliers
+        base.update(inliers=sol.num_inliers, reprojection_error_px=sol.rms_px, inlier_uv_query=uv_q_raw[inl],
+                    inlier_uv_keyframe=uv_k[inl])
+        if sol.num_inliers < min_inliers:
+            return CameraVerification(False, f"too few PnP inliers ({sol.num_inliers} < {min_inliers})", **base)
+        if sol.rms_px > cfg.max_reprojection_px:
+            return CameraVerification(
+                False, f"reprojection error too large ({sol.rms_px:.2f} > {cfg.max_reprojection_px} px)", **base)
+        world_T_qcam = world_T_pts @ invert(sol.T_camera_points)
+        world_T_qbase = world_T_qcam @ invert(qcal.T_base_camera)
+        cov = pose_covariance(world_T_qbase, qcal.T_base_camera, qcal.K, uv_q[inl],
+                              transform_points(world_T_pts, pts[inl]), cfg.min_sigma_px)
+        if timings is not None:
+            timings["covariance"] = (time.perf_counter() - t) * 1e3 - timings["pnp"]
+        base.update(pose=world_T_qbase, camera_pose=world_T_qcam, relative_pose=invert(keyframe_pose) @ world_T_qbase)
+        if cov is None:
+            return CameraVerification(False, "degenerate PnP: the inliers do not determine the pose", **base)
+        return CameraVerification(True, "", covariance=cov, **base)
+
     def _verify(self, query, keyframe: KeyframeView, qcal: CameraCalibration,
                 timings: dict[str, float], min_inliers: int) -> CameraVerification:
         cfg = self.config
@@ -181,36 +264,11 @@ class CameraVerifier:
             return CameraVerification(False, f"query has too few features ({len(q)} < {min_inliers})")
         pairs = match_features(q, k, cfg.ratio, cfg.ratio_exclusion_px)
         lap("matching")
-        n_match = n_corr = len(pairs)  # every keyframe feature has a 3D point: a match is a 2D-3D correspondence
-        kcal = keyframe.calibration
-        pts_k = pts_all[pairs[:, 1]]
-        uv_q_raw = q.uv[pairs[:, 0]]
-        uv_q = qcal.undistort(uv_q_raw)
+        n_corr = len(pairs)  # every keyframe feature has a 3D point: a match is a 2D-3D correspondence
         lap("depth")
         if n_corr < min_inliers:
             return CameraVerification(False, f"too few matches with LiDAR depth ({n_corr} < {min_inliers})",
-                                      matches=n_match, correspondences=n_corr)
-        sol, why = solve_pnp(uv_q, pts_k, qcal.K, qcal.width, qcal.height, cfg.ransac_threshold_px,
-                             self.backend, cfg.ransac_iterations)
-        lap("pnp")
-        base = dict(matches=n_match, correspondences=n_corr)
-        if sol is None:
-            return CameraVerification(False, why, **base)
-        inl = sol.inliers
-        base.update(inliers=sol.num_inliers, reprojection_error_px=sol.rms_px,
-                    inlier_uv_query=uv_q_raw[inl], inlier_uv_keyframe=k.uv[pairs[inl, 1]])
-        if sol.num_inliers < min_inliers:
-            return CameraVerification(False, f"too few PnP inliers ({sol.num_inliers} < {min_inliers})", **base)
-        if sol.rms_px > cfg.max_reprojection_px:
-            return CameraVerification(
-                False, f"reprojection error too large ({sol.rms_px:.2f} > {cfg.max_reprojection_px} px)", **base)
-        world_T_kcam = keyframe.pose @ kcal.T_base_camera
-        world_T_qcam = world_T_kcam @ invert(sol.T_camera_points)
-        world_T_qbase = world_T_qcam @ invert(qcal.T_base_camera)
-        cov = pose_covariance(world_T_qbase, qcal.T_base_camera, qcal.K, uv_q[inl],
-                              transform_points(world_T_kcam, pts_k[inl]), cfg.min_sigma_px)
-        lap("covariance")
-        base.update(pose=world_T_qbase, camera_pose=world_T_qcam, relative_pose=invert(keyframe.pose) @ world_T_qbase)
-        if cov is None:
-            return CameraVerification(False, "degenerate PnP: the inliers do not determine the pose", **base)
-        return CameraVerification(True, "", covariance=cov, **base)
+                                      matches=n_corr, correspondences=n_corr)
+        return self._solve(q.uv[pairs[:, 0]], k.uv[pairs[:, 1]], pts_all[pairs[:, 1]],
+                           keyframe.pose @ keyframe.calibration.T_base_camera, qcal, keyframe.pose, min_inliers,
+                           timings)
