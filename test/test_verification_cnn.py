@@ -155,6 +155,29 @@ def test_ratio_exclusion_looks_past_a_keypoints_neighbours():
         match_features(a, LocalFeatures("cnn", b_uv, np.zeros((7, 8), np.float32)))
 
 
+@pytest.mark.parametrize("exclusion_px", [0.0, 12.0])
+def test_dense_matching_equals_a_per_keypoint_reference(exclusion_px):
+    """match_features (mutual NN + ratio, optionally with the spatially excluded second-best) against a plain loop
+    over a's keypoints, on random descriptors with near-duplicates."""
+    rng = np.random.default_rng(3)
+    b_desc = rng.standard_normal((120, 32)).astype(np.float32)
+    a_desc = np.vstack([b_desc[:80] + 0.3 * rng.standard_normal((80, 32)).astype(np.float32),
+                        rng.standard_normal((60, 32)).astype(np.float32)])
+    b_uv, a_uv = rng.uniform(0, 160, (120, 2)), rng.uniform(0, 160, (140, 2))
+    a, b = LocalFeatures("cnn", a_uv, a_desc), LocalFeatures("cnn", b_uv, b_desc)
+    dist = np.linalg.norm(a_desc[:, None] - b_desc[None], axis=2)
+    expected = []
+    for i in range(len(a_desc)):
+        j = int(np.argmin(dist[i]))
+        if int(np.argmin(dist[:, j])) != i:
+            continue
+        rivals = [k for k in range(len(b_desc)) if k != j and np.linalg.norm(b_uv[k] - b_uv[j]) > exclusion_px]
+        if dist[i, j] < 0.8 * dist[i, rivals].min():
+            expected.append([i, j])
+    got = match_features(a, b, 0.8, exclusion_px=exclusion_px)
+    assert len(expected) > 20 and got.tolist() == expected
+
+
 def test_descriptor_head_round_trips_and_refuses_bad_files(tmp_path, scene):
     torch.manual_seed(0)
     head = DescriptorHead((2, 3), hidden=32, out_dim=16).eval()
