@@ -196,7 +196,8 @@ def test_localization_node_lists_keyframes_verified_near_the_tracking_prediction
         (lambda id: Candidate(id, 0.5, float(db.stamps[id]), db.poses[id].copy()))(next(listed))]
     image, _ = canyon_map["scene"].render(pose(7.0, 0.4, 3.0))
     for t in (3000.0, 3001.0):  # stood still: the second frame's prediction is the first frame's pose
-        send_with_odometry(executor, node, probe, odom_pub, image, t, 50.0, lambda: inliers and inliers[-1].data[0] == t)
+        send_with_odometry(executor, node, probe, odom_pub, image, t, 50.0,
+                           lambda: inliers and inliers[-1].data[0] == t)
     rows = np.asarray(inliers[-1].data[3:]).reshape(-1, 3)
     assert inliers[-1].data[2] == 1.0 and [int(i) for i in rows[:, 0]] == [3, 1]
     assert rows[1, 2] == 1.0 and rows[1, 1] >= 20 and rows[0, 2] != 1.0

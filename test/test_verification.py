@@ -119,8 +119,8 @@ def test_local_map_pools_the_keyframes_into_one_pose_in_the_map_frame(scene):
     """verify_local_map: correspondences of two keyframes (one ahead of the query, one behind, poses far from the
     origin) in one PnP: more inliers than either alone, each query feature once, the pose in the map frame."""
     s, truth = scene["scene"], pose(2.5, 0.6, 6.0)
-    views = [KeyframeView.from_cloud(p, s.calib, s.render(p)[0], s.lidar(p)) for p in (pose(0.0, 0.0, 0.0),
-                                                                                     pose(4.0, -0.3, -3.0))]
+    places = (pose(0.0, 0.0, 0.0), pose(4.0, -0.3, -3.0))
+    views = [KeyframeView.from_cloud(p, s.calib, s.render(p)[0], s.lidar(p)) for p in places]
     v = CameraVerifier()
     q = v.features(scene["query"])
     single = [v.verify(q, k) for k in views]

@@ -431,3 +431,26 @@ def test_tracking_candidates_verify_the_keyframe_near_the_prediction_the_descrip
     assert pooled.inliers > v.inliers and pose_errors(pooled.pose[None], pose(12.5, 0.0, 0.0)[None])[0][0] < 0.3
     # keyframe 2 lies 0.5 m from the prediction: with a smaller radius nothing is added
     assert not second_frame(tracking_candidates=1, tracking_candidate_radius_m=0.1).accepted
+
+
+def test_tracking_gate_fixes_rejects_a_fix_the_odometry_contradicts(canyon):
+    """rerank.tracking_gate_fixes: while tracking, even a pose with camera.min_inliers must agree with the prediction
+    (at night such fixes were metres off); without the option, or once the prediction lapsed, it stands alone."""
+    scene, db, poses = canyon
+    image, _ = scene.render(pose(6.5, 0.0, 0.0))
+    moved = np.eye(4)
+    moved[0, 3] = 5.0  # odometry says 5 m forward, the image did not move
+
+    def frames(gate, motions):
+        loc, student = localizer(db, top_k=1, rerank={"tracking_min_inliers": 8, "tracking_gate_fixes": gate})
+        out = []
+        for k, motion in enumerate(motions):
+            student.next = one_hot(1)
+            out.append(loc.localize(float(k), image, motion).verification)
+        return out
+
+    first, second, third = frames(True, [None, moved, None])
+    assert first.verified and second.inliers == 0 and not second.verified
+    assert "from the odometry prediction" in second.candidates[0].reason and second.candidates[0].inliers >= 20
+    assert third.verified  # no odometry: the prediction lapsed, a fix stands alone again
+    assert all(v.verified for v in frames(False, [None, moved]))

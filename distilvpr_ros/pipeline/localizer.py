@@ -17,6 +17,8 @@ candidate with fewer inliers than ``camera.min_inliers`` but at least ``tracking
 its PnP pose agrees with the prediction; the first fix needs ``camera.min_inliers``, or, with
 ``rerank.tracking_bootstrap``, two consecutive frames whose poses (each with at least ``tracking_min_inliers``)
 agree through the odometry between them (the first is tentative, the second is accepted and starts the track).
+With ``rerank.tracking_gate_fixes`` a pose with ``camera.min_inliers`` must agree with the prediction too while there
+is one (at night such fixes can be metres off: repeated lit windows make consistent wrong correspondences).
 With ``rerank.tracking_candidates``, the map keyframes nearest to the prediction
 (:meth:`~distilvpr_ros.mapping.matcher.PlaceMatcher.near`) are verified before the descriptor's candidates (as
 ORB-SLAM tracks against the local map around its motion-model pose instead of searching the whole map); with
@@ -285,15 +287,36 @@ class Localizer:
         floor = min(r.tracking_min_inliers, strict) if prediction is not None or bootstrap else None
         tentative: list[CameraVerification] = []
 
+        gate_fixes = r.tracking_gate_fixes and prediction is not None and not bootstrap
+
+        def judged(res: CameraVerification) -> CameraVerification:
+            """The tracking rules on a PnP result: a fix (camera.min_inliers) stands alone unless tracking_gate_fixes;
+            fewer inliers need the prediction (or, bootstrapping, become tentative)."""
+            if not res.accepted:
+                return res
+            agree = prediction is not None and poses_agree(prediction, res.pose, r.tracking_agree_m,
+                                                           r.tracking_agree_deg)
+            if (res.inliers >= strict and not gate_fixes) or agree:
+                return res  # a fix, or tracked
+            if res.inliers < strict and bootstrap:
+                tentative.append(res)
+                return replace(res, accepted=False, reason=f"tentative: {res.inliers} PnP inliers (< {strict}), "
+                               "waiting for the next frame to agree")
+            d = float(np.linalg.norm(res.pose[:3, 3] - prediction[:3, 3]))
+            if res.inliers >= strict:
+                return replace(res, accepted=False, reason=f"{d:.1f} m from the odometry prediction (while tracking a "
+                               "fix must agree with it: tracking_gate_fixes)")
+            return replace(res, accepted=False, reason=f"too few PnP inliers ({res.inliers} < {strict}) and "
+                           f"{d:.1f} m from the odometry prediction")
+
         local, local_id, pooled = None, None, 0
         if prediction is not None and near and r.tracking_local_map:
             views = [(c.id, self.cache.camera(c.id)) for c in near]
             views = [(id, view) for id, view in views if not isinstance(view, str)]
             if views:
-                res = self.verifier.verify_local_map(query, [view for _, view in views], self.calibration,
-                                                     min_inliers=floor)
-                if res.accepted and (res.inliers >= strict or poses_agree(prediction, res.pose, r.tracking_agree_m,
-                                                                          r.tracking_agree_deg)):
+                res = judged(self.verifier.verify_local_map(query, [view for _, view in views], self.calibration,
+                                                            min_inliers=floor))
+                if res.accepted:
                     local, local_id, pooled = res, views[0][0], len(views)
 
         def check(id: int) -> CameraVerification:
@@ -302,18 +325,7 @@ class Localizer:
             view = self.cache.camera(id)
             if isinstance(view, str):
                 return CameraVerification(False, view)
-            res = self.verifier.verify(query, view, self.calibration, min_inliers=floor)
-            if not res.accepted or res.inliers >= strict:
-                return res
-            if prediction is not None and poses_agree(prediction, res.pose, r.tracking_agree_m, r.tracking_agree_deg):
-                return res  # tracked
-            if bootstrap:
-                tentative.append(res)
-                return replace(res, accepted=False, reason=f"tentative: {res.inliers} PnP inliers (< {strict}), "
-                               "waiting for the next frame to agree")
-            d = float(np.linalg.norm(res.pose[:3, 3] - prediction[:3, 3]))
-            return replace(res, accepted=False, reason=f"too few PnP inliers ({res.inliers} < {strict}) and "
-                           f"{d:.1f} m from the odometry prediction")
+            return judged(self.verifier.verify(query, view, self.calibration, min_inliers=floor))
 
         ranked_ids = {c.id: rank for rank, c in enumerate(match.candidates)}
         added = [c for c in near if c.id not in ranked_ids]

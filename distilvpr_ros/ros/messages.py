@@ -146,7 +146,8 @@ def inliers_msg(t_query: float, descriptor_accepted: bool, verified: bool,
                 rows: Iterable[tuple[int, int, float]]) -> Float64MultiArray:
     """``place_candidates/inliers``: ``[t_query, descriptor_accepted, verified, id_1, inliers_1, check_1, ...]``
     (``data_offset = 3``; dim 0 ``candidate`` size k, dim 1 ``id_inliers_check`` size 3), candidates in the order of
-    ``place_candidates``, then keyframes verified only for being near the tracking prediction; ``check``: :data:`CHECK_ACCEPTED` 1, :data:`CHECK_REJECTED` 0, :data:`CHECK_SKIPPED` -1."""
+    ``place_candidates``, then keyframes verified only for being near the tracking prediction; ``check``:
+    :data:`CHECK_ACCEPTED` 1, :data:`CHECK_REJECTED` 0, :data:`CHECK_SKIPPED` -1."""
     rows = list(rows)
     data = [float(t_query), float(bool(descriptor_accepted)), float(bool(verified))]
     for id_, inliers, check in rows:

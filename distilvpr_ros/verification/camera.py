@@ -163,9 +163,10 @@ class CameraVerifier:
                          query_calibration: CameraCalibration | None = None,
                          min_inliers: int | None = None) -> CameraVerification:
         """Verify ``query`` against several neighbouring keyframes at once: the 2D-3D correspondences of each
-        (matched as in :meth:`verify`, their points carried through the map into one frame) are pooled, one query feature keeping the
-        correspondence of the first keyframe that matched it, and one PnP + RANSAC gives the pose in the map frame
-        (ORB-SLAM's local map tracking: more inliers, spread over more depth, than one keyframe gives).
+        (matched as in :meth:`verify`, their points carried through the map into one frame) are pooled, one query
+        feature keeping the correspondence of the first keyframe that matched it, and one PnP + RANSAC gives the
+        pose in the map frame (ORB-SLAM's local map tracking: more inliers, spread over more depth, than one keyframe
+        gives).
         ``relative_pose`` is to the first keyframe; accepted and rejected as :meth:`verify`; never raises."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}

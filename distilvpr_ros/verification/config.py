@@ -127,6 +127,9 @@ class RerankConfig(Section):
     tracking_max_travel_m: float = Field(
         30.0, gt=0, description="tracking: the prediction lapses after this much odometry since the last accepted "
         "frame (drift); a frame without odometry ends it too")
+    tracking_gate_fixes: bool = Field(
+        False, description="tracking: while a prediction exists, a pose with camera.min_inliers must agree with it "
+        "too (else rejected); the prediction still lapses after tracking_max_travel_m, and a fix then starts over")
     tracking_candidates: int = Field(
         0, ge=0, description="tracking: while a prediction exists, also verify the map keyframes nearest to it "
         "(at most this many, within tracking_candidate_radius_m and tracking_candidate_deg of its heading), before "
