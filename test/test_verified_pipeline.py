@@ -238,11 +238,14 @@ def test_verified_loop_closures_are_spaced_by_min_interval(canyon):
 def test_localizer_prepares_the_keyframes_when_the_map_is_loaded(canyon):
     scene, db, poses = canyon
     loc, _ = localizer(db)
+    assert len(loc.cache) == len(db)
     views = [loc.cache.camera(i) for i in range(len(db))]  # already built: the cache returns them as they are
     assert all(v.prepared is not None and len(v.features) == len(v.points) > 0 for v in views)
+    assert all(v.image is None and v.depth is None for v in views)  # pixels dropped once prepared
     assert loc.preload_seconds > 0
     lazy, _ = localizer(db, preload_keyframes=False)
-    assert lazy.preload_seconds == 0 and lazy.cache.camera(0).prepared is None
+    assert lazy.preload_seconds == 0 and len(lazy.cache) == 0
+    assert lazy.cache.camera(0).prepared is not None  # prepared at its first use instead
 
 
 def test_consecutive_agreement_and_the_unverified_path(canyon):

@@ -171,7 +171,7 @@ class Localizer:
         # the query camera's; None: the keyframe's (same rig). Also stands in for runs of the map without one.
         self.calibration = calibration
         self.verifier = CameraVerifier(self.verification.camera)
-        self.cache = ViewCache(db, self.verification.cache_keyframes, calibration)
+        self.cache = ViewCache(db, self.verification.cache_keyframes, calibration, self.verifier.prepare)
         self.preload_seconds = 0.0
         if self.verification.enabled and self.verification.preload_keyframes:
             self.preload()
@@ -192,6 +192,13 @@ class Localizer:
             raise MapError(None, "map.path is not set")
         db = PlaceDatabase.load(map_path, expect={student.kind: student.sha256})
         return cls(student, db, matcher, run, quality, verification, calibration)
+
+    def use_calibration(self, calibration: CameraCalibration | None) -> None:
+        """Take another query camera calibration: the cached keyframe views are built again (and preloaded)."""
+        self.calibration = calibration
+        self.cache = ViewCache(self.db, self.verification.cache_keyframes, calibration, self.verifier.prepare)
+        if self.verification.enabled and self.verification.preload_keyframes:
+            self.preload()
 
     def preload(self) -> int:
         """Prepare the views of the first ``cache_keyframes`` keyframes (decoded image, depth, features with their

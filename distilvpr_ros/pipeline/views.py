@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 import numpy as np
 
@@ -36,14 +37,22 @@ class ViewCache:
 
     :meth:`camera` gives a :class:`~distilvpr_ros.verification.camera.KeyframeView` (decoded image, sparse
     depth from the stored points, pose, calibration; the camera verifier caches its features on it), or the
-    reason there is none. :meth:`points` gives the stored LiDAR points as float64. ``fallback``: the calibration
-    of runs that recorded none (a map built by a node that was given no calibration; same rig assumed).
+    reason there is none; with ``prepare`` (a camera verifier's), each view is prepared when built and its decoded
+    image and depth are dropped (the prepared features and their 3D points stay: ~25 kB per ORB keyframe instead of
+    ~0.5 MB), so a whole map can stay cached. :meth:`points` gives the stored LiDAR points as float64. ``fallback``:
+    the calibration of runs that recorded none (a map built by a node that was given no calibration; same rig
+    assumed).
     """
 
-    def __init__(self, db: PlaceDatabase, size: int = 512, fallback: CameraCalibration | None = None) -> None:
-        self.db, self.size, self.fallback = db, int(size), fallback
+    def __init__(self, db: PlaceDatabase, size: int = 512, fallback: CameraCalibration | None = None,
+                 prepare: Callable[[KeyframeView], str] | None = None) -> None:
+        self.db, self.size, self.fallback, self.prepare = db, int(size), fallback, prepare
         self._camera: OrderedDict[int, KeyframeView | str] = OrderedDict()
         self._calib: dict[str, CameraCalibration | None] = {}
+
+    def __len__(self) -> int:
+        """Keyframe views built and cached now."""
+        return len(self._camera)
 
     def calibration(self, run: str) -> CameraCalibration | None:
         if run not in self._calib:
@@ -61,6 +70,9 @@ class ViewCache:
             self._camera.move_to_end(id)
             return self._camera[id]
         view = self._build(id)
+        if self.prepare is not None and isinstance(view, KeyframeView):
+            self.prepare(view)
+            view.image = view.depth = None  # what verification needs is on the view now: keep the cache small
         self._camera[id] = view
         while len(self._camera) > self.size:
             self._camera.popitem(last=False)

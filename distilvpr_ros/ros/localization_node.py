@@ -84,7 +84,7 @@ from ..pipeline.embedder import Embedder, ModelLoadError
 from ..pipeline.image_quality import LowQualityImage
 from ..pipeline.keyframes import OdometryBuffer
 from ..pipeline.localizer import LocalizationResult, Localizer
-from ..pipeline.views import ViewCache
+from ..mapping.views import decode_jpeg
 from .diagnostics import ERROR, TransportLosses
 from .latency import LatencyWindow
 from .managed_node import ManagedNode, run_managed
@@ -157,10 +157,7 @@ class LocalizationNode(ManagedNode):
         else:
             calib, self.calibration_source = resolved, source
         if calib is not localizer.calibration:  # views built with the previous calibration are built again
-            localizer.calibration = calib
-            localizer.cache = ViewCache(localizer.db, self.cfg.verification.cache_keyframes, calib)
-            if self.cfg.verification.enabled and self.cfg.verification.preload_keyframes:
-                localizer.preload()
+            localizer.use_calibration(calib)
 
     def configure(self) -> str:
         try:
@@ -345,11 +342,12 @@ class LocalizationNode(ManagedNode):
         """``~/debug/matches`` of a verified frame: the accepted keyframe verified again (only while subscribed)."""
         loc = self.localizer
         view = loc.cache.camera(keyframe)
-        if isinstance(view, str) or view.image is None:
+        pixels = decode_jpeg(loc.db.view(keyframe).image_jpeg)  # the cache keeps features, not pixels
+        if isinstance(view, str) or pixels is None:
             return
         check = loc.verifier.verify(image, view, loc.calibration)
         if check.inlier_uv_query is not None and check.inlier_uv_keyframe is not None:
-            self.debug_pub.publish(matches_image(image, view.image, check.inlier_uv_query, check.inlier_uv_keyframe,
+            self.debug_pub.publish(matches_image(image, pixels, check.inlier_uv_query, check.inlier_uv_keyframe,
                                                  stamp, self.cfg.frames.map))
 
     def _publish_keyframes(self) -> None:
