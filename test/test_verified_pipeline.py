@@ -457,3 +457,25 @@ def test_tracking_gate_fixes_rejects_a_fix_the_odometry_contradicts(canyon):
     assert "from the odometry prediction" in second.candidates[0].reason and second.candidates[0].inliers >= 20
     assert third.verified  # no odometry: the prediction lapsed, a fix stands alone again
     assert all(v.verified for v in frames(False, [None, moved]))
+
+
+def test_local_map_is_listed_under_the_first_keyframe_it_used():
+    """tracking_local_map: a keyframe near the prediction that cannot be verified against (featureless) is left out,
+    and the pooled pose is listed under the first one used, its relative pose to that keyframe (what the loop-closure
+    transform is keyed by)."""
+    scene = PlaneScene(seed=0)
+    db = PlaceDatabase([FakeEmbedder(TEACHER_SPACE).space(), FakeEmbedder(STUDENT_SPACE).space()])
+    db.set_calibration("map", scene.calib.to_dict())
+    places = [pose(6.0, 0.0, 0.0), pose(12.0, 0.0, 0.0), pose(13.0, 0.0, 0.0)]
+    for k, p in enumerate(places):
+        img = scene.render(p)[0] if k != 1 else np.full_like(scene.render(p)[0], 128)  # keyframe 1: featureless
+        db.add(float(k), p, "map", "map", {TEACHER_SPACE: one_hot(k), STUDENT_SPACE: one_hot(k)},
+               view=make_view(img, scene.lidar(p)))
+    loc, student = localizer(db, top_k=1, rerank={"tracking_min_inliers": 8, "tracking_candidates": 2,
+                                                  "tracking_local_map": True})
+    student.next = one_hot(0)
+    assert loc.localize(0.0, scene.render(pose(6.5, 0.0, 0.0))[0]).accepted
+    student.next = one_hot(0)
+    v = loc.localize(1.0, scene.render(pose(12.5, 0.0, 0.0))[0], pose(6.0, 0.0, 0.0)).verification
+    assert v.verified and v.local_map == 1 and v.id == 2
+    np.testing.assert_allclose(v.relative_pose, np.linalg.inv(places[2]) @ v.pose, atol=1e-9)

@@ -201,8 +201,9 @@ class Localizer:
             self.preload()
 
     def preload(self) -> int:
-        """Prepare the views of the first ``cache_keyframes`` keyframes (decoded image, depth, features with their
-        3D points) now instead of at their first match; returns how many are ready (``preload_seconds``: the time)."""
+        """Prepare the views of the first ``cache_keyframes`` keyframes (their features with a 3D point, from the
+        decoded image and depth) now instead of at their first match; returns how many are ready
+        (``preload_seconds``: the time)."""
         t0 = time.perf_counter()
         ready = 0
         if self.db.has_views:
@@ -319,7 +320,8 @@ class Localizer:
         local, local_id, pooled = None, None, 0
         if prediction is not None and near and r.tracking_local_map:
             views = [(c.id, self.cache.camera(c.id)) for c in near]
-            views = [(id, view) for id, view in views if not isinstance(view, str)]
+            # usable ones only: the pooled pose's relative_pose is to the first keyframe verified against
+            views = [(id, view) for id, view in views if not isinstance(view, str) and not self.verifier.prepare(view)]
             if views:
                 res = judged(self.verifier.verify_local_map(query, [view for _, view in views], self.calibration,
                                                             min_inliers=floor))
