@@ -114,8 +114,7 @@ def build_map(world: Path, onnx_file: Path, n_keyframes: int, query_run: str, ou
                          verification=VerificationConfig(enabled=False))
     t0 = time.perf_counter()
     for run in runs:
-        builder.run = run.run
-        builder.db.set_calibration(run.run, calibration.to_dict())  # each run's keyframes need their camera
+        builder.run = run.run  # records the run's calibration (what verification needs) in the map
         for i in range(min(len(run), n_keyframes - len(builder.db))):
             sample = run[i]
             builder.add_keyframe(sample.timestamp, sample.pose, sample.image, sample.cloud)

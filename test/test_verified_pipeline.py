@@ -12,7 +12,7 @@ from distilvpr_ros.mapping.matcher import MatcherConfig
 from distilvpr_ros.pipeline.calibration import calibration_from_config, resolve_calibration
 from distilvpr_ros.pipeline.config import STUDENT_SPACE, TEACHER_SPACE, CalibrationConfig, VerificationConfig
 from distilvpr_ros.pipeline.localizer import Localizer
-from distilvpr_ros.pipeline.map_builder import MapBuilder
+from distilvpr_ros.pipeline.map_builder import DuplicateKeyframe, MapBuilder
 from distilvpr_ros.pipeline.views import NO_VIEWS, make_view
 from distilvpr_ros.data.calibration import CameraCalibration
 from verification_scene import PlaneScene, make_calibration, pose
@@ -479,3 +479,16 @@ def test_local_map_is_listed_under_the_first_keyframe_it_used():
     v = loc.localize(1.0, scene.render(pose(12.5, 0.0, 0.0))[0], pose(6.0, 0.0, 0.0)).verification
     assert v.verified and v.local_map == 1 and v.id == 2
     np.testing.assert_allclose(v.relative_pose, np.linalg.inv(places[2]) @ v.pose, atol=1e-9)
+
+
+def test_map_builder_records_each_runs_calibration_and_stamps():
+    """MapBuilder.run: a run set after construction gets the rig's calibration (verification refuses keyframes of a
+    run without one) and its own duplicate-stamp check (synthetic runs all start at t = 0)."""
+    scene = PlaneScene(seed=0)
+    mb, teacher, student = builder(scene.calib)
+    image, cloud = scene.render(pose(0.0, 0.0, 0.0))[0], scene.lidar(pose(0.0, 0.0, 0.0))
+    add(mb, teacher, student, 0, 0.0, pose(0.0, 0.0, 0.0), image, cloud, run="run_a")
+    add(mb, teacher, student, 1, 0.0, pose(0.0, 0.0, 0.0), image, cloud, run="run_b")  # same stamp, another run
+    assert mb.db.calibration("run_a") is not None and mb.db.calibration("run_b") is not None
+    with pytest.raises(DuplicateKeyframe):
+        add(mb, teacher, student, 2, 0.0, pose(0.0, 0.0, 0.0), image, cloud, run="run_a")  # run_a again, same stamp

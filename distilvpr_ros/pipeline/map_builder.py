@@ -96,23 +96,32 @@ class MapBuilder:
                              f"{student.kind}")
         self.teacher, self.student = teacher, student
         self.db = db if db is not None else PlaceDatabase([teacher.space(index), student.space(index)])
-        self.run = run or default_run_name()
         self.frame_id = frame_id
         self.matcher = PlaceMatcher(self.db, TEACHER_SPACE, matcher)
         self.unsaved = 0  # keyframes added since the last save
-        # stamps of this run already in the map: a bag played again (clock jumping back) must not add
-        # its keyframes a second time
-        self._run_stamps = {float(t) for t, r in zip(self.db.stamps, self.db.runs) if r == self.run}
         self.views = views or ViewsConfig()
         self.verification = verification or VerificationConfig()
         self.calibration = calibration
-        if calibration is not None and self.views.store:
-            self.db.set_calibration(self.run, calibration.to_dict())  # ValueError: another rig in this run
+        self.run = run or default_run_name()
         self.lidar = LidarVerifier(self.verification.lidar)
         self.bev = BevVerifier(self.verification.bev)
         self.cache = ViewCache(self.db, self.verification.cache_keyframes)
         self.T_base_lidar = calibration.T_base_lidar if calibration is not None else np.eye(4)
         self.submaps = TrailingSubmaps(submap or SubmapConfig(), self.T_base_lidar)
+
+    @property
+    def run(self) -> str:
+        """The run the next keyframes belong to. Setting it records the rig's calibration for that run (with stored
+        views; ValueError: another rig in this run) and which of its stamps the map already holds (a bag played
+        again, its clock jumping back, must not add its keyframes a second time)."""
+        return self._run
+
+    @run.setter
+    def run(self, run: str) -> None:
+        self._run = run
+        if self.calibration is not None and self.views.store:
+            self.db.set_calibration(run, self.calibration.to_dict())
+        self._run_stamps = {float(t) for t, r in zip(self.db.stamps, self.db.runs) if r == run}
 
     @classmethod
     def open(cls, teacher: Embedder, student: Embedder, cfg: NodeConfig, frame_id: str = "map",
