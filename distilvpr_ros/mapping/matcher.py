@@ -154,11 +154,11 @@ class PlaceMatcher:
         if n <= 0 or len(db) == 0:
             return []
         dist = np.hypot(*(db.positions - np.asarray(world_T_base)[:2, 3]).T)
-        rot = Rotation.from_quat(db.poses[:, 3:7]).as_matrix()
-        yaw = np.arctan2(rot[:, 1, 0], rot[:, 0, 0])
-        turn = np.abs((yaw - yaw_of(world_T_base) + np.pi) % (2 * np.pi) - np.pi)
-        ok = (dist <= radius_m) & (np.degrees(turn) <= max_deg) & ~self._excluded(stamp, run)
-        ids = np.flatnonzero(ok)[np.argsort(dist[ok], kind="stable")][:n]
+        ids = np.flatnonzero((dist <= radius_m) & ~self._excluded(stamp, run))  # headings of these only
+        rot = Rotation.from_quat(db.poses[ids, 3:7]).as_matrix().reshape(-1, 3, 3)
+        turn = np.abs((np.arctan2(rot[:, 1, 0], rot[:, 0, 0]) - yaw_of(world_T_base) + np.pi) % (2 * np.pi) - np.pi)
+        ids = ids[np.degrees(turn) <= max_deg]
+        ids = ids[np.argsort(dist[ids], kind="stable")][:n]
         scores = db.scores(self.space, query_desc, ids)
         return [Candidate(int(i), float(s), float(db.stamps[i]), db.poses[i].copy()) for i, s in zip(ids, scores)]
 

@@ -338,7 +338,8 @@ class Localizer:
 
         ranked_ids = {c.id: rank for rank, c in enumerate(match.candidates)}
         added = [c for c in near if c.id not in ranked_ids]
-        cands = list(near) + [c for c in match.candidates[:cfg.rerank.top_k] if c.id not in {n.id for n in near}]
+        near_ids = {c.id for c in near}
+        cands = list(near) + [c for c in match.candidates[:cfg.rerank.top_k] if c.id not in near_ids]
         ranked: Reranked = rerank([c.id for c in cands], [c.score for c in cands], check,
                                   stop_at_first=cfg.rerank.stop_at_first)
         for c in ranked.candidates:  # the descriptor's rank (-1: not in its candidates), not the order verified

@@ -77,6 +77,7 @@ from visualization_msgs.msg import MarkerArray
 
 from ..data import msg_codec
 from ..data.calibration import CameraCalibration
+from ..data.geometry import invert
 from ..mapping.database import MapError
 from ..pipeline.calibration import calibration_from_config
 from ..pipeline.config import NodeConfig
@@ -256,7 +257,7 @@ class LocalizationNode(ManagedNode):
         last, self._last_odom = self._last_odom, None if pose is None else (self.odom.epoch, pose)
         if pose is None or last is None or last[0] != self.odom.epoch:
             return None
-        return np.linalg.inv(last[1]) @ pose
+        return invert(last[1]) @ pose
 
     def _on_camera(self, msg, raw: bool, info=None) -> None:
         self.lost[raw].update(info)
@@ -342,8 +343,10 @@ class LocalizationNode(ManagedNode):
         """``~/debug/matches`` of a verified frame: the accepted keyframe verified again (only while subscribed)."""
         loc = self.localizer
         view = loc.cache.camera(keyframe)
+        if isinstance(view, str):
+            return
         pixels = decode_jpeg(loc.db.view(keyframe).image_jpeg)  # the cache keeps features, not pixels
-        if isinstance(view, str) or pixels is None:
+        if pixels is None:
             return
         check = loc.verifier.verify(image, view, loc.calibration)
         if check.inlier_uv_query is not None and check.inlier_uv_keyframe is not None:

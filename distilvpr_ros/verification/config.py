@@ -136,10 +136,10 @@ class RerankConfig(Section):
         "the descriptor's top_k: a true keyframe the descriptor ranks below top_k is still found; 0: off")
     tracking_candidate_radius_m: float = Field(
         10.0, gt=0, description="tracking_candidates: largest planar distance of a keyframe to the prediction (m)")
-    tracking_local_map: bool = Field(
-        False, description="tracking_candidates: verify the query against those keyframes pooled first (one PnP over "
-        "all their 2D-3D correspondences, in the map frame); accepted as a tracked candidate is, listed under the "
-        "nearest keyframe")
     tracking_candidate_deg: float = Field(
         30.0, gt=0, le=180, description="tracking_candidates: largest heading difference of a keyframe to the "
         "prediction (deg; a forward camera sees little of a place driven the other way)")
+    tracking_local_map: bool = Field(
+        False, description="tracking_candidates: verify the query against those keyframes pooled first (one PnP over "
+        "all their 2D-3D correspondences, in the map frame); accepted as a tracked candidate is, listed under the "
+        "nearest keyframe that can be verified against")
